@@ -1,0 +1,37 @@
+# Every target does its own set-up: `make run` and `make test` work on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# On a machine without a GPU, the CPU build of torch goes in first so that the
+# package's `torch>=2.4` range never pulls multi-GB CUDA wheels. Elsewhere, set
+# TORCH_PIP_ARGS (e.g. an --index-url of CPU wheels) or TORCH_SPEC as you need.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+
+.PHONY: install run test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ -z "$(HAS_GPU)" ]; then $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/selfplay train conf/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(VENV)/bin/selfplay bench games
+	$(VENV)/bin/selfplay bench pipeline
+
+lint: install
+	$(VENV)/bin/ruff check selfplay tests
+	$(VENV)/bin/ruff format --check selfplay tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache mlruns mlflow.db runs

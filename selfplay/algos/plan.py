@@ -1,0 +1,105 @@
+"""Step plans: what each algorithm asks of the runtime, as data.
+
+Every update `selfplay` implements has the closed form (ALGORITHMS.md)
+
+    log π_out(y) = a·log π_anchor(y) + b·log μ(y) + c·ĝ(y) + const,
+    ĝ(y)         = Σ_k w_k · P(y ≻ opponent_k),
+
+so one `Phase` names the roles that fill those slots and the three
+coefficients. A `StepPlan` is the ordered phases of one iteration plus the
+role bookkeeping between iterations (OMWU keeps π_{t−1}, MPO refreshes its
+magnet). The tabular runner (`selfplay.algos.tabular`), the LLM losses
+(`selfplay.algos.losses`) and the Ray controller all execute the same plan,
+which is what makes "the LLM loss minimiser equals the tabular update" a
+testable statement rather than a hope.
+
+Coefficients may be Python floats or torch tensors broadcastable to `[B, 1]`
+(the batched tabular sweep runs many hyperparameters at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+Role = Literal["main", "lead", "prev", "magnet", "ref"]
+ROLES: tuple[Role, ...] = ("main", "lead", "prev", "magnet", "ref")
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Geometric mixture π ∝ π_a^{1−λ} · π_b^{λ} (Nash-MD's π^μ_t)."""
+
+    a: Role
+    b: Role
+    lam: object  # float or tensor [B, 1]
+
+
+Source = Union[Role, Mixture]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: sample, judge against opponents, regress onto the target.
+
+    sample:    who samples the trained-on responses (any full-support policy
+               works for target regression; the plan names the paper's choice).
+    opponents: ((source, weight), ...) with ĝ(y) = Σ w·P(y ≻ source).
+    anchor:    role whose log-probs fill the `a` slot; the learner also starts
+               this phase from the anchor's weights (EGPO restores θ_t).
+    mu:        role in the `b` slot (`ref` or `magnet`), or None when b = 0.
+    output:    role the result is published as (`lead` or `main`).
+    """
+
+    sample: Source
+    opponents: tuple[tuple[Source, object], ...]
+    anchor: Role
+    mu: Role | None
+    a: object
+    b: object
+    c: object
+    output: Role
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """After a step, `dst` becomes a copy of `src` (taken before or after the update).
+
+    when="before": dst gets the pre-update policy (OMWU's π_{t−1}).
+    when="after":  dst gets the post-update policy (MPO's magnet refresh).
+    every:         apply on steps t with (t+1) % every == 0 (1 = every step).
+    """
+
+    dst: Role
+    src: Role
+    when: Literal["before", "after"]
+    every: int = 1
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    phases: tuple[Phase, ...]
+    refresh: tuple[Refresh, ...] = field(default_factory=tuple)
+
+    @property
+    def roles_kept(self) -> tuple[Role, ...]:
+        """Roles that must survive between steps (and go in a checkpoint)."""
+        kept: list[Role] = ["main"]
+        for ph in self.phases:
+            for r in (ph.anchor, ph.mu, *_source_roles(ph.sample),
+                      *(r for s, _ in ph.opponents for r in _source_roles(s))):
+                if r is not None and r not in kept and r != "lead":
+                    kept.append(r)
+        for rf in self.refresh:
+            if rf.dst not in kept:
+                kept.append(rf.dst)
+        return tuple(kept)
+
+
+def _source_roles(s: Source) -> tuple[Role, ...]:
+    return (s.a, s.b) if isinstance(s, Mixture) else (s,)
+
+
+def source_roles(s: Source) -> tuple[Role, ...]:
+    """The stored roles a source needs (a mixture needs both ends)."""
+    return _source_roles(s)
