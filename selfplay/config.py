@@ -1,0 +1,186 @@
+"""Typed run configuration: pydantic models, YAML files and dotted overrides.
+
+    selfplay train conf/quickstart.yaml algo.name=omwu runtime.steps=40
+
+Every default is defined here, once. Unknown keys and bad values are
+`InputError`s naming the key, so the CLI prints one line and exits 2.
+Config files are data: values are parsed with `yaml.safe_load`, nothing is
+evaluated or imported by string.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfplay.errors import InputError
+
+ALGO_NAMES = ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AlgoConfig(_Strict):
+    """Algorithm and its hyperparameters; None means the algorithm's own default."""
+
+    name: Literal["mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu"] = "mpo"
+    eta: float | None = Field(None, gt=0)
+    beta: float | None = Field(None, ge=0)
+    alpha: float | None = Field(None, gt=0)
+    magnet_every: int | None = Field(None, ge=1)
+    loss: Literal["regression", "ipo", "pg"] = "regression"
+    normalize_logprobs: bool = False
+
+
+class TinyModelConfig(_Strict):
+    hidden: int = Field(32, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    """`name: tiny` builds a random-init model from `tiny`; anything else is an HF path or hub name."""
+
+    name: str = "tiny"
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TaskConfig(_Strict):
+    """The token game: one prompt, the response is one of n move tokens."""
+
+    kind: Literal["token_game"] = "token_game"
+    matrix: str | None = None
+    generate: Literal["uniform", "bt-cyclic", "rps", "transitive"] = "rps"
+    n: int = Field(3, ge=2, le=64)
+    seed: int = 0
+
+
+class RolloutConfig(_Strict):
+    backend: Literal["hf", "vllm"] = "hf"
+    workers: int = Field(1, ge=1)
+    prompts_per_step: int = Field(8, ge=1)
+    k: int = Field(4, ge=2, description="responses sampled per prompt")
+    opponents_k: int = Field(4, ge=1, description="opponent samples per prompt and opponent")
+    max_new_tokens: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class JudgeConfig(_Strict):
+    kind: Literal["game", "reward", "pairwise", "llm"] = "game"
+    model: str | None = None
+    servers: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    num_cpus: float = Field(0.25, gt=0)
+
+
+class LearnerConfig(_Strict):
+    shards: int = Field(1, ge=1)
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    lr: float = Field(0.05, gt=0)
+    updates_per_phase: int = Field(8, ge=1)
+    micro_batch: int = Field(64, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class RuntimeConfig(_Strict):
+    steps: int = Field(40, ge=1)
+    max_staleness: int = Field(0, ge=0)
+    address: str | None = None
+    num_cpus: int = Field(2, ge=1, description="CPUs of the in-process cluster when address is None")
+    eval_every: int = Field(1, ge=1)
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "selfplay"
+
+
+class Config(_Strict):
+    seed: int = 0
+    output_dir: str = "runs"
+    algo: AlgoConfig = AlgoConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    judge: JudgeConfig = JudgeConfig()
+    learner: LearnerConfig = LearnerConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.task.kind == "token_game" and self.judge.kind != "game":
+            raise ValueError("task.kind=token_game needs judge.kind=game")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise InputError(f"override {key}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise InputError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def _format_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "config"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"config: {loc}: {msg}{extra}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or start from defaults when path is None), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise InputError(f"config {p}: top level must be a mapping")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise InputError(_format_error(e)) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
