@@ -67,13 +67,23 @@ class Refresh:
 
     when="before": dst gets the pre-update policy (OMWU's π_{t−1}).
     when="after":  dst gets the post-update policy (MPO's magnet refresh).
-    every:         apply on steps t with (t+1) % every == 0 (1 = every step).
+    every:         apply on steps t with (t+1) % every == 0 (1 = every step);
+                   an int, or a tensor [B, 1] of per-game periods (tabular).
+    tol:           optional adaptive refresh (MPO's magnet): also refresh, per
+                   game, as soon as src is a tol-relative solution of the game
+                   regularized by `tol_beta` towards dst, i.e. when
+                   regularized_gap(src; tol_beta, μ=dst) ≤ tol · gap(src).
+                   Checked on the payoff of src that the next step queries
+                   anyway; the tabular runner implements it, a runtime that
+                   cannot estimate both gaps may ignore it and use `every`.
     """
 
     dst: Role
     src: Role
     when: Literal["before", "after"]
-    every: int = 1
+    every: object = 1
+    tol: object = None
+    tol_beta: object = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""LLM losses: pure torch functions of sequence log-probs and judged preferences.
+
+Default form, **target regression** (ALGORITHMS.md, derived): for sampled pairs
+(i, j) of responses to the same prompt, regress
+
+    (log π_θ(y_i) − log π_θ(y_j))  onto
+    a·(log π_anc(y_i) − log π_anc(y_j)) + b·(log μ(y_i) − log μ(y_j)) + c·(ĝ_i − ĝ_j)
+
+with a squared loss. Over a softmax policy with all pairs weighted by any
+full-support behaviour, the unique minimiser (up to a constant in the logits)
+is the tabular update `log π = a·log π_anc + b·log μ + c·ĝ + const`
+(tests/test_algos_losses.py checks this for every phase of every plan).
+
+**IPO form** (EGPO and online IPO; Calandriello et al. 2024, Zhou et al.
+2025): `((log π_θ/π_ref)(y_i) − (log π_θ/π_ref)(y_j) − (ĝ_i − ĝ_j)/β)²`,
+optimised by *one* gradient step from θ_t. For logits θ of a softmax over n
+responses, the mean over all n² ordered pairs, and learning rate
+`lr = n·η·β/4`, that step is exactly the tabular update with a = 1 − ηβ,
+b = ηβ, c = η (gradient of the mean loss is (4/n)(d − mean d) with
+d = θ − log μ − ĝ/β).
+
+**Policy-gradient form** (optional; TRL's Nash-MD and MPO's practical loss):
+on-policy samples, REINFORCE with the ½ baseline plus KL penalties estimated
+with the k2 surrogate ½(log π_θ − log ν)², whose gradient
+(log π_θ − log ν)·∇log π_θ is unbiased for ∇KL(π_θ‖ν) on samples from π_θ.
+It maximises E_π[ĝ] − (a/c)·KL(π‖π_anc) − (b/c)·KL(π‖μ), whose maximiser is
+the tabular update whenever a + b = 1 (true of every plan here).
+
+Sequence log-probs: summed over tokens, or length-normalised (EGPO's choice).
+Targets (anchor, μ and ĝ) are detached: they come from frozen versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from selfplay.algos.plan import Phase
+
+Reduction = Literal["mean", "sum"]
+Form = Literal["regression", "ipo", "pg"]
+
+
+def sequence_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor,
+                     normalize: bool = False) -> torch.Tensor:
+    """[N, T] token log-probs and 0/1 mask → [N] sum (or mean over unmasked tokens)."""
+    m = mask.to(token_logprobs.dtype)
+    s = (token_logprobs * m).sum(dim=-1)
+    return s / m.sum(dim=-1).clamp_min(1.0) if normalize else s
+
+
+def _reduce(x: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def _pair_diff(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    return x[pairs[:, 0]] - x[pairs[:, 1]]
+
+
+def target_regression_loss(logp: torch.Tensor, logp_anchor: torch.Tensor,
+                           logp_mu: torch.Tensor | None, g: torch.Tensor, pairs: torch.Tensor,
+                           a, b, c, reduction: Reduction = "mean") -> torch.Tensor:
+    """Σ/mean over pairs (i, j) of ((logp_i − logp_j) − target_ij)², see module doc.
+
+    logp, logp_anchor, logp_mu, g: [N] (logp_mu may be None when b = 0);
+    pairs: LongTensor [M, 2] of indices into N (both responses of one prompt);
+    a, b, c: floats or 0-d tensors. "sum" lets a sharded learner divide by the
+    global pair count itself.
+    """
+    target = a * _pair_diff(logp_anchor.detach(), pairs) + c * _pair_diff(g.detach(), pairs)
+    if logp_mu is not None:
+        target = target + b * _pair_diff(logp_mu.detach(), pairs)
+    return _reduce((_pair_diff(logp, pairs) - target) ** 2, reduction)
+
+
+def ipo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, g: torch.Tensor, pairs: torch.Tensor,
+             beta, reduction: Reduction = "mean") -> torch.Tensor:
+    """Online-IPO loss: ((h_i − h_j) − (g_i − g_j)/β)², h = logp − logp_ref."""
+    h = logp - logp_ref.detach()
+    target = _pair_diff(g.detach(), pairs) / beta
+    return _reduce((_pair_diff(h, pairs) - target) ** 2, reduction)
+
+
+def pg_loss(logp: torch.Tensor, g: torch.Tensor, *, logp_mu: torch.Tensor | None = None,
+            kl_mu: float = 0.0, logp_anchor: torch.Tensor | None = None,
+            kl_anchor: float = 0.0, reduction: Reduction = "mean") -> torch.Tensor:
+    """REINFORCE with baseline ½ plus k2 KL penalties; samples must come from π_θ.
+
+    loss_i = −(g_i − ½)·logp_i + kl_mu·½(logp_i − logp_mu_i)² + kl_anchor·½(logp_i − logp_anc_i)²
+
+    TRL's Nash-MD is `kl_mu = β`, `kl_anchor = 0` with ĝ against the mixture
+    (the proximity to π_t comes from taking one small step instead).
+    """
+    loss = -(g.detach() - 0.5) * logp
+    if logp_mu is not None and kl_mu:
+        loss = loss + kl_mu * 0.5 * (logp - logp_mu.detach()) ** 2
+    if logp_anchor is not None and kl_anchor:
+        loss = loss + kl_anchor * 0.5 * (logp - logp_anchor.detach()) ** 2
+    return _reduce(loss, reduction)
+
+
+def phase_loss(phase: Phase, form: Form, logp: torch.Tensor, logp_anchor: torch.Tensor,
+               logp_mu: torch.Tensor | None, g: torch.Tensor, pairs: torch.Tensor | None,
+               reduction: Reduction = "mean") -> torch.Tensor:
+    """The loss of one plan phase in the chosen form (the learner's entry point).
+
+    regression: target_regression_loss with the phase's (a, b, c).
+    ipo:        ipo_loss against μ with β = b/c (= β for EGPO/online-IPO
+                plans); take one step from the anchor's weights.
+    pg:         pg_loss with kl_mu = b/c, kl_anchor = a/c (on-policy samples;
+                `pairs` unused).
+    """
+    if form == "regression":
+        return target_regression_loss(logp, logp_anchor, logp_mu, g, pairs,
+                                      phase.a, phase.b, phase.c, reduction)
+    if form == "ipo":
+        if logp_mu is None or phase.mu is None:
+            raise ValueError("the IPO form needs a reference (phase.mu)")
+        return ipo_loss(logp, logp_mu, g, pairs, phase.b / phase.c, reduction)
+    if form == "pg":
+        return pg_loss(logp, g, logp_mu=logp_mu, kl_mu=phase.b / phase.c if phase.mu else 0.0,
+                       logp_anchor=logp_anchor, kl_anchor=phase.a / phase.c,
+                       reduction=reduction)
+    raise ValueError(f"loss form must be 'regression', 'ipo' or 'pg', got {form!r}")
+
+
+def g_hat(pref: torch.Tensor | Sequence[torch.Tensor], weights: Sequence[float],
+          mask: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """ĝ(y_i) = Σ_k w_k · mean_j pref_k[i, j]  → [N].
+
+    pref: [N, S, K] (S opponent sources, K judged opponents each) or a sequence
+    of S tensors [N, K_s]; pref_k[i, j] = P(y_i ≻ y''_{k,j}) as judged.
+    mask: optional, same layout, 1 for judgments to use (at least one per source).
+    """
+    if isinstance(pref, torch.Tensor):
+        pref = pref.unbind(dim=1)
+        mask = mask.unbind(dim=1) if isinstance(mask, torch.Tensor) else mask
+    if len(pref) != len(weights):
+        raise ValueError(f"{len(pref)} opponent sources but {len(weights)} weights")
+    out = torch.zeros_like(pref[0][:, 0])
+    for k, (p, w) in enumerate(zip(pref, weights, strict=True)):
+        if mask is None:
+            out = out + w * p.mean(dim=-1)
+        else:
+            m = mask[k].to(p.dtype)
+            out = out + w * (p * m).sum(-1) / m.sum(-1)
+    return out

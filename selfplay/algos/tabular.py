@@ -1,0 +1,263 @@
+"""Batched exact tabular execution of a `StepPlan` on matrix games.
+
+Games are `P: [B, n, n]` (float64); the state is one log-probability vector
+`[B, n]` per role. Every phase computes
+
+    ĝ            = Σ_k w_k · q_{source_k},   q_π = P(· ≻ π) = P π,
+    log π_out    = log_softmax(a·log π_anchor + b·log μ + c·ĝ),
+
+which is every update in ALGORITHMS.md (the normaliser c is the log-softmax).
+Work stays in log space so that probabilities of 1e-300 neither underflow to
+0 in the update nor produce NaNs: only `q = P·exp(log π)` leaves log space, and
+an underflowed exp there contributes exactly what it should (nothing).
+
+Hyperparameters may be per-game tensors `[B]`/`[B, 1]`, so one call sweeps
+many games × hyperparameters.
+
+`queries=Q` replaces each exact `q_π(y)` by the mean of Q Bernoulli(P(y, y''))
+outcomes with y'' ~ π drawn independently for every action y (unbiased);
+each such payoff vector costs n·Q preference queries. With exact payoffs a
+payoff vector is counted as n·n queries (every pair, once). A payoff vector is
+evaluated once per version and reused (OMWU's q_{t−1} is the q_t of the
+previous step), so OMWU, MWU, MPO and Nash-MD query once per iteration and
+Nash-MP, EGPO twice.
+
+MPO's adaptive magnet (`Refresh.tol`) is checked at the start of a step on
+the payoff of π_t that the step queries anyway, so it costs no queries: that
+is the same as an "after" refresh at the end of the previous step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from selfplay.algos.base import Algorithm, Hyper
+from selfplay.algos.plan import ROLES, Mixture, Refresh, Source, StepPlan
+from selfplay.errors import InputError
+
+
+@dataclass
+class Trace:
+    """What one `run` produced (B games).
+
+    policy:             last iterate π_T, [B, n].
+    average:            mean of π_1..π_T, [B, n] (MWU/SPPO's convergent iterate).
+    recorded:           iterations at which gaps were recorded, [T] (0 = init).
+    gap:                `2·max_y q_π(y) − 1` of the last iterate, [T, B].
+    regularized_gap:    gap in the β-regularized game w.r.t. μ, [T, B]; None
+                        for algorithms whose objective is the original game.
+    beta:               [B] β used for regularized_gap (None with it).
+    iterations:         iterations run (less than asked on early stop).
+    preference_queries: per game, [B] (n·Q per sampled payoff vector, n·n exact).
+    oracle_calls:       payoff vectors evaluated (the paper's "queries" unit).
+    magnet_refreshes:   per game, [B] (MPO), else None.
+    """
+
+    algo: str
+    policy: torch.Tensor
+    average: torch.Tensor
+    recorded: torch.Tensor
+    gap: torch.Tensor
+    regularized_gap: torch.Tensor | None
+    beta: torch.Tensor | None
+    iterations: int
+    preference_queries: torch.Tensor
+    oracle_calls: int
+    seconds: float
+    hyper: Hyper
+    magnet_refreshes: torch.Tensor | None = None
+
+
+class Payoffs:
+    """q_π = P π, exact or estimated from sampled preference queries."""
+
+    def __init__(self, P: torch.Tensor, queries: int | None, generator: torch.Generator):
+        self.P, self.queries, self.gen = P, queries, generator
+        self.calls = 0
+
+    def __call__(self, logp: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        pi = logp.exp()
+        if self.queries is None:
+            return torch.bmm(self.P, pi.unsqueeze(-1)).squeeze(-1)
+        B, n = pi.shape
+        Q = self.queries
+        opp = torch.multinomial(pi, n * Q, replacement=True, generator=self.gen).view(B, n, Q)
+        p = self.P.gather(2, opp)  # p[b, y, k] = P(y ≻ y''_k)
+        u = torch.rand(p.shape, generator=self.gen, dtype=p.dtype, device=p.device)
+        return (u < p).to(p.dtype).mean(dim=-1)
+
+    def queries_per_call(self, n: int) -> int:
+        return n * (n if self.queries is None else self.queries)
+
+
+def mixture_logp(state: dict[str, torch.Tensor], m: Mixture) -> torch.Tensor:
+    """log of the geometric mixture π ∝ π_a^{1−λ}·π_b^{λ}."""
+    return torch.log_softmax((1.0 - m.lam) * state[m.a] + m.lam * state[m.b], dim=-1)
+
+
+class Executor:
+    """Runs one StepPlan step at a time on a batch of games.
+
+    Payoffs are cached per policy *tensor* (not per role): a refresh that
+    copies a role shares its tensor, so its payoff is never queried twice.
+    """
+
+    def __init__(self, plan: StepPlan, payoffs: Payoffs, state: dict[str, torch.Tensor]):
+        self.plan, self.payoffs, self.state = plan, payoffs, state
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        B = next(iter(state.values())).shape[0]
+        self.refreshes = torch.zeros(B, dtype=torch.long)
+
+    def q(self, src: Source) -> torch.Tensor:
+        if isinstance(src, Mixture):
+            return self.payoffs(mixture_logp(self.state, src))
+        logp = self.state[src]
+        for t, q in self._cache:
+            if t is logp:
+                return q
+        q = self.payoffs(logp)
+        self._cache.append((logp, q))
+        return q
+
+    def step(self, t: int) -> None:
+        for rf in self.plan.refresh:
+            if rf.tol is not None:
+                self._refresh(rf, self._inner_converged(rf), self.state)
+        before = dict(self.state)
+        for ph in self.plan.phases:
+            g = sum(w * self.q(src) for src, w in ph.opponents)
+            logits = ph.a * self.state[ph.anchor] + ph.c * g
+            if ph.mu is not None:
+                logits = logits + ph.b * self.state[ph.mu]
+            self.state[ph.output] = torch.log_softmax(logits, dim=-1)
+        for rf in self.plan.refresh:
+            due = _due(rf.every, t, self.state[rf.dst])
+            self._refresh(rf, due, before if rf.when == "before" else self.state)
+        live = {id(v) for v in self.state.values()}
+        self._cache = [(t_, q) for t_, q in self._cache if id(t_) in live]
+
+    def _refresh(self, rf: Refresh, due: torch.Tensor, src_state) -> None:
+        if rf.dst == "magnet":
+            self.refreshes += due.view(-1).long()
+        if bool(due.all()):
+            self.state[rf.dst] = src_state[rf.src]
+        elif bool(due.any()):
+            self.state[rf.dst] = torch.where(due, src_state[rf.src], self.state[rf.dst])
+
+    def _inner_converged(self, rf: Refresh) -> torch.Tensor:
+        """[B, 1]: inner regularized gap of src (α = tol_beta, μ = dst) ≤ tol·gap(src)."""
+        q = self.q(rf.src)
+        lp, lm = self.state[rf.src], self.state[rf.dst]
+        alpha = rf.tol_beta
+        # regularized gap = 2α·KL(π ‖ softmax(log ρ + q/α)) (games/measures.py docstring)
+        target = torch.log_softmax(lm + q / alpha, dim=-1)
+        inner = 2 * alpha * (lp.exp() * (lp - target)).sum(-1, keepdim=True)
+        outer = 2 * q.amax(-1, keepdim=True) - 1
+        return inner <= rf.tol * outer
+
+
+def _due(every, t: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(every, torch.Tensor):
+        e = every.reshape(-1, 1).to(torch.long)
+        return ((t + 1) % e) == 0
+    return torch.full((like.shape[0], 1), (t + 1) % int(every) == 0, dtype=torch.bool)
+
+
+def batch_hyper(h: Hyper, B: int) -> Hyper:
+    """Turn tensor-valued fields into float64 [B, 1] (numbers stay numbers)."""
+    kw = {}
+    for f in fields(h):
+        v = getattr(h, f.name)
+        if isinstance(v, torch.Tensor):
+            v = v.to(torch.float64).reshape(-1, 1)
+            if v.shape[0] not in (1, B):
+                raise InputError(f"hyperparameter {f.name} has {v.shape[0]} values for {B} games")
+        kw[f.name] = v
+    return replace(h, **kw)
+
+
+def _as_batch(x, B: int, n: int, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=torch.float64)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.shape[-1] != n or t.shape[0] not in (1, B):
+        raise InputError(f"{name} must have shape [n] or [B, n] with n={n}, B={B}")
+    return t.expand(B, n).clone()
+
+
+def initial_state(init: torch.Tensor, mu: torch.Tensor) -> dict[str, torch.Tensor]:
+    logp = init.log()
+    state = {r: logp for r in ROLES}  # one tensor: roles equal at t = 0 share payoffs
+    state["ref"] = mu.log()
+    return state
+
+
+def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int,
+        queries: int | None = None, seed: int = 0, record_every: int = 1, mu=None,
+        init=None, tol: float | None = None) -> Trace:
+    """Run `iterations` steps of an algorithm on every game of `P` ([B, n, n] or [n, n]).
+
+    mu:   reference policy ([n] or [B, n]); uniform if None.
+    init: initial π_0 (all roles but `ref`); μ if None.
+    tol:  stop early once every game's target gap (regularized for
+          "regularized" algorithms) is ≤ tol at a recorded iteration.
+    """
+    from selfplay import algos
+    from selfplay.games import gap as gap_fn
+    from selfplay.games import regularized_gap as reg_gap_fn
+
+    A = algos.get(algo) if isinstance(algo, str) else algo
+    P = torch.as_tensor(P, dtype=torch.float64)
+    P = P.unsqueeze(0) if P.dim() == 2 else P
+    if P.dim() != 3 or P.shape[-1] != P.shape[-2]:
+        raise InputError(f"P must be [B, n, n] or [n, n], got shape {tuple(P.shape)}")
+    B, n = P.shape[0], P.shape[-1]
+    if iterations < 0 or record_every < 1 or (queries is not None and queries < 1):
+        raise InputError("iterations must be ≥ 0, record_every ≥ 1 and queries ≥ 1")
+    h = batch_hyper(hyper if hyper is not None else A.default_hyper(n), B)
+    mu_t = _as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
+    init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
+    gen = torch.Generator().manual_seed(int(seed))
+    payoffs = Payoffs(P, queries, gen)
+    ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t))
+    regularized = A.objective == "regularized"
+    beta = torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B) if regularized \
+        else None
+
+    rec, gaps, rgaps = [], [], []
+
+    def record(t: int) -> bool:
+        pi = ex.state["main"].exp()
+        rec.append(t)
+        gaps.append(gap_fn(P, pi))
+        if regularized:
+            rgaps.append(reg_gap_fn(P, pi, beta, mu_t))
+        target = rgaps[-1] if regularized else gaps[-1]
+        return tol is not None and bool((target <= tol).all())
+
+    t0 = time.perf_counter()
+    total = torch.zeros(B, n, dtype=torch.float64)
+    done = record(0)
+    t = 0
+    while t < iterations and not done:
+        ex.step(t)
+        t += 1
+        total += ex.state["main"].exp()
+        if t % record_every == 0 or t == iterations:
+            done = record(t)
+    if rec[-1] != t:
+        record(t)
+    secs = time.perf_counter() - t0
+    has_magnet = any(rf.dst == "magnet" for rf in ex.plan.refresh)
+    return Trace(
+        algo=A.name, policy=ex.state["main"].exp(), average=total / max(t, 1),
+        recorded=torch.tensor(rec), gap=torch.stack(gaps),
+        regularized_gap=torch.stack(rgaps) if regularized else None, beta=beta,
+        iterations=t,
+        preference_queries=torch.full((B,), payoffs.calls * payoffs.queries_per_call(n)),
+        oracle_calls=payoffs.calls, seconds=secs, hyper=h,
+        magnet_refreshes=ex.refreshes if has_magnet else None)
