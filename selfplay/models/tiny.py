@@ -70,6 +70,8 @@ def tiny_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokenizerFas
         bos_token="<bos>",
         unk_token="<unk>",
     )
+    # Role tokens are special so decoding a response never shows them.
+    hf.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
     hf.chat_template = CHAT_TEMPLATE
     return hf
 

@@ -1,0 +1,89 @@
+"""The generation-backend protocol and what the backends share.
+
+A backend holds a cache of policy versions (weights per `Version`) and samples
+K responses per prompt from one version or from a geometric mixture of two
+(`MixtureVersion`, Nash-MD). The caller asks `has(v)` and pushes only the
+versions the backend lacks; nothing is ever "the latest".
+
+What a row of `Samples` holds (both backends):
+  tokens[i, :lengths[i]]  the sampled response ids; a sampled eos is the last
+                          real token (its probability is part of the sequence's),
+  logprobs[i, t]          log π_s(tokens[i, t] | prompt, tokens[i, :t]) under the
+                          *final sampling distribution* π_s: after temperature and
+                          after the allowed-token mask (0 on padding),
+  texts[i]                the decoded response without special tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from selfplay.errors import InputError
+from selfplay.models.weights import FlatWeights
+from selfplay.runtime.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
+
+
+class VersionNotLoaded(KeyError):
+    """generate() was asked for a version the backend does not hold (push it, then retry)."""
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    def load_weights(self, version: Version, flat: FlatWeights) -> None: ...
+
+    def has(self, version: Version) -> bool: ...
+
+    def versions(self) -> list[Version]: ...
+
+    def drop(self, version: Version) -> None: ...
+
+    def generate(self, prompts: Prompts, *, version: SamplerVersion, k: int,
+                 max_new_tokens: int, temperature: float, seed: int,
+                 allowed_token_ids: list[int] | None = None) -> Samples: ...
+
+
+def needed_versions(version: SamplerVersion) -> tuple[Version, ...]:
+    """The stored versions a sampler needs (a mixture needs both ends)."""
+    return (version.a, version.b) if isinstance(version, MixtureVersion) else (version,)
+
+
+def check_generate_args(prompts: Prompts, *, k: int, max_new_tokens: int, temperature: float,
+                        allowed_token_ids: list[int] | None, vocab_size: int) -> None:
+    if len(prompts) == 0:
+        raise InputError("generate: no prompts")
+    if k < 1 or max_new_tokens < 1:
+        raise InputError(f"generate: k={k} and max_new_tokens={max_new_tokens} must be >= 1")
+    if not temperature > 0:
+        raise InputError(f"generate: temperature must be > 0, got {temperature}")
+    if allowed_token_ids is not None:
+        if not allowed_token_ids:
+            raise InputError("generate: allowed_token_ids is empty")
+        bad = [t for t in allowed_token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise InputError(f"generate: allowed token ids {bad[:5]} outside [0, {vocab_size})")
+
+
+def check_mixture(version: SamplerVersion) -> None:
+    if isinstance(version, MixtureVersion) and not 0.0 <= version.lam <= 1.0:
+        raise InputError(f"mixture weight λ={version.lam} must lie in [0, 1]")
+
+
+def pack_samples(prompts: Prompts, tokens: Sequence[Sequence[int]],
+                 logprobs: Sequence[Sequence[float]], texts: list[str], *,
+                 version: SamplerVersion, k: int, width: int, pad_id: int,
+                 meta: dict[str, float]) -> Samples:
+    """Right-pad per-row token/log-prob lists into `Samples` of width `width`."""
+    n = len(tokens)
+    tok = np.full((n, width), pad_id, dtype=np.int64)
+    lp = np.zeros((n, width), dtype=np.float32)
+    lengths = np.zeros(n, dtype=np.int64)
+    for i, (t, p) in enumerate(zip(tokens, logprobs, strict=True)):
+        lengths[i] = len(t)
+        tok[i, :len(t)] = t
+        lp[i, :len(p)] = p
+    return Samples(prompt_ids=np.asarray(prompts.ids, dtype=np.int64),
+                   prompt_texts=list(prompts.texts), tokens=tok, lengths=lengths, logprobs=lp,
+                   texts=texts, version=version, k=k, pad_id=pad_id, meta=meta)

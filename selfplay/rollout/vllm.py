@@ -1,0 +1,120 @@
+"""vLLM generation backend (GPU): one running `vllm.LLM`, weights swapped in place.
+
+Versions are cached as `FlatWeights` in host memory; the engine holds one at a
+time. Generating from another version pushes its tensors into the running
+engine with the model's own `load_weights` (HF names in, vLLM's fused layout
+out) through `LLM.collective_rpc` (vLLM ≥ 0.8, V1 engine), falling back to the
+V0 path `llm_engine.model_executor.driver_worker.model_runner.model`; the
+prefix cache is then reset so no KV block of the old weights is reused.
+
+Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, i.e. the
+log-probs of the distribution actually sampled from (after temperature and the
+allowed-token mask), as the hf backend returns.
+
+Not supported here: mixture sampling (Nash-MD needs two models' logits per
+token; use the hf backend). Prompt i is seeded with `seed + i` so prompts do
+not share a random stream.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+from selfplay.errors import InputError
+from selfplay.models.load import encode_prompts, load_policy
+from selfplay.models.tiny import ModelSpec
+from selfplay.models.weights import FlatWeights
+from selfplay.rollout.base import VersionNotLoaded, check_generate_args, pack_samples
+from selfplay.runtime.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
+
+
+def _load_into_worker(worker, flat: FlatWeights) -> None:
+    """Runs inside each vLLM worker (sent by collective_rpc)."""
+    model = worker.model_runner.model
+    device = next(model.parameters()).device
+    model.load_weights(weights=((n, t.to(device)) for n, t in flat.named_tensors()))
+
+
+class VLLMBackend:
+    def __init__(self, model: str | ModelSpec, *, dtype: str = "float32", **engine_kwargs) -> None:
+        try:
+            import torch
+            import vllm
+        except ImportError:
+            raise InputError("vllm backend needs `pip install selfplay[vllm]` and a GPU") from None
+        if not torch.cuda.is_available():
+            raise InputError("vllm backend needs `pip install selfplay[vllm]` and a GPU")
+        if isinstance(model, ModelSpec) or model.startswith(ModelSpec.PREFIX):
+            model = self._save_tiny(model)
+        # collective_rpc ships a function to the workers, which V1 pickles.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        self._vllm = vllm
+        self.llm = vllm.LLM(model=model, dtype=dtype, **engine_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
+        self._weights: dict[Version, FlatWeights] = {}
+        self._active: Version | None = None
+
+    def _save_tiny(self, spec: str | ModelSpec) -> str:
+        model, tok = load_policy(spec)
+        self._tmp = tempfile.TemporaryDirectory(prefix="selfplay-tiny-")
+        model.save_pretrained(self._tmp.name)
+        tok.save_pretrained(self._tmp.name)
+        return self._tmp.name
+
+    def load_weights(self, version: Version, flat: FlatWeights) -> None:
+        self._weights[version] = flat
+        if self._active == version:
+            self._active = None  # re-pushed on next use
+
+    def has(self, version: Version) -> bool:
+        return version in self._weights
+
+    def versions(self) -> list[Version]:
+        return sorted(self._weights)
+
+    def drop(self, version: Version) -> None:
+        self._weights.pop(version, None)
+
+    def _activate(self, version: Version) -> None:
+        if self._active == version:
+            return
+        flat = self._weights[version]
+        if hasattr(self.llm, "collective_rpc"):
+            self.llm.collective_rpc(_load_into_worker, args=(flat,))
+        else:  # vLLM V0
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+            _load_into_worker(type("W", (), {"model_runner": runner})(), flat)
+        self.llm.reset_prefix_cache()
+        self._active = version
+
+    def generate(self, prompts: Prompts, *, version: SamplerVersion, k: int, max_new_tokens: int,
+                 temperature: float, seed: int,
+                 allowed_token_ids: list[int] | None = None) -> Samples:
+        if isinstance(version, MixtureVersion):
+            raise InputError("mixture sampling (Nash-MD) needs the hf rollout backend")
+        check_generate_args(prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                            allowed_token_ids=allowed_token_ids, vocab_size=self.vocab_size)
+        if version not in self._weights:
+            raise VersionNotLoaded(f"version {version} is not loaded on this worker")
+        t0 = time.perf_counter()
+        self._activate(version)
+        ids = encode_prompts(self.tokenizer, prompts.texts)
+        params = [self._vllm.SamplingParams(
+            n=k, temperature=temperature, max_tokens=max_new_tokens, seed=seed + i, logprobs=0,
+            allowed_token_ids=allowed_token_ids) for i in range(len(ids))]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        tok_rows, lp_rows = [], []
+        for out in outs:
+            for comp in out.outputs:
+                toks = list(comp.token_ids)
+                tok_rows.append(toks)
+                lp_rows.append([step[t].logprob for t, step in zip(toks, comp.logprobs, strict=True)])
+        texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
+        meta = {"gen_s": time.perf_counter() - t0,
+                "new_tokens": float(sum(len(t) for t in tok_rows))}
+        return pack_samples(prompts, tok_rows, lp_rows, texts, version=version, k=k,
+                            width=max_new_tokens, pad_id=self.tokenizer.pad_token_id or 0, meta=meta)
