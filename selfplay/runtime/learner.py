@@ -1,0 +1,378 @@
+"""One learner rank: the trainable policy, its optimizer, and frozen role weights.
+
+Each phase of a step plan (`selfplay.algos.plan.Phase`) regresses the policy
+onto the closed-form update (ALGORITHMS.md, "From tabular rule to LLM loss")
+
+    log π_θ(y) − log π_θ(y')  ≈  a·Δ log π_anchor + b·Δ log μ + c·Δ ĝ
+
+over pairs (y, y') of responses to the same prompt, with the loss from
+`selfplay.algos.losses.phase_loss`. What this class adds is the bookkeeping:
+
+- Anchor and μ log-probs are RECOMPUTED here from the stored role weights
+  (never the sampler's log-probs): the minimiser is the closed-form update only
+  if the anchor is exact, while the behaviour policy may be stale.
+- Roles ("main", "lead", "prev", "magnet", "ref") are frozen copies of this
+  rank's parameter storage (the local shards under FSDP2), optionally with the
+  AdamW state. `start_phase` loads the anchor's weights and optimizer state, so
+  EGPO / Nash-MP phase 2 restarts from θ_t exactly; `train_phase` stores its
+  result (weights + optimizer state) under `phase.output`.
+- Exact normalisation under sharding: per-pair losses are summed
+  (reduction="sum") and divided by the all-reduced global pair count, so one
+  shard and N shards take the same step (see `sharding.py`).
+
+Dropout: the model is kept in eval mode. Train-mode dropout would make anchor
+log-probs noisy and the 1-vs-N-shard update non-reproducible.
+Role weights hold parameters only; persistent buffers are never trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selfplay.algos.losses import phase_loss, sequence_logprob
+from selfplay.algos.plan import Phase
+from selfplay.models.weights import FlatWeights, flatten_state_dict
+from selfplay.runtime import sharding
+from selfplay.runtime.sharding import DistContext, local
+from selfplay.runtime.train_batch import TrainBatch, all_pairs
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """AdamW hyperparameters and the data-parallel strategy ("ddp" or "fsdp2")."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    strategy: str = "ddp"
+
+
+@dataclass(frozen=True)
+class PhaseMetrics:
+    """Global (all-reduced) metrics of one `train_phase`.
+
+    loss / loss_initial: mean pair loss at the last / first update (before its step).
+    grad_norm:           total gradient norm of the last update, before clipping.
+    kl_anchor, kl_ref:   k3 estimates E_y[(ρ−1) − log ρ], ρ = π_θ(y)/π_role(y), over the
+                         batch rows after training; unbiased for KL(role‖θ) when the rows
+                         were sampled from that role. kl_ref is NaN without a "ref" role.
+    """
+
+    loss: float
+    loss_initial: float
+    grad_norm: float
+    kl_anchor: float
+    kl_ref: float
+    tokens: int
+    rows: int
+    pairs: int
+    updates: int
+
+
+@dataclass
+class RoleWeights:
+    """A frozen copy of this rank's parameter storage, plus AdamW state if snapshotted."""
+
+    params: list[torch.Tensor]
+    optim: dict[int, dict[str, torch.Tensor]] | None = None
+
+
+@dataclass
+class LearnerState:
+    """Rank-local checkpoint: restore with the same world size and strategy."""
+
+    rank: int
+    world: int
+    strategy: str
+    params: list[torch.Tensor]
+    optim: dict[int, dict[str, torch.Tensor]]
+    roles: dict[str, RoleWeights]
+
+
+@dataclass
+class _Micro:
+    input_ids: torch.Tensor  # [n, L]
+    attention_mask: torch.Tensor  # [n, L]
+    target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
+    g: torch.Tensor  # [n]
+    pairs: torch.Tensor  # [m, 2] local row indices
+
+
+class Learner:
+    """One learner rank. Under FSDP2 with world > 1 every public method except
+    `set_role` bookkeeping is a collective: call it on all ranks in the same order."""
+
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig = LearnerConfig(),
+                 *, rank: int = 0, world_size: int = 1, init_method: str | None = None,
+                 backend: str | None = None, device: str | None = None) -> None:
+        self.config = config
+        self.ctx = DistContext.create(rank, world_size, config.strategy, init_method, backend, device)
+        self.model = sharding.prepare_model(model_fn().eval(), self.ctx)
+        self._names = [n for n, _ in self.model.named_parameters()]
+        self._params = [p for _, p in self.model.named_parameters()]
+        self.opt = torch.optim.AdamW(self._params, lr=config.lr, betas=config.betas,
+                                     eps=config.eps, weight_decay=config.weight_decay)
+        self._roles: dict[str, RoleWeights] = {}
+        self.snapshot("main")
+
+    # ----------------------------------------------------------------- roles
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(self._roles)
+
+    def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
+        """Store full weights (a FlatWeights or state dict) as `role`, without optimizer state."""
+        sd = weights.to_state_dict() if isinstance(weights, FlatWeights) else weights
+        missing = [n for n in self._names if n not in sd]
+        if missing:
+            raise ValueError(f"weights for role {role!r} lack parameters {missing[:3]}")
+        params = []
+        for n, p in zip(self._names, self._params, strict=True):
+            full = torch.as_tensor(sd[n]).to(device=self.ctx.device, dtype=p.dtype)
+            if tuple(full.shape) != tuple(p.shape):
+                raise ValueError(f"role {role!r}: {n} has shape {tuple(full.shape)}, "
+                                 f"model has {tuple(p.shape)}")
+            params.append(sharding.local_of_full(full, p).clone())
+        self._roles[role] = RoleWeights(params=params)
+
+    def drop_role(self, role: str) -> None:
+        self._roles.pop(role, None)
+
+    def snapshot(self, role: str) -> None:
+        """Store the current weights AND optimizer state as `role`."""
+        self._roles[role] = RoleWeights(params=self._local_params(), optim=self._optim_state())
+
+    def copy_role(self, dst: str, src: str) -> None:
+        r = self._role(src)
+        self._roles[dst] = RoleWeights(
+            params=[t.clone() for t in r.params],
+            optim=None if r.optim is None else _clone_optim(r.optim))
+
+    def start_phase(self, phase: Phase | str) -> None:
+        """Load the anchor role's weights, and its optimizer state if it has one."""
+        r = self._role(phase if isinstance(phase, str) else phase.anchor)
+        self._load_params(r.params)
+        if r.optim is not None:
+            self.opt.state.clear()
+            for i, st in _clone_optim(r.optim).items():
+                self.opt.state[self._params[i]] = st
+
+    # -------------------------------------------------------------- training
+    def train_phase(self, phase: Phase, batch: TrainBatch, *, form: str = "regression",
+                    normalize_logprobs: bool = False, updates: int = 1,
+                    micro_batch: int = 64) -> PhaseMetrics:
+        """`updates` full-batch AdamW steps on this rank's shard of the phase loss.
+
+        The model should already hold the anchor (call `start_phase`); anchor and μ
+        log-probs come from the stored role weights. Stores the result as phase.output.
+        """
+        if updates < 1:
+            raise ValueError(f"updates must be >= 1, got {updates}")
+        mbs = self._micro_batches(batch, micro_batch)
+        steps = self.ctx.all_reduce_max(len(mbs))
+        m_global, rows, tokens = self.ctx.all_reduce_sum(
+            [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())])
+        # Pair losses average over the global pair count; the per-row pg form over rows.
+        denom = rows if form == "pg" else m_global
+        if denom == 0:
+            raise ValueError("train batch has no pairs: every group holds a single response")
+        norm = normalize_logprobs
+        anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
+        mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
+        losses, gnorm = [], 0.0
+        for _ in range(updates):
+            loss, gnorm = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
+            losses.append(loss)
+        new = self._role_logprobs(None, mbs, steps, norm)
+        has_ref = phase.mu == "ref" or "ref" in self._roles
+        if phase.mu == "ref":
+            ref = mu
+        else:
+            ref = self._role_logprobs("ref", mbs, steps, norm) if has_ref else None
+        kl_a, kl_r = self.ctx.all_reduce_sum([_k3(new, anchor), _k3(new, ref)])
+        self.snapshot(phase.output)
+        return PhaseMetrics(loss=losses[-1], loss_initial=losses[0], grad_norm=gnorm,
+                            kl_anchor=kl_a / rows, kl_ref=kl_r / rows if has_ref else math.nan,
+                            tokens=int(tokens), rows=int(rows), pairs=int(m_global),
+                            updates=updates)
+
+    def _update(self, phase: Phase, form: str, mbs: list[_Micro], steps: int,
+                anchor: list[torch.Tensor], mu: list[torch.Tensor] | None,
+                denom: float, normalize: bool) -> tuple[float, float]:
+        """One optimizer step; returns (global mean loss, pre-clip grad norm)."""
+        self.opt.zero_grad(set_to_none=True)
+        local_loss = 0.0
+        for i in range(steps):
+            if i >= len(mbs):
+                self._dummy_forward(grad=True)
+                continue
+            mb = mbs[i]
+            logp = self._seq_logprobs(mb, normalize)
+            loss = phase_loss(phase, form, logp, anchor[i], None if mu is None else mu[i],
+                              mb.g, mb.pairs, reduction="sum") / denom
+            loss.backward()
+            local_loss += float(loss.detach())
+        sharding.sum_grads(self._params, self.ctx)
+        clip = self.config.grad_clip if self.config.grad_clip else math.inf
+        gnorm = torch.nn.utils.clip_grad_norm_(self._params, clip)
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+        self.opt.step()
+        (loss_sum,) = self.ctx.all_reduce_sum([local_loss])
+        return loss_sum, float(gnorm)
+
+    # ------------------------------------------------------------ log-probs
+    def _forward_token_logprobs(self, input_ids: torch.Tensor,
+                                attention_mask: torch.Tensor) -> torch.Tensor:
+        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+    def _seq_logprobs(self, mb: _Micro, normalize: bool) -> torch.Tensor:
+        tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
+        return sequence_logprob(tok, mb.target_mask, normalize)
+
+    def _role_logprobs(self, role: str | None, mbs: list[_Micro], steps: int,
+                       normalize: bool) -> list[torch.Tensor]:
+        """Sequence log-probs [n] per micro-batch under `role`'s weights (None: current)."""
+        out = []
+        with self._weights(role), torch.no_grad():
+            for i in range(steps):
+                if i < len(mbs):
+                    out.append(self._seq_logprobs(mbs[i], normalize).detach())
+                else:
+                    self._dummy_forward(grad=False)
+            if self.ctx.sharded:
+                sharding.reshard(self.model)
+        return out
+
+    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+        """[N, L] float32 token log-probs under the current weights (or `role`'s),
+        aligned with input_ids (entry j = log π(ids[j] | ids[:j])), 0 off the response."""
+        ids = torch.as_tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
+        att = torch.as_tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)
+        mask = torch.as_tensor(response_mask, dtype=torch.float32, device=self.ctx.device)
+        with self._weights(role), torch.no_grad():
+            tok = self._forward_token_logprobs(ids, att)
+            if self.ctx.sharded:
+                sharding.reshard(self.model)
+        out = torch.zeros_like(mask)
+        out[:, 1:] = tok * mask[:, 1:]
+        return out.cpu().numpy()
+
+    def _dummy_forward(self, grad: bool) -> None:
+        """Join FSDP2's collectives with no data: a 1-token forward whose loss is 0·logits."""
+        if not self.ctx.sharded:
+            return
+        ids = torch.zeros((1, 1), dtype=torch.int64, device=self.ctx.device)
+        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        if grad:
+            (logits.sum() * 0.0).backward()
+
+    def _micro_batches(self, batch: TrainBatch, micro_batch: int) -> list[_Micro]:
+        """Whole groups packed into micro-batches of at most `micro_batch` rows
+        (a larger group goes alone), in sorted group order."""
+        order = np.argsort(batch.group, kind="stable")
+        _, starts, counts = np.unique(batch.group[order], return_index=True, return_counts=True)
+        chunks: list[list[int]] = []
+        for s, c in zip(starts, counts, strict=True):
+            rows = order[s:s + c].tolist()
+            if chunks and len(chunks[-1]) + c <= micro_batch:
+                chunks[-1].extend(rows)
+            else:
+                chunks.append(rows)
+        return [self._to_micro(batch.take(np.asarray(rows))) for rows in chunks]
+
+    def _to_micro(self, b: TrainBatch) -> _Micro:
+        dev = self.ctx.device
+        resp = torch.as_tensor(b.response_mask, dtype=torch.float32, device=dev)
+        return _Micro(
+            input_ids=torch.as_tensor(b.input_ids, dtype=torch.int64, device=dev),
+            attention_mask=torch.as_tensor(b.attention_mask, dtype=torch.int64, device=dev),
+            target_mask=resp[:, 1:],
+            g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
+            pairs=all_pairs(b.group).to(dev),
+        )
+
+    # --------------------------------------------------- weights and state
+    def publish(self, role: str | None = None) -> FlatWeights | None:
+        """Full weights (current, or `role`'s) as FlatWeights on rank 0; None on other ranks."""
+        with self._weights(role):
+            sd = sharding.full_state_dict(self.model, self.ctx)
+            # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
+            return None if sd is None else flatten_state_dict(sd)
+
+    def state(self) -> LearnerState:
+        return LearnerState(rank=self.ctx.rank, world=self.ctx.world,
+                            strategy=self.config.strategy, params=self._local_params(),
+                            optim=self._optim_state(),
+                            roles={k: RoleWeights([t.clone() for t in v.params],
+                                                  None if v.optim is None else _clone_optim(v.optim))
+                                   for k, v in self._roles.items()})
+
+    def load_state(self, state: LearnerState) -> None:
+        if (state.rank, state.world, state.strategy) != (self.ctx.rank, self.ctx.world,
+                                                         self.config.strategy):
+            raise ValueError(f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
+                             f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}")
+        self._roles = {k: RoleWeights([t.to(self.ctx.device) for t in v.params], v.optim)
+                       for k, v in state.roles.items()}
+        self._roles["__load__"] = RoleWeights(state.params, state.optim)
+        self.start_phase("__load__")
+        del self._roles["__load__"]
+
+    def close(self) -> None:
+        self.ctx.close()
+
+    def _role(self, role: str) -> RoleWeights:
+        if role not in self._roles:
+            raise KeyError(f"learner has no role {role!r} (has {sorted(self._roles)})")
+        return self._roles[role]
+
+    def _local_params(self) -> list[torch.Tensor]:
+        return [local(p).detach().clone() for p in self._params]
+
+    def _load_params(self, params: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, t in zip(self._params, params, strict=True):
+                local(p).copy_(t)
+
+    def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
+        return _clone_optim({i: self.opt.state[p] for i, p in enumerate(self._params)
+                             if p in self.opt.state})
+
+    @contextmanager
+    def _weights(self, role: str | None) -> Iterator[None]:
+        """Temporarily swap `role`'s weights into the model (bitwise restore after)."""
+        if role is None:
+            yield
+            return
+        r = self._role(role)
+        saved = self._local_params()
+        self._load_params(r.params)
+        try:
+            yield
+        finally:
+            self._load_params(saved)
+
+
+def _clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
+    return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+            for i, st in state.items()}
+
+
+def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
+    """Σ_rows (ρ−1) − log ρ with log ρ = new − old (Schulman's k3 KL estimator)."""
+    if not old:
+        return 0.0
+    lr = torch.cat(new).double() - torch.cat(old).double()
+    return float((torch.exp(lr) - 1.0 - lr).sum())

@@ -1,0 +1,155 @@
+"""Ray wrapper of the learner: `LearnerActor` (one rank) and `LearnerGroup` (the driver side).
+
+The actor is a thin shell over `selfplay.runtime.learner.Learner`. The group
+creates N actors, rendezvouses them into one torch.distributed group at rank
+0's node address, and broadcasts every call (under FSDP2 every call is a
+collective). Data never funnels through the driver:
+
+- a `TrainBatch` is put in the object store once; every rank receives the same
+  ref (Ray resolves it zero-copy) and cuts its own whole-group shard;
+- `publish` makes rank 0 `ray.put` the FlatWeights inside its actor and return
+  `[ref]` (wrapped in a list so Ray does not dereference it on the way back).
+  The object is owned by the rank-0 actor: it lives as long as that actor does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import ray
+import torch
+
+from selfplay.algos.plan import Phase
+from selfplay.models.weights import FlatWeights
+from selfplay.runtime.learner import Learner, LearnerConfig, LearnerState, PhaseMetrics
+from selfplay.runtime.train_batch import TrainBatch, shard
+
+
+@ray.remote
+class LearnerActor:
+    """One learner rank in its own process."""
+
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig,
+                 rank: int, world_size: int, device: str | None = None) -> None:
+        torch.set_num_threads(1)  # CPU actors share the box; no oversubscription
+        self._args = (model_fn, config, rank, world_size, device)
+        self.learner: Learner | None = None
+
+    def address(self) -> str:
+        """`tcp://IP:PORT` on this actor's node (called on rank 0 for the rendezvous)."""
+        from selfplay.runtime.sharding import free_port
+
+        return f"tcp://{ray.util.get_node_ip_address()}:{free_port()}"
+
+    def init(self, init_method: str | None, backend: str | None = None) -> int:
+        model_fn, config, rank, world, device = self._args
+        self.learner = Learner(model_fn, config, rank=rank, world_size=world,
+                               init_method=init_method, backend=backend, device=device)
+        return rank
+
+    def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
+        self._l().set_role(role, weights)
+
+    def drop_role(self, role: str) -> None:
+        self._l().drop_role(role)
+
+    def snapshot(self, role: str) -> None:
+        self._l().snapshot(role)
+
+    def copy_role(self, dst: str, src: str) -> None:
+        self._l().copy_role(dst, src)
+
+    def start_phase(self, phase: Phase | str) -> None:
+        self._l().start_phase(phase)
+
+    def train_phase(self, phase: Phase, batch: TrainBatch, kwargs: dict) -> PhaseMetrics:
+        learner = self._l()
+        mine = shard(batch, learner.ctx.rank, learner.ctx.world)
+        return learner.train_phase(phase, mine, **kwargs)
+
+    def publish_ref(self, role: str | None = None) -> list[ray.ObjectRef]:
+        flat = self._l().publish(role)
+        return [] if flat is None else [ray.put(flat)]
+
+    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+        return self._l().policy_logprobs(input_ids, attention_mask, response_mask, role)
+
+    def state(self) -> LearnerState:
+        return self._l().state()
+
+    def load_state(self, state: LearnerState) -> None:
+        self._l().load_state(state)
+
+    def close(self) -> None:
+        if self.learner is not None:
+            self.learner.close()
+
+    def _l(self) -> Learner:
+        if self.learner is None:
+            raise RuntimeError("LearnerActor.init was not called")
+        return self.learner
+
+
+class LearnerGroup:
+    """N `LearnerActor`s forming one torch.distributed group; calls go to every rank."""
+
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig,
+                 world_size: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                 backend: str | None = None, device: str | None = None) -> None:
+        if world_size < 1:
+            raise ValueError(f"learner world_size must be >= 1, got {world_size}")
+        self.world_size = world_size
+        opts = LearnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self.actors = [opts.remote(model_fn, config, r, world_size, device)
+                       for r in range(world_size)]
+        addr = ray.get(self.actors[0].address.remote()) if world_size > 1 else None
+        ray.get([a.init.remote(addr, backend) for a in self.actors])
+
+    def _all(self, method: str, *args) -> list:
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def set_role(self, role: str, weights: FlatWeights | ray.ObjectRef) -> None:
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self._all("set_role", role, ref)
+
+    def drop_role(self, role: str) -> None:
+        self._all("drop_role", role)
+
+    def snapshot(self, role: str) -> None:
+        self._all("snapshot", role)
+
+    def copy_role(self, dst: str, src: str) -> None:
+        self._all("copy_role", dst, src)
+
+    def start_phase(self, phase: Phase | str) -> None:
+        self._all("start_phase", phase)
+
+    def train_phase(self, phase: Phase, batch: TrainBatch | ray.ObjectRef,
+                    **kwargs) -> PhaseMetrics:
+        """Every rank gets the same batch ref and trains on its own whole-group shard."""
+        ref = batch if isinstance(batch, ray.ObjectRef) else ray.put(batch)
+        return self._all("train_phase", phase, ref, kwargs)[0]
+
+    def publish(self, role: str | None = None) -> ray.ObjectRef:
+        """Object ref of the full FlatWeights, put by rank 0 (weights skip the driver)."""
+        return self._all("publish_ref", role)[0][0]
+
+    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+        return self._all("policy_logprobs", input_ids, attention_mask, response_mask, role)[0]
+
+    def state(self) -> list[LearnerState]:
+        return self._all("state")
+
+    def load_state(self, states: list[LearnerState]) -> None:
+        ray.get([a.load_state.remote(s) for a, s in zip(self.actors, states, strict=True)])
+
+    def shutdown(self) -> None:
+        try:
+            self._all("close")
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []

@@ -1,0 +1,155 @@
+"""The learner in-process (one rank, no Ray): role log-probs, the closed-form
+minimiser, bitwise phase restarts, publish round trips.
+
+Oracles: plain HF forwards of independently built models, and the closed form
+log π ∝ a·log π_anchor + b·log μ + c·g over an enumerated response space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from selfplay.algos.losses import phase_loss
+from selfplay.algos.plan import Phase
+from selfplay.models.tiny import tiny_causal_lm
+from selfplay.models.weights import flatten_state_dict, load_flat
+from selfplay.runtime.learner import Learner, LearnerConfig
+from selfplay.runtime.train_batch import all_pairs, build_train_batch
+from selfplay.runtime.types import Samples, Version
+
+VOCAB = 12
+MOVES = [8, 9, 10, 11]  # the single-token response space
+PROMPT = [2, 5, 4, 6]  # <bos> <user> <system> <assistant>: any fixed prefix works
+G = np.array([0.2, 0.55, 0.7, 0.35])
+
+model_fn = functools.partial(tiny_causal_lm, VOCAB, seed=0, hidden=16, layers=1, heads=2,
+                             init_std=0.3)
+ref_fn = functools.partial(tiny_causal_lm, VOCAB, seed=1, hidden=16, layers=1, heads=2,
+                           init_std=0.3)
+PHASE = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
+              a=0.6, b=0.4, c=1.5, output="main")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny matmuls: intra-op threads only add contention on the 2-core CI box (15x slower).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def move_batch(repeats: int = 1, sampler_logprobs: float | None = None, seed: int = 0):
+    """`repeats` prompts, each answered once with every move (all responses enumerated)."""
+    rng = np.random.default_rng(seed)
+    n = len(MOVES) * repeats
+    lp = (rng.normal(0, 50, (n, 1)) if sampler_logprobs is None
+          else np.full((n, 1), sampler_logprobs)).astype(np.float32)
+    samples = Samples(prompt_ids=np.arange(repeats), prompt_texts=["p"] * repeats,
+                      tokens=np.tile(MOVES, repeats)[:, None].astype(np.int64),
+                      lengths=np.ones(n, dtype=np.int64), logprobs=lp,
+                      texts=[str(m) for m in np.tile(MOVES, repeats)],
+                      version=Version(0, "main"), k=len(MOVES))
+    return build_train_batch(samples, [PROMPT] * repeats, np.tile(G, repeats))
+
+
+def move_logprobs(model: torch.nn.Module) -> torch.Tensor:
+    """Plain forward: log π(move | PROMPT) over the full vocabulary, at the 4 moves."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([PROMPT])).logits[0, -1]
+    return torch.log_softmax(logits.double(), -1)[MOVES]
+
+
+def make_learner(**cfg) -> Learner:
+    learner = Learner(model_fn, LearnerConfig(**{"lr": 0.02, "grad_clip": None, **cfg}))
+    learner.set_role("ref", ref_fn().state_dict())
+    return learner
+
+
+def test_anchor_logprobs_come_from_role_weights_not_sampler():
+    batch_a, batch_b = move_batch(sampler_logprobs=0.0), move_batch()
+    outs = []
+    for batch in (batch_a, batch_b):
+        learner = make_learner()
+        metrics = learner.train_phase(PHASE, batch, updates=2)
+        outs.append((metrics, learner.publish()))
+    assert outs[0][0].loss_initial == outs[1][0].loss_initial
+    assert np.array_equal(outs[0][1].buffer, outs[1][1].buffer)
+    # Oracle for the first loss: anchor/μ log-probs from plain forwards of fresh models.
+    lp0, lp_ref = move_logprobs(model_fn()).float(), move_logprobs(ref_fn()).float()
+    expected = phase_loss(PHASE, "regression", lp0, lp0, lp_ref,
+                          torch.tensor(G, dtype=torch.float32), all_pairs(np.zeros(4)))
+    assert outs[0][0].loss_initial == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_many_updates_reach_closed_form_target():
+    learner = make_learner(lr=0.03)
+    metrics = learner.train_phase(PHASE, move_batch(), updates=400)
+    target = torch.softmax(PHASE.a * move_logprobs(model_fn()) + PHASE.b * move_logprobs(ref_fn())
+                           + PHASE.c * torch.tensor(G), 0)
+    trained = model_fn()
+    load_flat(trained, learner.publish())
+    got = torch.softmax(move_logprobs(trained), 0)
+    assert metrics.loss < 1e-6 < metrics.loss_initial
+    assert torch.allclose(got, target, atol=1e-3), (got, target)
+    # The target is far from the start: the test would fail without learning.
+    assert (torch.softmax(move_logprobs(model_fn()), 0) - target).abs().max() > 0.05
+    assert metrics.kl_anchor > 0 and metrics.kl_ref > 0 and metrics.tokens == 4
+
+
+def test_start_phase_restores_weights_and_optimizer_bitwise():
+    learner = make_learner()
+    batch = move_batch()
+    learner.train_phase(PHASE, batch, updates=3)  # main now has nonzero AdamW state
+    before = learner.state()
+    lead = dataclasses.replace(PHASE, output="lead")
+    learner.start_phase(lead)
+    learner.train_phase(lead, batch, updates=2)
+    first_lead = learner.publish()
+    assert not np.array_equal(first_lead.buffer, learner.publish("main").buffer)
+    learner.start_phase(lead)  # anchor "main": back to θ_t and its optimizer state
+    after = learner.state()
+    for x, y in zip(before.params, after.params, strict=True):
+        assert torch.equal(x, y)
+    assert before.optim.keys() == after.optim.keys() and before.optim
+    for i, st in before.optim.items():
+        for k, v in st.items():
+            assert torch.equal(v, after.optim[i][k]), k
+    learner.train_phase(lead, batch, updates=2)
+    assert np.array_equal(first_lead.buffer, learner.publish().buffer)
+
+
+def test_publish_and_set_role_round_trip():
+    learner = make_learner()
+    learner.train_phase(PHASE, move_batch(), updates=2)
+    flat = learner.publish()
+    fresh = model_fn()
+    load_flat(fresh, flat)
+    assert all(torch.equal(v, learner.model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    learner.set_role("magnet", flat)
+    assert np.array_equal(learner.publish("magnet").buffer, flat.buffer)
+    # policy_logprobs under a role equals a plain forward of that role's weights.
+    b = move_batch()
+    got = learner.policy_logprobs(b.input_ids, b.attention_mask, b.response_mask, role="ref")
+    assert np.allclose(got[:, len(PROMPT)], move_logprobs(ref_fn()).numpy(), atol=1e-5)
+    assert np.array_equal(got[:, :len(PROMPT)], np.zeros((4, len(PROMPT))))
+    ref_flat = flatten_state_dict(ref_fn())
+    learner.set_role("prev", ref_flat)
+    assert np.array_equal(learner.publish("prev").buffer, ref_flat.buffer)
+
+
+def test_learner_errors():
+    learner = make_learner()
+    with pytest.raises(KeyError, match="no role 'magnet'"):
+        learner.start_phase("magnet")
+    single = move_batch()
+    single.group[:] = np.arange(4)  # one response per prompt: nothing to compare
+    with pytest.raises(ValueError, match="no pairs"):
+        learner.train_phase(PHASE, single)
+    with pytest.raises(ValueError, match="lack parameters"):
+        learner.set_role("ref", {})
