@@ -41,7 +41,7 @@ CHAT_TEMPLATE = (
 
 # Words every tiny spec gets, so the pairwise and LLM judge templates tokenize
 # without <unk> (A/B must be single tokens for the LLM judge's answer logits).
-JUDGE_WORDS = ("[SEP]", "A:", "B:", "A", "B", "Question:", "Answer", "Which", "is", "better?")
+JUDGE_WORDS = ("[SEP]", "A:", "B:", "A", "B", "Question:", "Answer", "Which", "is", "better?", "or")
 
 
 def tiny_vocab(words: list[str] | tuple[str, ...]) -> list[str]:
