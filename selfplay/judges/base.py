@@ -1,7 +1,7 @@
 """The judge protocol, symmetrisation and batching shared by all preference models.
 
 A judge returns P(a ≻ b | x) ∈ [0, 1] for each row. NLHF's game is
-constant-sum only if P(a ≻ b) + P(b ≻ a) = 1 (Munos et al. 2024, §3), which a
+constant-sum only if P(a ≻ b) + P(b ≻ a) = 1 (Munos et al. 2023), which a
 learned model does not guarantee, so model judges are symmetrised:
 
     P(a ≻ b) = ½·(p(a, b) + 1 − p(b, a)) = ½ + ½·(p(a, b) − p(b, a)),

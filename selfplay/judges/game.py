@@ -1,7 +1,7 @@
 """Exact preferences of a symmetric matrix game over text responses (the token game).
 
 P[i, j] = P(move i ≻ move j) with P + Pᵀ = 1 (so P[i, i] = ½): a constant-sum
-preference game as in NLHF (Munos et al. 2024). A response is the move whose
+preference game as in NLHF (Munos et al. 2023). A response is the move whose
 name equals its stripped text; anything else is invalid. An invalid response
 loses to every valid one (P = 0) and ties another invalid one (P = ½), so the
 extended game is still constant-sum and no model judge symmetrisation is needed.

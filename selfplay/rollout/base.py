@@ -74,8 +74,11 @@ def check_mixture(version: SamplerVersion) -> None:
 def pack_samples(prompts: Prompts, tokens: Sequence[Sequence[int]],
                  logprobs: Sequence[Sequence[float]], texts: list[str], *,
                  version: SamplerVersion, k: int, width: int, pad_id: int,
-                 meta: dict[str, float]) -> Samples:
-    """Right-pad per-row token/log-prob lists into `Samples` of width `width`."""
+                 meta: dict[str, float], prompt_tokens: list[list[int]]) -> Samples:
+    """Right-pad per-row token/log-prob lists into `Samples` of width `width`.
+
+    prompt_tokens: the encoded prompt ids the sampler conditioned on, one list per prompt.
+    """
     n = len(tokens)
     tok = np.full((n, width), pad_id, dtype=np.int64)
     lp = np.zeros((n, width), dtype=np.float32)
@@ -86,4 +89,5 @@ def pack_samples(prompts: Prompts, tokens: Sequence[Sequence[int]],
         lp[i, :len(p)] = p
     return Samples(prompt_ids=np.asarray(prompts.ids, dtype=np.int64),
                    prompt_texts=list(prompts.texts), tokens=tok, lengths=lengths, logprobs=lp,
-                   texts=texts, version=version, k=k, pad_id=pad_id, meta=meta)
+                   texts=texts, version=version, k=k, pad_id=pad_id, meta=meta,
+                   prompt_tokens=[list(p) for p in prompt_tokens])

@@ -15,7 +15,7 @@ Nash-MD needs two models' logits per token. At each step, for rows still running
 and log π_s of the drawn token is returned. A row stops after it samples an
 eos id; later positions are padding (log-prob 0).
 
-Deviation (Nash-MD, Munos et al. 2024, §6): the paper's π^μ ∝ π^{1−λ}·μ^{λ}
+Deviation (Nash-MD, Munos et al. 2023): the paper's π^μ ∝ π^{1−λ}·μ^{λ}
 is the geometric mixture of *sequence* distributions. We mix per token, which
 gives the product over t of normalised per-token mixtures; that equals the
 sequence-level mixture only up to normalisation (exactly for one-token
@@ -107,8 +107,8 @@ class HFBackend:
             if v not in self._weights:
                 raise VersionNotLoaded(f"version {v} is not loaded on this worker")
         t0 = time.perf_counter()
-        ids, attn = self._left_pad([p for p in encode_prompts(self.tokenizer, prompts.texts)
-                                    for _ in range(k)])
+        prompt_tokens = encode_prompts(self.tokenizer, prompts.texts)
+        ids, attn = self._left_pad([p for p in prompt_tokens for _ in range(k)])
         with torch.inference_mode():
             tokens, logprobs, lengths = self._sample_loop(
                 version, ids, attn, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -118,7 +118,8 @@ class HFBackend:
         texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
         meta = {"gen_s": time.perf_counter() - t0, "new_tokens": float(lengths.sum())}
         return pack_samples(prompts, tok_rows, lp_rows, texts, version=version, k=k,
-                            width=max_new_tokens, pad_id=self.pad_id, meta=meta)
+                            width=max_new_tokens, pad_id=self.pad_id, meta=meta,
+                            prompt_tokens=prompt_tokens)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

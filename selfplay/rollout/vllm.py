@@ -117,4 +117,5 @@ class VLLMBackend:
         meta = {"gen_s": time.perf_counter() - t0,
                 "new_tokens": float(sum(len(t) for t in tok_rows))}
         return pack_samples(prompts, tok_rows, lp_rows, texts, version=version, k=k,
-                            width=max_new_tokens, pad_id=self.tokenizer.pad_token_id or 0, meta=meta)
+                            width=max_new_tokens, pad_id=self.tokenizer.pad_token_id or 0, meta=meta,
+                            prompt_tokens=ids)
