@@ -132,3 +132,18 @@ def test_flat_weights_keep_bfloat16_and_reject_mismatch():
     assert all(back[k].dtype == sd[k].dtype and torch.equal(back[k], sd[k]) for k in sd)
     with pytest.raises(ValueError, match="do not match"):
         load_flat(SPEC.causal_lm(), flat)
+
+
+def test_flat_weights_store_tied_tensors_once():
+    n = len(tiny_vocab(SPEC.vocab_words))
+    src = tiny_causal_lm(n, seed=0, hidden=16, layers=1, tie_embeddings=True)
+    dst = tiny_causal_lm(n, seed=1, hidden=16, layers=1, tie_embeddings=True)
+    assert src.lm_head.weight.data_ptr() == src.model.embed_tokens.weight.data_ptr()
+    flat = flatten_state_dict(src)
+    by_name = {e.name: e for e in flat.entries}
+    assert by_name["lm_head.weight"].offset == by_name["model.embed_tokens.weight"].offset
+    untied = sum(p.numel() * p.element_size() for p in src.state_dict().values())
+    assert flat.nbytes < untied  # the embedding is stored once
+    load_flat(dst, flat)
+    assert _same_weights(src, dst)
+    assert dst.lm_head.weight.data_ptr() == dst.model.embed_tokens.weight.data_ptr()

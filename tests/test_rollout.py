@@ -215,3 +215,14 @@ def test_load_flat_model_matches_backend_version(models):
     ids = torch.tensor([[2, 5, 9]])
     with torch.no_grad():
         assert torch.equal(copy(ids).logits, models[V0](ids).logits)
+
+
+def test_tied_embedding_model_generates_from_pushed_weights():
+    from selfplay.models.tiny import tiny_causal_lm
+
+    tied = [tiny_causal_lm(len(VOCAB), seed=s, hidden=16, layers=1, init_std=0.3,
+                           tie_embeddings=True) for s in (0, 1)]
+    be = HFBackend(tied[0], SPECS[V0].tokenizer())
+    be.load_weights(V1, flatten_state_dict(tied[1]))
+    s = be.generate(PROMPTS, version=V1, k=2, max_new_tokens=4, temperature=1.0, seed=0)
+    check_against_oracle(be, {V1: tied[1]}, s, V1, 1.0, None)

@@ -77,7 +77,8 @@ def tiny_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokenizerFas
 
 
 def _llama_config(vocab_size: int, hidden: int, layers: int, heads: int,
-                  max_positions: int, init_std: float, **extra) -> LlamaConfig:
+                  max_positions: int, init_std: float, tie: bool = False,
+                  **extra) -> LlamaConfig:
     if hidden % heads:
         raise InputError(f"tiny model: hidden={hidden} is not divisible by heads={heads}")
     return LlamaConfig(
@@ -89,7 +90,7 @@ def _llama_config(vocab_size: int, hidden: int, layers: int, heads: int,
         num_key_value_heads=heads,
         max_position_embeddings=max_positions,
         initializer_range=init_std,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
@@ -106,10 +107,15 @@ def _seeded_build(cls, config: LlamaConfig, seed: int) -> torch.nn.Module:
 
 
 def tiny_causal_lm(vocab_size: int, *, seed: int, hidden: int = 32, layers: int = 2,
-                   heads: int = 2, max_positions: int = 256,
-                   init_std: float = 0.02) -> LlamaForCausalLM:
-    """Random-init Llama causal LM; identical weights for identical arguments."""
-    cfg = _llama_config(vocab_size, hidden, layers, heads, max_positions, init_std)
+                   heads: int = 2, max_positions: int = 256, init_std: float = 0.02,
+                   tie_embeddings: bool = False) -> LlamaForCausalLM:
+    """Random-init Llama causal LM; identical weights for identical arguments.
+
+    tie_embeddings=True shares lm_head with the input embedding (as many small
+    HF models do), which exercises the tied-weight paths of weights and backends.
+    """
+    cfg = _llama_config(vocab_size, hidden, layers, heads, max_positions, init_std,
+                        tie=tie_embeddings)
     return _seeded_build(LlamaForCausalLM, cfg, seed)
 
 

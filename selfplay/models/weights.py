@@ -8,7 +8,8 @@ views into the shared buffer (no copy on CPU).
 
 Every tensor keeps its own dtype (bfloat16 included: it is stored as raw bytes,
 numpy has no bfloat16). Offsets are aligned to `ALIGN` bytes so each view is
-aligned for its dtype.
+aligned for its dtype. Tied tensors (one storage under two names, e.g. tied
+embeddings) are stored once; both entries point at the same bytes.
 """
 
 from __future__ import annotations
@@ -72,15 +73,22 @@ def flatten_state_dict(model_or_sd: torch.nn.Module | Mapping[str, torch.Tensor]
     sd = _state_dict(model_or_sd)
     entries: list[TensorEntry] = []
     offset = 0
+    shared: dict[tuple, int] = {}  # tied tensors (same storage) are stored once
     for name, t in sd.items():
         nbytes = t.numel() * t.element_size()
-        entries.append(TensorEntry(name, str(t.dtype).removeprefix("torch."),
-                                   tuple(t.shape), offset, nbytes))
-        offset += -(-nbytes // ALIGN) * ALIGN
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        at = shared.get(key) if nbytes else None
+        entries.append(TensorEntry(name, str(t.dtype).removeprefix("torch."), tuple(t.shape),
+                                   offset if at is None else at, nbytes))
+        if at is None:
+            shared[key] = offset
+            offset += -(-nbytes // ALIGN) * ALIGN
     buffer = np.zeros(offset, dtype=np.uint8)
     out = torch.from_numpy(buffer)
+    written: set[int] = set()
     for e, t in zip(entries, sd.values(), strict=True):
-        if e.nbytes:
+        if e.nbytes and e.offset not in written:
+            written.add(e.offset)
             src = t.detach().contiguous().reshape(-1).view(torch.uint8)
             out[e.offset: e.offset + e.nbytes].copy_(src)
     return FlatWeights(buffer=buffer, entries=tuple(entries))

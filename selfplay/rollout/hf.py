@@ -54,7 +54,9 @@ class HFBackend:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self._own = {n: (t.dtype, tuple(t.shape)) for n, t in self.model.state_dict().items()}
+        own = self.model.state_dict()
+        self._own = {n: (t.dtype, tuple(t.shape)) for n, t in own.items()}
+        self._tied = _tied_duplicates(own)
         self._weights: dict[Version, dict[str, torch.Tensor]] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -80,6 +82,8 @@ class HFBackend:
             raise ValueError(f"weights for {version} do not match the model's parameter names")
         tensors = {}
         for name, t in flat.named_tensors():
+            if name in self._tied:  # functional_call re-ties it to its first name
+                continue
             dtype, shape = self._own[name]
             if tuple(t.shape) != shape:
                 raise ValueError(f"weights for {version}: {name} has shape {tuple(t.shape)}, "
@@ -192,3 +196,15 @@ def _eos_ids(model, tokenizer) -> set[int]:
         elif src:
             ids.update(int(x) for x in src)
     return ids
+
+
+def _tied_duplicates(state_dict: dict[str, torch.Tensor]) -> set[str]:
+    """Names that alias an earlier entry (tied embeddings): functional_call takes one per group."""
+    seen: set[tuple] = set()
+    dup: set[str] = set()
+    for name, t in state_dict.items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if t.numel() and key in seen:
+            dup.add(name)
+        seen.add(key)
+    return dup
