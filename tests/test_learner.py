@@ -96,7 +96,7 @@ def test_many_updates_reach_closed_form_target():
     load_flat(trained, learner.publish())
     got = torch.softmax(move_logprobs(trained), 0)
     assert metrics.loss < 1e-6 < metrics.loss_initial
-    assert torch.allclose(got, target, atol=1e-3), (got, target)
+    assert torch.allclose(got, target, atol=1e-4), (got, target)  # observed ~3e-8
     # The target is far from the start: the test would fail without learning.
     assert (torch.softmax(move_logprobs(model_fn()), 0) - target).abs().max() > 0.05
     assert metrics.kl_anchor > 0 and metrics.kl_ref > 0 and metrics.tokens == 4
@@ -122,6 +122,20 @@ def test_start_phase_restores_weights_and_optimizer_bitwise():
             assert torch.equal(v, after.optim[i][k]), k
     learner.train_phase(lead, batch, updates=2)
     assert np.array_equal(first_lead.buffer, learner.publish().buffer)
+
+
+def test_state_round_trip_resumes_bitwise():
+    batch = move_batch()
+    learner = make_learner()
+    learner.train_phase(PHASE, batch, updates=2)
+    saved = learner.state()
+    learner.train_phase(PHASE, batch, updates=2)
+    once = learner.publish()
+    other = Learner(model_fn, LearnerConfig(lr=0.02, grad_clip=None))  # fresh, no roles
+    other.load_state(saved)
+    assert set(other.roles) == {"main", "ref"}
+    other.train_phase(PHASE, batch, updates=2)
+    assert np.array_equal(once.buffer, other.publish().buffer)
 
 
 def test_publish_and_set_role_round_trip():

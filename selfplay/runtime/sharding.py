@@ -10,7 +10,8 @@ Strategies (`LearnerConfig.strategy`):
   exact loss normalisation below wants a plain sum once per step.
 - "fsdp2": `torch.distributed.fsdp.fully_shard` on every transformer block
   (the HF `_no_split_modules` classes) and on the root. FSDP2 reduce-scatters
-  gradients in each backward; its divide factor is set to 1 so it sums too.
+  gradients in each backward; its divide factor is set to 1 (with a plain SUM
+  collective, as gloo has no PREMUL_SUM) so it sums too.
   Parameters are DTensors sharded on dim 0; forward passes are collectives, so
   every rank must run the same number of them (the learner pads with dummy
   micro-batches). Verified to run on CPU with gloo in torch 2.13.
@@ -119,7 +120,10 @@ def prepare_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
         fully_shard(model)
         for m in model.modules():
             if isinstance(m, FSDPModule):
-                m.set_gradient_divide_factor(1.0)  # sum, not mean: see module docstring
+                # Sum, not mean (module docstring). Forcing a plain SUM collective: the
+                # default for a custom factor is PREMUL_SUM, which gloo lacks.
+                m.set_gradient_divide_factor(1.0)
+                m.set_force_sum_reduction_for_comms(True)
     return model
 
 
