@@ -258,9 +258,10 @@ class Learner:
                         response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
         """[N, L] float32 token log-probs under the current weights (or `role`'s),
         aligned with input_ids (entry j = log π(ids[j] | ids[:j])), 0 off the response."""
-        ids = torch.as_tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
-        att = torch.as_tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)
-        mask = torch.as_tensor(response_mask, dtype=torch.float32, device=self.ctx.device)
+        # torch.tensor copies: arrays from the Ray object store are read-only.
+        ids = torch.tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
+        att = torch.tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)
+        mask = torch.tensor(response_mask, dtype=torch.float32, device=self.ctx.device)
         with self._weights(role), torch.no_grad():
             tok = self._forward_token_logprobs(ids, att)
             if self.ctx.sharded:
