@@ -42,6 +42,7 @@ class TinyModelConfig(_Strict):
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     seed: int = 0
+    init_std: float = Field(0.02, gt=0)
 
 
 class ModelConfig(_Strict):
@@ -69,7 +70,9 @@ class RolloutConfig(_Strict):
     k: int = Field(4, ge=2, description="responses sampled per prompt")
     opponents_k: int = Field(4, ge=1, description="opponent samples per prompt and opponent")
     max_new_tokens: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the policy (opponents)")
+    explore_temperature: float = Field(
+        1.0, gt=0, description="temperature of the trained-on responses (behaviour policy)")
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
 

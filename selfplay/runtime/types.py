@@ -66,6 +66,8 @@ class Samples:
     logprobs:  [N, T] float32 sampler log-probs of each token (0 on padding).
     texts:     decoded responses (what judges see).
     version:   the version (or mixture) that sampled every row.
+    prompt_tokens: the prompt token ids the sampler saw, one list per prompt
+               (set by the rollout worker; the learner rebuilds inputs from them).
     """
 
     prompt_ids: np.ndarray
@@ -78,6 +80,7 @@ class Samples:
     k: int
     pad_id: int = 0
     meta: dict[str, float] = field(default_factory=dict)  # timings only
+    prompt_tokens: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -1,0 +1,165 @@
+"""Build a run from a `Config` and execute it: Ray actors, controller, evaluation, tracking.
+
+This is what `selfplay train CONFIG` calls. It starts an in-process Ray cluster
+(`runtime.num_cpus`) unless `runtime.address` names one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from selfplay.config import Config, to_yaml
+from selfplay.errors import InputError
+from selfplay.tasks.token_game import TokenGame, from_config
+
+
+def _hyper(cfg: Config, n: int):
+    from selfplay import algos
+
+    algo = algos.get(cfg.algo.name)
+    h = algo.default_hyper(n)
+    over = {k: getattr(cfg.algo, k) for k in ("eta", "beta", "alpha", "magnet_every")
+            if getattr(cfg.algo, k) is not None}
+    return algo, (h.with_(**over) if over else h)
+
+
+def _build_model(spec):
+    from selfplay.models.load import load_policy
+
+    return load_policy(spec)[0]
+
+
+def _build_backend(spec, kind: str):
+    from selfplay.rollout import make_backend
+
+    return make_backend(kind, spec)
+
+
+def _build_judge(P: np.ndarray, moves: tuple[str, ...], batch_size: int):
+    from selfplay.judges.factory import JudgeSpec, make_judge
+
+    return make_judge(JudgeSpec(kind="game", batch_size=batch_size, matrix=P, moves=moves))
+
+
+def model_spec(cfg: Config, game: TokenGame):
+    """The policy's model: the tiny factory over the game's words, or an HF name/path."""
+    from selfplay.models.tiny import ModelSpec
+
+    if cfg.model.name == "tiny":
+        t = cfg.model.tiny
+        return ModelSpec(words=tuple(game.vocab_words), hidden=t.hidden, layers=t.layers,
+                         heads=t.heads, seed=t.seed, init_std=t.init_std)
+    return cfg.model.name
+
+
+@dataclass
+class MoveEvaluator:
+    """Exact move distribution of a learner-held role: softmax of log π over the move tokens."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    response_mask: np.ndarray
+
+    @classmethod
+    def build(cls, prompt_tokens: list[int], move_ids: list[int]) -> MoveEvaluator:
+        n, L = len(move_ids), len(prompt_tokens) + 1
+        ids = np.array([prompt_tokens + [m] for m in move_ids], dtype=np.int64)
+        resp = np.zeros((n, L), dtype=np.float32)
+        resp[:, -1] = 1.0
+        return cls(ids, np.ones((n, L), dtype=np.int64), resp)
+
+    def policy(self, learners, role: str | None = None) -> np.ndarray:
+        lp = learners.policy_logprobs(self.input_ids, self.attention_mask, self.response_mask,
+                                      role).sum(axis=1).astype(np.float64)
+        lp -= lp.max()
+        p = np.exp(lp)
+        return p / p.sum()
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if cfg.runtime.address:
+        ray.init(address=cfg.runtime.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.runtime.num_cpus, include_dashboard=False, log_to_driver=False,
+                 dashboard_host="127.0.0.1")
+
+
+def build(cfg: Config):
+    """Everything a run needs: (game, controller, evaluator, algo, hyper, tokenizer)."""
+    from selfplay.models.load import encode_prompts, load_policy
+    from selfplay.runtime.actors import JudgeActor, RolloutActor
+    from selfplay.runtime.controller import Controller, ControllerSettings
+    from selfplay.runtime.learner import LearnerConfig
+    from selfplay.runtime.learner_actor import LearnerGroup
+
+    game = from_config(cfg.task)
+    spec = model_spec(cfg, game)
+    _, tok = load_policy(spec) if cfg.model.name == "tiny" else (None, None)
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    move_ids = [tok.convert_tokens_to_ids(m) for m in game.moves]
+    if any(i is None or i == tok.unk_token_id for i in move_ids):
+        raise InputError(f"model {cfg.model.name}: the move names {game.moves} must be single tokens")
+    algo, hyper = _hyper(cfg, game.n)
+    plan = algo.plan(hyper)
+    r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
+    rollout = [RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+        functools.partial(_build_backend, spec, r.backend)) for _ in range(r.workers)]
+    judges = [JudgeActor.options(num_cpus=j.num_cpus).remote(
+        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
+        for _ in range(j.servers)]
+    learners = LearnerGroup(functools.partial(_build_model, spec),
+                            LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip,
+                                          strategy=lcfg.strategy),
+                            lcfg.shards, num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus)
+    settings = ControllerSettings(
+        prompts_per_step=r.prompts_per_step, k=r.k, opponents_k=r.opponents_k,
+        max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+        explore_temperature=r.explore_temperature,
+        max_staleness=cfg.runtime.max_staleness, seed=cfg.seed, loss_form=cfg.algo.loss,
+        normalize_logprobs=cfg.algo.normalize_logprobs, updates_per_phase=lcfg.updates_per_phase,
+        micro_batch=lcfg.micro_batch, allowed_token_ids=move_ids, pad_id=tok.pad_token_id)
+    ctl = Controller(plan, settings, rollout, judges, learners, game.prompts)
+    evaluator = MoveEvaluator.build(encode_prompts(tok, [game.prompts(1, 0)[1][0]])[0], move_ids)
+    return game, ctl, evaluator, algo, hyper
+
+
+def result_json(summary: dict) -> str:
+    return json.dumps(summary, default=float)
+
+
+def write_config(cfg: Config, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    p = run_dir / "config.yaml"
+    p.write_text(to_yaml(cfg))
+    return p
+
+
+def new_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output_dir) / f"{cfg.algo.name}-{stamp}"
+    d, i = base, 1
+    while d.exists():
+        d, i = Path(f"{base}-{i}"), i + 1
+    return d

@@ -1,0 +1,149 @@
+"""`selfplay train`: run the controller on the token game, evaluate, track, summarise.
+
+After every step the exact move distribution π_t of the learner's `main` role
+is read off the LM (softmax of its log-probs over the move tokens), and its
+duality gap `2·max_y (P π_t)_y − 1` is computed exactly; for algorithms that
+solve the β-regularized game, so is the regularized gap against μ = π_ref.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from selfplay import games
+from selfplay.config import Config
+from selfplay.runtime.run import RunResult, build, init_ray, new_run_dir, write_config
+
+
+def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
+    rows = sum(r.rows for r in recs)
+    secs = sum(r.seconds for r in recs)
+    last = recs[-1].metrics
+    out = {
+        "step": step, "gap": game.gap(pi), "policy": [float(x) for x in pi],
+        "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
+        "loss": last.loss, "loss_initial": last.loss_initial, "grad_norm": last.grad_norm,
+        "kl_anchor": last.kl_anchor, "kl_ref": last.kl_ref,
+        "staleness": max(r.staleness for r in recs), "rows": rows,
+        "preference_queries": sum(r.queries for r in recs),
+        "train_seconds": secs, "elapsed": elapsed,
+    }
+    return out
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(steps, [max(h["gap"], 1e-12) for h in history], label="gap")
+    if history[0]["regularized_gap"] is not None:
+        ax.plot(steps, [max(h["regularized_gap"], 1e-12) for h in history], "--",
+                label="regularized gap")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("exact duality gap of π_t")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: Config, *, progress: bool = True) -> RunResult:
+    from tqdm import tqdm
+
+    init_ray(cfg)
+    game, ctl, ev, algo, hyper = build(cfg)
+    run_dir = new_run_dir(cfg)
+    cfg_path = write_config(cfg, run_dir)
+    ctl.init_versions()
+    pi_ref = ev.policy(ctl.learners, "ref")
+    beta = float(hyper.beta) if algo.objective == "regularized" else 0.0
+    history = [{"step": 0, "gap": game.gap(pi_ref), "policy": [float(x) for x in pi_ref],
+                "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}]
+    with contextlib.ExitStack() as stack:
+        stack.callback(ctl.learners.shutdown)
+        tracker = stack.enter_context(_tracker(cfg, run_dir))
+        bar = stack.enter_context(tqdm(total=cfg.runtime.steps, desc=f"{cfg.algo.name} steps",
+                                       file=sys.stderr, disable=not progress))
+        t0 = time.perf_counter()
+
+        def on_step(step: int, recs) -> None:
+            pi = ev.policy(ctl.learners)
+            m = _step_metrics(step + 1, recs, pi, game, beta, pi_ref, time.perf_counter() - t0)
+            history.append(m)
+            if tracker is not None:
+                tracker.log_metrics({k: v for k, v in m.items() if k not in ("step", "policy")},
+                                    step=step + 1)
+            bar.update(1)
+            bar.set_postfix(gap=f"{m['gap']:.3g}", stale=m["staleness"])
+
+        ctl.run(cfg.runtime.steps, on_step=on_step)
+        seconds = time.perf_counter() - t0
+        pi = ev.policy(ctl.learners)
+        summary = _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir)
+        plot = plot_history(history, run_dir / "gap.png", f"{cfg.algo.name} on {game.source}")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
+        if tracker is not None:
+            tracker.log_metrics({"final_gap": summary["gap"],
+                                 "samples_per_s": summary["samples_per_s"]})
+            for p in (cfg_path, plot, run_dir / "summary.json"):
+                tracker.log_artifact(p)
+    return RunResult(summary=summary, history=history, run_dir=run_dir)
+
+
+def _tracker(cfg: Config, run_dir: Path):
+    if not cfg.tracking.enabled:
+        return contextlib.nullcontext(None)
+    from selfplay.tracking import mlflow_run
+
+    return mlflow_run(run_dir.name, cfg.model_dump(mode="json"), uri=cfg.tracking.uri,
+                      experiment=cfg.tracking.experiment, tags={"selfplay.command": "train"})
+
+
+def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dict:
+    rows = sum(r.rows for r in ctl.records)
+    nash = game.nash()
+    out = {
+        "algo": cfg.algo.name, "game": game.source, "moves": game.moves,
+        "steps": cfg.runtime.steps, "gap_initial": history[0]["gap"], "gap": game.gap(pi),
+        "regularized_gap_initial": history[0]["regularized_gap"],
+        "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
+        "beta": beta or None, "policy": pi.tolist(), "nash": nash.tolist(),
+        "regularized_nash": (games.solve_regularized(game.P, beta, pi_ref).tolist()
+                             if beta else None),
+        "preference_queries": int(ctl.queries), "samples": int(rows),
+        "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
+        "seconds": round(seconds, 3), "samples_per_s": rows / seconds if seconds else 0.0,
+        "run_dir": str(run_dir),
+    }
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['algo']} on {s['game']}: {s['steps']} steps, {s['samples']} samples, "
+             f"{s['preference_queries']} preference queries, {s['seconds']:.1f}s",
+             f"gap: {s['gap_initial']:.4f} at start -> {s['gap']:.4f} at the end"]
+    if s["regularized_gap"] is not None:
+        lines.append(f"regularized gap (β={s['beta']:g}): {s['regularized_gap_initial']:.4f}"
+                     f" -> {s['regularized_gap']:.4f}")
+    lines.append(f"{'move':<6}{'policy':>9}{'NE':>9}" + (f"{'reg. NE':>10}"
+                                                      if s["regularized_nash"] else ""))
+    for i, m in enumerate(s["moves"]):
+        row = f"{m:<6}{s['policy'][i]:>9.4f}{s['nash'][i]:>9.4f}"
+        if s["regularized_nash"]:
+            row += f"{s['regularized_nash'][i]:>10.4f}"
+        lines.append(row)
+    lines.append(f"run dir: {s['run_dir']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Tasks: where prompts come from and how a run is scored."""
