@@ -1,0 +1,1 @@
+"""Benchmarks behind `selfplay bench` (reported in the README, not timed tests)."""

@@ -1,0 +1,36 @@
+"""`selfplay bench games|pipeline`: the benchmarks reported in the README."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("bench")
+def bench() -> None:
+    """Benchmarks (measured figures go in the README)."""
+
+
+@bench.command("pipeline")
+@click.option("--steps", default=12, show_default=True, help="Steps per throughput run.")
+@click.option("--repeats", default=5, show_default=True, help="Publish+pull repetitions.")
+@click.option("--json", "as_json", is_flag=True)
+def pipeline(steps: int, repeats: int, as_json: bool) -> None:
+    """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
+    from selfplay.bench import pipeline as p
+
+    r = p.run(steps=steps, repeats=repeats)
+    click.echo(json.dumps(r) if as_json else p.format_report(r))
+
+
+@bench.command("games")
+@click.option("--n", default=1000, show_default=True, help="Actions of the game solved vs the LP.")
+@click.option("--budget", default=60.0, show_default=True, help="Seconds per algorithm vs the LP.")
+@click.option("--json", "as_json", is_flag=True)
+def games(n: int, budget: float, as_json: bool) -> None:
+    """Last-iterate algorithms vs the LP at n=1000; batched sweep vs a NumPy loop."""
+    from selfplay.bench import games as g
+
+    r = g.run(n=n, budget=budget)
+    click.echo(json.dumps(r) if as_json else g.format_report(r))
