@@ -12,9 +12,8 @@ hyperparameters in one batched call, and the plan arithmetic (`a = 1/(1+ηβ)`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from selfplay.algos.plan import StepPlan
@@ -25,14 +24,36 @@ Num = object  # float | int | torch.Tensor (broadcastable to [B, 1])
 #: β of the regularized game, shared by every "regularized" algorithm (the
 #: issue's reference value; the CLI's --beta overrides it).
 BETA = 0.1
-#: Mirror prox / extragradient step for preferences in [0, 1]: η = 1/L with
-#: L = ½ the Lipschitz constant of y ↦ P(y ≻ π) in (‖·‖₁, ‖·‖∞ mod constants).
-PROX_ETA = 2.0
-#: MMD/online-mirror-descent step on the β-regularized game, as a multiple of
-#: the largest step MMD's theorem allows (η ≤ α/L² = 4α): see online_ipo.py.
-MD_ETA_OVER_BETA = 4.0
-#: Nash-MD's step, as ηβ (the geometric-mixture weight): see nash_md.py.
-NASH_MD_ETA_BETA = 0.1
+#: L: Lipschitz constant of π ↦ P(· ≻ π) from (‖·‖₁) to (‖·‖∞ modulo
+#: constants), for any P with entries in [0, 1]: |Σ_j (P_ij − ½)·v_j| ≤ ½‖v‖₁
+#: when Σ v = 0. Every instance-independent step size below is a multiple of 1/L.
+LIPSCHITZ = 0.5
+#: Mirror prox / extragradient step η = 1/L (Nash-MP's and EGPO's theory).
+PROX_ETA = 1.0 / LIPSCHITZ
+#: Online mirror descent (MMD) on the β-regularized game: η ≤ α/L² (Sokota
+#: et al. 2022, Thm 3.4, here α = β) — as a multiple of β: η = 4β.
+MD_ETA_OVER_BETA = 1.0 / LIPSCHITZ**2
+#: Nash-MD's mixture weight ηβ: with a constant step its fixed point is biased
+#: by O(η) (see nash_md.py); 0.01 trades a ~1e-6..1e-8 floor against speed.
+NASH_MD_ETA_BETA = 0.01
+
+# Adaptive step sizes (OMWU, MPO; tabular runner). The local Lipschitz
+# constant of the payoff in the KL geometry at π_t,
+#     L̂_t = sqrt(Var_{π_t}(q_t − q_{t−1}) / Var_{π_t}(log π_t − log π_{t−1})),
+# is what bounds the stable step (linearised at a full-support NE the
+# dynamics rotate with frequencies λ ≤ L̂ ≤ L, see omwu.py). It is measured
+# on payoffs already queried, so it costs no queries.
+ADAPT_FORGET = 0.99  # running max of L̂ forgets old peaks at this rate per step
+ADAPT_GROW = 1.05  # the step may grow by at most this factor per step
+ADAPT_FLOOR = 1e-4  # L̂ is clamped to [ADAPT_FLOOR, LIPSCHITZ]
+#: OMWU: η·λ_max ≤ 0.57 is locally stable (0.5 is the fastest); η = 0.4/L̂.
+OMWU_ETA_TIMES_L = 0.4
+#: MPO: α = L̂ keeps the inner MMD loop stable for any η (|1 + iηλ| < 1 + ηα
+#: when λ ≤ α); ηα = 2 and a magnet refresh every 5 steps are the issue's
+#: hand-tuned ratios (η = 40, α = 0.05), which are this rule at L̂ = 0.05.
+MPO_ALPHA_OVER_L = 1.0
+MPO_ETA_ALPHA = 2.0
+MPO_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -44,9 +65,13 @@ class Hyper:
     alpha:        α, MPO's magnet strength (MMD's regularisation).
     magnet_every: MPO refreshes its magnet every this many steps ...
     magnet_tol:   ... or, if set, as soon as the inner regularized gap of π_t
-                  (game regularized by α towards the magnet) is at most
-                  magnet_tol · gap(π_t) (a relative tolerance; tabular only,
-                  where the gap comes for free from the payoffs already queried).
+                  (game regularized by α towards the magnet) has fallen to
+                  magnet_tol × its value right after the last refresh (tabular
+                  only; the gap comes from payoffs already queried).
+    adaptive:     tabular runner only: re-derive the step from the measured
+                  local Lipschitz constant L̂_t every step (`Algorithm.adapt`);
+                  the values above are then the step-0 values (at L̂ = L). A
+                  user-given η should come with adaptive=False.
     """
 
     eta: Num = 1.0
@@ -54,6 +79,7 @@ class Hyper:
     alpha: Num = 0.0
     magnet_every: Num = 1
     magnet_tol: Num | None = None
+    adaptive: bool = False
 
     def with_(self, **kw) -> Hyper:
         return replace(self, **kw)
@@ -77,12 +103,8 @@ class Algorithm:
     default_hyper: Callable[[int], Hyper]
     plan: Callable[[Hyper], StepPlan]
     summary: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def log_size(n: int) -> float:
-    """log n, floored at log 2 (used by size-aware defaults)."""
-    return math.log(max(int(n), 2))
+    #: (hyper, L̂ [B, 1]) -> hyper for this step, used when hyper.adaptive.
+    adapt: Callable[[Hyper, object], Hyper] | None = None
 
 
 def check_n(n: int) -> int:

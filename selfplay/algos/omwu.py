@@ -16,24 +16,43 @@ Convergence: linear last-iterate convergence to the NE of the original game
 after a burn-in, when an NE with full support exists (Wei et al. for a unique
 NE; Chen et al. 2025 without uniqueness).
 
-Deviations: the theory's step is η ≤ 1/8 (for payoffs in [0, 1]); that is
-instance-independent but very slow (see `default_hyper`). Wei et al. analyse
-the two-sequence OMWU; the single-sequence form above is the one
-ALGORITHMS.md and the NLHF papers use (they coincide up to a re-indexing of
-the optimistic prediction for bilinear games).
+Step size (default, ours): adaptive, η_t = 0.4 / L̂_t with L̂_t the local
+Lipschitz constant of q in the KL geometry measured on the last two payoffs
+(base.py, tabular.LipschitzEstimate; no extra queries). Why: linearised at a
+full-support NE π*, e = log π − log π* evolves by e_{t+1} = e_t + ηK(2e_t −
+e_{t−1}) with K = P·(diag π* − π*π*ᵀ), whose eigenvalues are iλ with
+0 ≤ λ ≤ L = ½. Each mode contracts by the largest root of
+r² − (1 + 2iηλ)r + iηλ = 0: ≈ 1 − (ηλ)²/2 for small ηλ, fastest (0.71) at
+ηλ = 0.5, unstable beyond ηλ ≈ 0.57. So η must track 1/λ_max of the
+instance: λ_max is 0.2–0.29 on small rock–paper–scissors games but 0.02–0.06
+on 21–201-action full-support games, which is why the issue's hand-tuned η = 10
+works at n = 21/51 and oscillates at n = 5 ("near 0.3"), and why no fixed η
+suits all sizes. L̂ starts at L (η_0 = 0.8, stable on every game) and is never
+above L, so the adaptive step is never below the instance-independent one.
+With sampled preferences (`queries`), the noise inflates L̂ and the step
+falls back to η = 0.8.
+
+Deviations: the theory's instance-independent step (η ≤ 1/8 for payoffs in
+[0, 1], Wei et al.) is far too slow, and its constants are not what limits
+the step in practice; the adaptive rule is ours (`Hyper.adaptive=False`
+gives plain OMWU with a fixed η). Wei et al. analyse the two-sequence OMWU;
+the single-sequence form above is the one ALGORITHMS.md and the NLHF papers
+use.
 """
 
 from __future__ import annotations
 
-from selfplay.algos.base import Algorithm, Hyper, check_n
+from selfplay.algos.base import LIPSCHITZ, OMWU_ETA_TIMES_L, Algorithm, Hyper, check_n
 from selfplay.algos.plan import Phase, Refresh, StepPlan
-
-ETA = 1.0
 
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=ETA)
+    return Hyper(eta=OMWU_ETA_TIMES_L / LIPSCHITZ, adaptive=True)
+
+
+def adapt(h: Hyper, lip) -> Hyper:
+    return h.with_(eta=OMWU_ETA_TIMES_L / lip)
 
 
 def plan(h: Hyper) -> StepPlan:
@@ -45,4 +64,4 @@ def plan(h: Hyper) -> StepPlan:
 ALGORITHM = Algorithm(
     name="omwu", paper="Wei et al. 2021 (ICLR), arXiv 2006.09517; NLHF: Chen et al. 2025, "
     "arXiv 2512.24818", objective="nash", default_hyper=default_hyper, plan=plan,
-    summary="π_{t+1} ∝ π_t·exp(η(2q_t − q_{t−1}))")
+    summary="π_{t+1} ∝ π_t·exp(η(2q_t − q_{t−1}))", adapt=adapt)

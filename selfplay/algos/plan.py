@@ -70,12 +70,12 @@ class Refresh:
     every:         apply on steps t with (t+1) % every == 0 (1 = every step);
                    an int, or a tensor [B, 1] of per-game periods (tabular).
     tol:           optional adaptive refresh (MPO's magnet): also refresh, per
-                   game, as soon as src is a tol-relative solution of the game
-                   regularized by `tol_beta` towards dst, i.e. when
-                   regularized_gap(src; tol_beta, μ=dst) ≤ tol · gap(src).
-                   Checked on the payoff of src that the next step queries
-                   anyway; the tabular runner implements it, a runtime that
-                   cannot estimate both gaps may ignore it and use `every`.
+                   game, as soon as the regularized gap of src in the game
+                   regularized by `tol_beta` towards dst has fallen to tol ×
+                   its value right after the previous refresh (the inexact
+                   proximal-point criterion). Checked on the payoff of src that
+                   the next step queries anyway; the tabular runner implements
+                   it, a runtime that cannot estimate the gap may use `every`.
     """
 
     dst: Role

@@ -30,11 +30,19 @@ is the same as an "after" refresh at the end of the previous step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
 
-from selfplay.algos.base import Algorithm, Hyper
+from selfplay.algos.base import (
+    ADAPT_FLOOR,
+    ADAPT_FORGET,
+    ADAPT_GROW,
+    LIPSCHITZ,
+    Algorithm,
+    Hyper,
+)
 from selfplay.algos.plan import ROLES, Mixture, Refresh, Source, StepPlan
 from selfplay.errors import InputError
 
@@ -53,6 +61,9 @@ class Trace:
     iterations:         iterations run (less than asked on early stop).
     preference_queries: per game, [B] (n·Q per sampled payoff vector, n·n exact).
     oracle_calls:       payoff vectors evaluated (the paper's "queries" unit).
+    seconds:            wall time of the iterations (gap recording included).
+    hyper:              hyperparameters of the last step (the adapted ones
+                        when `hyper.adaptive`; tensors are [B, 1]).
     magnet_refreshes:   per game, [B] (MPO), else None.
     """
 
@@ -99,6 +110,39 @@ def mixture_logp(state: dict[str, torch.Tensor], m: Mixture) -> torch.Tensor:
     return torch.log_softmax((1.0 - m.lam) * state[m.a] + m.lam * state[m.b], dim=-1)
 
 
+class LipschitzEstimate:
+    """L̂_t: local Lipschitz constant of q in the KL geometry at π_t (base.py).
+
+    ratio_t = sqrt(Var_π(q_t − q_{t−1}) / Var_π(log π_t − log π_{t−1})) is a
+    secant estimate along the last step; a running max that forgets at
+    ADAPT_FORGET per step catches the fastest rotating mode, the step may grow
+    by at most ADAPT_GROW per step, and L̂ stays in [ADAPT_FLOOR, L] so the
+    adaptive step is never below the instance-independent one.
+    """
+
+    def __init__(self, B: int):
+        self.L = torch.full((B, 1), LIPSCHITZ, dtype=torch.float64)
+        self.peak = torch.zeros(B, 1, dtype=torch.float64)
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, logp: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            pi = logp.exp()
+            vx = _var(pi, logp - self.last[0])
+            vq = _var(pi, q - self.last[1])
+            ok = vx > 1e-24  # below this the policy has stopped moving
+            ratio = torch.where(ok, vq / torch.where(ok, vx, 1.0), 0.0).sqrt()
+            self.peak = torch.maximum(ratio, ADAPT_FORGET * self.peak)
+            self.L = torch.maximum(self.peak, self.L / ADAPT_GROW).clamp(ADAPT_FLOOR, LIPSCHITZ)
+        self.last = (logp, q)
+        return self.L
+
+
+def _var(pi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    m = (pi * v).sum(-1, keepdim=True)
+    return (pi * (v - m) ** 2).sum(-1, keepdim=True)
+
+
 class Executor:
     """Runs one StepPlan step at a time on a batch of games.
 
@@ -106,11 +150,14 @@ class Executor:
     copies a role shares its tensor, so its payoff is never queried twice.
     """
 
-    def __init__(self, plan: StepPlan, payoffs: Payoffs, state: dict[str, torch.Tensor]):
-        self.plan, self.payoffs, self.state = plan, payoffs, state
+    def __init__(self, plan: StepPlan, payoffs: Payoffs, state: dict[str, torch.Tensor],
+                 adapt: Callable[[torch.Tensor], StepPlan] | None = None):
+        self.plan, self.payoffs, self.state, self.adapt = plan, payoffs, state, adapt
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         B = next(iter(state.values())).shape[0]
         self.refreshes = torch.zeros(B, dtype=torch.long)
+        self.lipschitz = LipschitzEstimate(B) if adapt is not None else None
+        self._inner_start: dict[str, torch.Tensor] = {}
 
     def q(self, src: Source) -> torch.Tensor:
         if isinstance(src, Mixture):
@@ -124,6 +171,8 @@ class Executor:
         return q
 
     def step(self, t: int) -> None:
+        if self.lipschitz is not None:
+            self.plan = self.adapt(self.lipschitz.update(self.state["main"], self.q("main")))
         for rf in self.plan.refresh:
             if rf.tol is not None:
                 self._refresh(rf, self._inner_converged(rf), self.state)
@@ -149,15 +198,23 @@ class Executor:
             self.state[rf.dst] = torch.where(due, src_state[rf.src], self.state[rf.dst])
 
     def _inner_converged(self, rf: Refresh) -> torch.Tensor:
-        """[B, 1]: inner regularized gap of src (α = tol_beta, μ = dst) ≤ tol·gap(src)."""
+        """[B, 1]: inner regularized gap of src (α = tol_beta, μ = dst) has fallen
+        to tol × its value right after the last refresh (inexact proximal point)."""
         q = self.q(rf.src)
         lp, lm = self.state[rf.src], self.state[rf.dst]
         alpha = rf.tol_beta
         # regularized gap = 2α·KL(π ‖ softmax(log ρ + q/α)) (games/measures.py docstring)
         target = torch.log_softmax(lm + q / alpha, dim=-1)
         inner = 2 * alpha * (lp.exp() * (lp - target)).sum(-1, keepdim=True)
-        outer = 2 * q.amax(-1, keepdim=True) - 1
-        return inner <= rf.tol * outer
+        start = self._inner_start.get(rf.dst)
+        if start is None:
+            start = inner
+        due = inner <= rf.tol * start
+        # after a refresh the new inner problem starts at ρ = π: its gap is `inner_at_rho`
+        inner_at_rho = 2 * alpha * (lp.exp() * (lp - torch.log_softmax(lp + q / alpha, -1))
+                                    ).sum(-1, keepdim=True)
+        self._inner_start[rf.dst] = torch.where(due, inner_at_rho, start)
+        return due
 
 
 def _due(every, t: int, like: torch.Tensor) -> torch.Tensor:
@@ -223,7 +280,14 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
     init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
     gen = torch.Generator().manual_seed(int(seed))
     payoffs = Payoffs(P, queries, gen)
-    ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t))
+    adapt = None
+    if h.adaptive and A.adapt is not None:
+        def adapt(lip: torch.Tensor) -> StepPlan:
+            nonlocal h_now
+            h_now = A.adapt(h, lip)
+            return A.plan(h_now)
+    h_now = h
+    ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), adapt)
     regularized = A.objective == "regularized"
     beta = torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B) if regularized \
         else None
@@ -259,5 +323,5 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
         regularized_gap=torch.stack(rgaps) if regularized else None, beta=beta,
         iterations=t,
         preference_queries=torch.full((B,), payoffs.calls * payoffs.queries_per_call(n)),
-        oracle_calls=payoffs.calls, seconds=secs, hyper=h,
+        oracle_calls=payoffs.calls, seconds=secs, hyper=h_now,
         magnet_refreshes=ex.refreshes if has_magnet else None)
