@@ -241,9 +241,38 @@ def _as_batch(x, B: int, n: int, name: str) -> torch.Tensor:
     t = torch.as_tensor(x, dtype=torch.float64)
     if t.dim() == 1:
         t = t.unsqueeze(0)
-    if t.shape[-1] != n or t.shape[0] not in (1, B):
+    if t.dim() != 2 or t.shape[-1] != n or t.shape[0] not in (1, B):
         raise InputError(f"{name} must have shape [n] or [B, n] with n={n}, B={B}")
-    return t.expand(B, n).clone()
+    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise InputError(f"{name} must be a full-support distribution (all entries > 0)")
+    if bool(((t.sum(-1) - 1).abs() > 1e-6).any()):
+        raise InputError(f"{name} must sum to 1")
+    return (t / t.sum(-1, keepdim=True)).expand(B, n).clone()
+
+
+def _as_games(P) -> torch.Tensor:
+    P = torch.as_tensor(P, dtype=torch.float64)
+    P = P.unsqueeze(0) if P.dim() == 2 else P
+    if P.dim() != 3 or P.shape[-1] != P.shape[-2]:
+        raise InputError(f"P must be [B, n, n] or [n, n], got shape {tuple(P.shape)}")
+    return P
+
+
+def step(algo: str | Algorithm, P, state: dict[str, torch.Tensor], *, hyper: Hyper | None = None,
+         t: int = 0) -> dict[str, torch.Tensor]:
+    """One exact step of the plan from an explicit state (role → log-probs [B, n]).
+
+    Roles the plan reads must be present; returns the new state (refreshes
+    applied as at step t). Used to check fixed points from a given state.
+    """
+    from selfplay import algos
+
+    A = algos.get(algo) if isinstance(algo, str) else algo
+    P = _as_games(P)
+    h = batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), P.shape[0])
+    ex = Executor(A.plan(h), Payoffs(P, None, torch.Generator()), dict(state))
+    ex.step(t)
+    return ex.state
 
 
 def initial_state(init: torch.Tensor, mu: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -268,10 +297,7 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
     from selfplay.games import regularized_gap as reg_gap_fn
 
     A = algos.get(algo) if isinstance(algo, str) else algo
-    P = torch.as_tensor(P, dtype=torch.float64)
-    P = P.unsqueeze(0) if P.dim() == 2 else P
-    if P.dim() != 3 or P.shape[-1] != P.shape[-2]:
-        raise InputError(f"P must be [B, n, n] or [n, n], got shape {tuple(P.shape)}")
+    P = _as_games(P)
     B, n = P.shape[0], P.shape[-1]
     if iterations < 0 or record_every < 1 or (queries is not None and queries < 1):
         raise InputError("iterations must be ≥ 0, record_every ≥ 1 and queries ≥ 1")

@@ -1,0 +1,184 @@
+"""LLM losses against the tabular rules they stand for.
+
+For a softmax policy over n responses with exact expectations, the minimiser
+of each phase's target-regression loss is that phase's tabular update; for
+EGPO and online IPO, one gradient step on the IPO loss with learning rate
+n·η·β/4 is; and the policy-gradient form has zero expected gradient there.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from selfplay import algos
+from selfplay.algos import losses
+from selfplay.algos.plan import ROLES, Mixture, StepPlan
+from selfplay.algos.tabular import Executor, Payoffs
+from selfplay.games import generate
+
+N = 6
+
+
+def _setup(seed: int = 0):
+    P = generate("uniform", N, seed)
+    rng = np.random.default_rng(seed)
+    state = {r: torch.as_tensor(np.log(rng.dirichlet(np.ones(N))))[None] for r in ROLES}
+    return P, state
+
+
+def _source_probs(src, state) -> np.ndarray:
+    """Independent (numpy) evaluation of a plan source's policy."""
+    if isinstance(src, Mixture):
+        la, lb = state[src.a][0].numpy(), state[src.b][0].numpy()
+        w = np.exp((1 - src.lam) * la + src.lam * lb)
+        return w / w.sum()
+    return np.exp(state[src][0].numpy())
+
+
+def _g(P, ph, state) -> torch.Tensor:
+    return torch.as_tensor(sum(w * (P @ _source_probs(s, state)) for s, w in ph.opponents))
+
+
+def _tabular(P, ph, state) -> torch.Tensor:
+    ex = Executor(StepPlan(phases=(ph,)), Payoffs(torch.as_tensor(P)[None], None,
+                                                  torch.Generator()), dict(state))
+    ex.step(0)
+    return ex.state[ph.output][0]
+
+
+def _phases():
+    for name in algos.NAMES:
+        A = algos.get(name)
+        for k, ph in enumerate(A.plan(A.default_hyper(N)).phases):
+            yield pytest.param(name, k, ph, id=f"{name}-phase{k}")
+
+
+def _all_pairs(diagonal: bool = False) -> torch.Tensor:
+    return torch.tensor([(i, j) for i, j in itertools.product(range(N), repeat=2)
+                         if diagonal or i != j])
+
+
+def _sampled_pairs(seed: int, m: int = 300) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    w = 0.3 / N + 0.7 * rng.dirichlet(np.ones(N))  # an arbitrary full-support behaviour
+    pairs = torch.as_tensor(rng.choice(N, size=(m, 2), p=w))
+    design = torch.zeros(m, N, dtype=torch.float64)
+    design[torch.arange(m), pairs[:, 0]] += 1
+    design[torch.arange(m), pairs[:, 1]] -= 1
+    assert torch.linalg.matrix_rank(design) == N - 1  # pair graph connected
+    return pairs
+
+
+def _minimise(loss_fn) -> torch.Tensor:
+    """Exact minimiser of a loss that is quadratic in the logits (one Newton step)."""
+    theta0 = torch.zeros(N, dtype=torch.float64)
+    grad = torch.autograd.functional.jacobian(loss_fn, theta0)
+    hess = torch.autograd.functional.hessian(loss_fn, theta0)
+    theta = theta0 - torch.linalg.pinv(hess, hermitian=True) @ grad
+    return torch.log_softmax(theta, -1)
+
+
+@pytest.mark.parametrize("pairs", ["all", "sampled"])
+@pytest.mark.parametrize("name,k,ph", list(_phases()))
+def test_regression_minimiser_is_tabular_update(name, k, ph, pairs):
+    P, state = _setup(seed=k + 3)
+    g = _g(P, ph, state)
+    anc = state[ph.anchor][0]
+    mu = state[ph.mu][0] if ph.mu is not None else None
+    pr = _all_pairs() if pairs == "all" else _sampled_pairs(k)
+
+    def loss_fn(theta):
+        return losses.phase_loss(ph, "regression", torch.log_softmax(theta, -1), anc, mu, g, pr)
+
+    got = _minimise(loss_fn)
+    want = _tabular(P, ph, state)
+    assert torch.allclose(got, want, atol=1e-8, rtol=0)
+    assert not torch.allclose(want, anc, atol=1e-3)  # the update does move
+
+
+def test_regression_minimiser_ignores_the_behaviour_policy():
+    """Different pair distributions, same minimiser (robustness to stale samplers)."""
+    P, state = _setup(1)
+    ph = algos.get("nash-mp").plan(algos.get("nash-mp").default_hyper(N)).phases[0]
+    g, anc, mu = _g(P, ph, state), state["main"][0], state["ref"][0]
+    sols = [_minimise(lambda th, pr=pr: losses.target_regression_loss(
+        torch.log_softmax(th, -1), anc, mu, g, pr, ph.a, ph.b, ph.c, reduction="sum"))
+        for pr in (_sampled_pairs(5), _sampled_pairs(6), _all_pairs())]
+    assert all(torch.allclose(s, sols[0], atol=1e-9) for s in sols)
+
+
+@pytest.mark.parametrize("name", ["egpo", "online-ipo"])
+def test_one_ipo_gradient_step_is_tabular_update(name):
+    P, state = _setup(2)
+    A = algos.get(name)
+    h = A.default_hyper(N)
+    for ph in A.plan(h).phases:
+        g = _g(P, ph, state)
+        theta = state[ph.anchor][0].clone().requires_grad_(True)
+        loss = losses.ipo_loss(torch.log_softmax(theta, -1), state["ref"][0], g,
+                               _all_pairs(diagonal=True), h.beta, "mean")
+        (grad,) = torch.autograd.grad(loss, theta)
+        lr = N * h.eta * h.beta / 4  # the step-size mapping in egpo.py
+        got = torch.log_softmax(theta.detach() - lr * grad, -1)
+        assert torch.allclose(got, _tabular(P, ph, state), atol=1e-12, rtol=0)
+        # the dispatcher's IPO form is the same loss (β recovered as b/c)
+        same = losses.phase_loss(ph, "ipo", torch.log_softmax(theta, -1), state[ph.anchor][0],
+                                 state["ref"][0], g, _all_pairs(diagonal=True))
+        assert torch.allclose(same, loss, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,k,ph", list(_phases()))
+def test_policy_gradient_form_is_stationary_at_tabular_update(name, k, ph):
+    P, state = _setup(seed=k + 7)
+    g = _g(P, ph, state)
+    anc = state[ph.anchor][0]
+    mu = state[ph.mu][0] if ph.mu is not None else None
+
+    def expected_grad(logits: torch.Tensor) -> torch.Tensor:
+        theta = logits.clone().requires_grad_(True)
+        logp = torch.log_softmax(theta, -1)
+        w = logp.exp().detach()  # exact expectation over on-policy samples
+        total = sum(w[y] * losses.phase_loss(ph, "pg", logp[y:y + 1], anc[y:y + 1],
+                                             None if mu is None else mu[y:y + 1],
+                                             g[y:y + 1], None) for y in range(N))
+        (grad,) = torch.autograd.grad(total, theta)
+        return grad
+
+    assert expected_grad(_tabular(P, ph, state)).abs().max() < 1e-10
+    assert expected_grad(anc).abs().max() > 1e-4
+
+
+def test_sequence_logprob_sum_and_mean():
+    tok = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, -9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert torch.allclose(losses.sequence_logprob(tok, mask, False), torch.tensor([-6.0, -1.0]))
+    assert torch.allclose(losses.sequence_logprob(tok, mask, True), torch.tensor([-2.0, -0.5]))
+
+
+def test_reductions_and_pair_indexing():
+    logp = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    pairs = torch.tensor([[0, 1], [2, 0]])
+    # differences are −1 and 3; target 0 -> squared errors 1 and 9
+    s = losses.target_regression_loss(logp, zero, None, zero, pairs, 1.0, 0.0, 1.0, "sum")
+    m = losses.target_regression_loss(logp, zero, None, zero, pairs, 1.0, 0.0, 1.0, "mean")
+    assert float(s) == 10.0 and float(m) == 5.0
+    with pytest.raises(ValueError):
+        losses.target_regression_loss(logp, zero, None, zero, pairs, 1, 0, 1, "none")
+
+
+def test_g_hat_weights_sources():
+    pref_now = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    pref_prev = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    g = losses.g_hat([pref_now, pref_prev], [2.0, -1.0])  # OMWU's 2·q_t − q_{t−1}
+    assert torch.allclose(g, torch.tensor([2 * 0.75 - 0.5, 2 * 0.25 - 0.5]))
+    stacked = torch.stack([pref_now[:, :2], pref_prev], dim=1)  # [N, S=2, K=2]
+    assert torch.allclose(losses.g_hat(stacked, [2.0, -1.0]),
+                          2 * pref_now[:, :2].mean(-1) - pref_prev.mean(-1))
+    mask = [torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), torch.ones(2, 2)]
+    gm = losses.g_hat([pref_now, pref_prev], [1.0, 0.0], mask=mask)
+    assert torch.allclose(gm, torch.tensor([0.5, 0.25]))
