@@ -86,3 +86,17 @@ def test_defaults_are_stable_where_hand_tuned_large_steps_oscillate():
     assert (fixed.gap[-1] > 0.05).all()
     adaptive = algos.run("omwu", P, iterations=1500, record_every=1500)
     assert (adaptive.gap[-1] < 1e-4).all()
+
+
+@pytest.mark.parametrize("name", ["nash-mp", "egpo", "online-ipo", "nash-md"])
+def test_overriding_beta_keeps_the_default_step_consistent(name):
+    """η defaults to a rule in β (None -> Algorithm.resolve), so --beta alone is safe."""
+    A = algos.get(name)
+    h = A.default_hyper(11).with_(beta=2.0)
+    eta = A.resolve(h).eta
+    assert eta * 2.0 < 1.0 or name == "nash-mp"  # explicit forms need ηβ < 1
+    P = generate("uniform", 11, 5)
+    tr = algos.run(name, P, hyper=h, iterations=300, record_every=300)
+    # Nash-MD's constant step leaves an O(η²) floor (nash_md.py), the others converge
+    assert float(tr.regularized_gap[-1, 0]) <= (1e-5 if name == "nash-md" else 1e-8)
+    assert tr.hyper.eta == eta and float(tr.beta[0]) == 2.0

@@ -60,7 +60,9 @@ MPO_EVERY = 5
 class Hyper:
     """Hyperparameters of one run (or one per game, as tensors).
 
-    eta:          step size η (the coefficient of ĝ before normalisation).
+    eta:          step size η (the coefficient of ĝ before normalisation);
+                  None = the algorithm's default rule for the given β
+                  (`Algorithm.resolve`), so overriding β keeps η consistent.
     beta:         β, strength of KL(π‖μ) in the regularized game (0 = none).
     alpha:        α, MPO's magnet strength (MMD's regularisation).
     magnet_every: MPO refreshes its magnet every this many steps ...
@@ -105,6 +107,8 @@ class Algorithm:
     summary: str = ""
     #: (hyper, L̂ [B, 1]) -> hyper for this step, used when hyper.adaptive.
     adapt: Callable[[Hyper, object], Hyper] | None = None
+    #: fills in defaults that depend on other fields (η = None -> η(β)).
+    resolve: Callable[[Hyper], Hyper] = lambda h: h
 
 
 def check_n(n: int) -> int:

@@ -39,10 +39,16 @@ from selfplay.algos.plan import Phase, StepPlan
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=PROX_ETA / (1.0 + PROX_ETA * BETA), beta=BETA)
+    return Hyper(eta=None, beta=BETA)
+
+
+def resolve(h: Hyper) -> Hyper:
+    """η = None -> η = η_MP/(1 + η_MP·β) with η_MP = 1/L = 2 (mirror prox's step)."""
+    return h if h.eta is not None else h.with_(eta=PROX_ETA / (1.0 + PROX_ETA * h.beta))
 
 
 def plan(h: Hyper) -> StepPlan:
+    h = resolve(h)
     eb = h.eta * h.beta
     lead = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
                  a=1.0 - eb, b=eb, c=h.eta, output="lead")
@@ -54,5 +60,5 @@ def plan(h: Hyper) -> StepPlan:
 ALGORITHM = Algorithm(
     name="egpo", paper="Zhou, Fazel, Du 2025, Extragradient Preference Optimization (EGPO), "
     "arXiv 2503.08942; code zhourunlong/EGPO", objective="regularized",
-    default_hyper=default_hyper, plan=plan,
+    default_hyper=default_hyper, plan=plan, resolve=resolve,
     summary="extragradient on the online-IPO loss")

@@ -31,10 +31,16 @@ from selfplay.algos.plan import Mixture, Phase, StepPlan
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=NASH_MD_ETA_BETA / BETA, beta=BETA)
+    return Hyper(eta=None, beta=BETA)
+
+
+def resolve(h: Hyper) -> Hyper:
+    """η = None -> η = 0.01/β (mixture weight ηβ = NASH_MD_ETA_BETA)."""
+    return h if h.eta is not None else h.with_(eta=NASH_MD_ETA_BETA / h.beta)
 
 
 def plan(h: Hyper) -> StepPlan:
+    h = resolve(h)
     eb = h.eta * h.beta
     mix = Mixture(a="main", b="ref", lam=eb)
     ph = Phase(sample=mix, opponents=((mix, 1.0),), anchor="main", mu="ref",
@@ -44,5 +50,5 @@ def plan(h: Hyper) -> StepPlan:
 
 ALGORITHM = Algorithm(
     name="nash-md", paper="Munos et al. 2023, Nash Learning from Human Feedback, arXiv 2312.00886",
-    objective="regularized", default_hyper=default_hyper, plan=plan,
+    objective="regularized", default_hyper=default_hyper, plan=plan, resolve=resolve,
     summary="mirror descent against the geometric mixture of π_t and μ")

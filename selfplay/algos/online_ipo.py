@@ -29,11 +29,19 @@ from selfplay.algos.plan import Phase, StepPlan
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    e = MD_ETA_OVER_BETA * BETA
-    return Hyper(eta=e / (1.0 + e * BETA), beta=BETA)
+    return Hyper(eta=None, beta=BETA)
+
+
+def resolve(h: Hyper) -> Hyper:
+    """η = None -> η = η_MMD/(1 + η_MMD·β) with η_MMD = α/L² = 4β (MMD's theorem)."""
+    if h.eta is not None:
+        return h
+    e = MD_ETA_OVER_BETA * h.beta
+    return h.with_(eta=e / (1.0 + e * h.beta))
 
 
 def plan(h: Hyper) -> StepPlan:
+    h = resolve(h)
     eb = h.eta * h.beta
     ph = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
                a=1.0 - eb, b=eb, c=h.eta, output="main")
@@ -43,4 +51,4 @@ def plan(h: Hyper) -> StepPlan:
 ALGORITHM = Algorithm(
     name="online-ipo", paper="Calandriello et al. 2024, Human Alignment of Large Language Models "
     "through Online Preference Optimisation, arXiv 2403.08635", objective="regularized",
-    default_hyper=default_hyper, plan=plan, summary="one online-IPO gradient step per iteration")
+    default_hyper=default_hyper, plan=plan, resolve=resolve, summary="one online-IPO gradient step per iteration")

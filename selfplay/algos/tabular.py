@@ -269,7 +269,8 @@ def step(algo: str | Algorithm, P, state: dict[str, torch.Tensor], *, hyper: Hyp
 
     A = algos.get(algo) if isinstance(algo, str) else algo
     P = _as_games(P)
-    h = batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), P.shape[0])
+    h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]),
+                              P.shape[0]))
     ex = Executor(A.plan(h), Payoffs(P, None, torch.Generator()), dict(state))
     ex.step(t)
     return ex.state
@@ -301,7 +302,7 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
     B, n = P.shape[0], P.shape[-1]
     if iterations < 0 or record_every < 1 or (queries is not None and queries < 1):
         raise InputError("iterations must be ≥ 0, record_every ≥ 1 and queries ≥ 1")
-    h = batch_hyper(hyper if hyper is not None else A.default_hyper(n), B)
+    h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(n), B))
     mu_t = _as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
     init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
     gen = torch.Generator().manual_seed(int(seed))
