@@ -115,7 +115,7 @@ def test_regression_minimiser_ignores_the_behaviour_policy():
 def test_one_ipo_gradient_step_is_tabular_update(name):
     P, state = _setup(2)
     A = algos.get(name)
-    h = A.default_hyper(N)
+    h = A.resolve(A.default_hyper(N))  # η = None means "the default rule in β"
     for ph in A.plan(h).phases:
         g = _g(P, ph, state)
         theta = state[ph.anchor][0].clone().requires_grad_(True)
