@@ -27,7 +27,7 @@ def _hyper(cfg: Config, n: int):
     h = algo.default_hyper(n)
     over = {k: getattr(cfg.algo, k) for k in ("eta", "beta", "alpha", "magnet_every")
             if getattr(cfg.algo, k) is not None}
-    return algo, (h.with_(**over) if over else h)
+    return algo, algo.resolve(h.with_(**over) if over else h)
 
 
 def _build_model(spec):
