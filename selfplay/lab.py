@@ -73,7 +73,7 @@ def run_algo(
     algo = algos.get(name)
     hyper = algo.default_hyper(P.shape[0])
     if eta is not None:
-        hyper = dataclasses.replace(hyper, eta=eta)
+        hyper = dataclasses.replace(hyper, eta=eta, adaptive=False)  # a given η is fixed
     if beta is not None:
         hyper = dataclasses.replace(hyper, beta=beta)
     Pt = torch.as_tensor(P, dtype=torch.float64).unsqueeze(0)
