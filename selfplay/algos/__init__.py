@@ -19,7 +19,7 @@ from selfplay.algos.losses import (
     target_regression_loss,
 )
 from selfplay.algos.plan import Mixture, Phase, Refresh, StepPlan
-from selfplay.algos.tabular import Trace, run
+from selfplay.algos.tabular import Trace, run, step
 from selfplay.errors import InputError
 
 _ALGOS: dict[str, Algorithm] = {
@@ -40,5 +40,5 @@ def get(name: str) -> Algorithm:
 __all__ = [
     "NAMES", "Algorithm", "Hyper", "InputError", "Mixture", "Phase", "Refresh", "StepPlan",
     "Trace", "g_hat", "get", "ipo_loss", "pg_loss", "phase_loss", "run", "sequence_logprob",
-    "target_regression_loss",
+    "step", "target_regression_loss",
 ]

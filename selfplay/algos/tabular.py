@@ -283,6 +283,40 @@ def initial_state(init: torch.Tensor, mu: torch.Tensor) -> dict[str, torch.Tenso
     return state
 
 
+class _Planner:
+    """Re-plans each step from the measured L̂ (adaptive hyperparameters)."""
+
+    def __init__(self, A: Algorithm, h: Hyper):
+        self.A, self.h, self.current = A, h, h
+
+    def __call__(self, lip: torch.Tensor) -> StepPlan:
+        self.current = self.A.adapt(self.h, lip)
+        return self.A.plan(self.current)
+
+
+class _Recorder:
+    """Gaps of the last iterate at recorded iterations (oracle: selfplay.games)."""
+
+    def __init__(self, P: torch.Tensor, beta: torch.Tensor | None, mu: torch.Tensor,
+                 tol: float | None):
+        self.P, self.beta, self.mu, self.tol = P, beta, mu, tol
+        self.iters: list[int] = []
+        self.gaps: list[torch.Tensor] = []
+        self.rgaps: list[torch.Tensor] = []
+
+    def __call__(self, t: int, logp: torch.Tensor) -> bool:
+        """Record iteration t; True when every game has reached the target."""
+        from selfplay.games import gap, regularized_gap
+
+        pi = logp.exp()
+        self.iters.append(t)
+        self.gaps.append(gap(self.P, pi))
+        if self.beta is not None:
+            self.rgaps.append(regularized_gap(self.P, pi, self.beta, self.mu))
+        target = self.rgaps[-1] if self.beta is not None else self.gaps[-1]
+        return self.tol is not None and bool((target <= self.tol).all())
+
+
 def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int,
         queries: int | None = None, seed: int = 0, record_every: int = 1, mu=None,
         init=None, tol: float | None = None) -> Trace:
@@ -294,8 +328,6 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
           "regularized" algorithms) is ≤ tol at a recorded iteration.
     """
     from selfplay import algos
-    from selfplay.games import gap as gap_fn
-    from selfplay.games import regularized_gap as reg_gap_fn
 
     A = algos.get(algo) if isinstance(algo, str) else algo
     P = _as_games(P)
@@ -305,50 +337,31 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
     h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(n), B))
     mu_t = _as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
     init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
-    gen = torch.Generator().manual_seed(int(seed))
-    payoffs = Payoffs(P, queries, gen)
-    adapt = None
-    if h.adaptive and A.adapt is not None:
-        def adapt(lip: torch.Tensor) -> StepPlan:
-            nonlocal h_now
-            h_now = A.adapt(h, lip)
-            return A.plan(h_now)
-    h_now = h
-    ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), adapt)
-    regularized = A.objective == "regularized"
-    beta = torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B) if regularized \
-        else None
-
-    rec, gaps, rgaps = [], [], []
-
-    def record(t: int) -> bool:
-        pi = ex.state["main"].exp()
-        rec.append(t)
-        gaps.append(gap_fn(P, pi))
-        if regularized:
-            rgaps.append(reg_gap_fn(P, pi, beta, mu_t))
-        target = rgaps[-1] if regularized else gaps[-1]
-        return tol is not None and bool((target <= tol).all())
+    payoffs = Payoffs(P, queries, torch.Generator().manual_seed(int(seed)))
+    planner = _Planner(A, h) if h.adaptive and A.adapt is not None else None
+    ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), planner)
+    beta = torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B) \
+        if A.objective == "regularized" else None
+    record = _Recorder(P, beta, mu_t, tol)
 
     t0 = time.perf_counter()
     total = torch.zeros(B, n, dtype=torch.float64)
-    done = record(0)
-    t = 0
+    done, t = record(0, ex.state["main"]), 0
     while t < iterations and not done:
         ex.step(t)
         t += 1
         total += ex.state["main"].exp()
         if t % record_every == 0 or t == iterations:
-            done = record(t)
-    if rec[-1] != t:
-        record(t)
-    secs = time.perf_counter() - t0
+            done = record(t, ex.state["main"])
+    if record.iters[-1] != t:
+        record(t, ex.state["main"])
     has_magnet = any(rf.dst == "magnet" for rf in ex.plan.refresh)
     return Trace(
         algo=A.name, policy=ex.state["main"].exp(), average=total / max(t, 1),
-        recorded=torch.tensor(rec), gap=torch.stack(gaps),
-        regularized_gap=torch.stack(rgaps) if regularized else None, beta=beta,
+        recorded=torch.tensor(record.iters), gap=torch.stack(record.gaps),
+        regularized_gap=torch.stack(record.rgaps) if beta is not None else None, beta=beta,
         iterations=t,
         preference_queries=torch.full((B,), payoffs.calls * payoffs.queries_per_call(n)),
-        oracle_calls=payoffs.calls, seconds=secs, hyper=h_now,
+        oracle_calls=payoffs.calls, seconds=time.perf_counter() - t0,
+        hyper=planner.current if planner is not None else h,
         magnet_refreshes=ex.refreshes if has_magnet else None)
