@@ -22,6 +22,11 @@ evaluated once per version and reused (OMWU's q_{t−1} is the q_t of the
 previous step), so OMWU, MWU, MPO and Nash-MD query once per iteration and
 Nash-MP, EGPO twice.
 
+With `hyper.adaptive` (the default for OMWU and MPO) the plan is rebuilt
+every step from `Algorithm.adapt(hyper, L̂_t)`, with L̂_t the local Lipschitz
+estimate of `LipschitzEstimate` (base.py explains the rule); `Trace.hyper`
+holds the last step's values.
+
 MPO's adaptive magnet (`Refresh.tol`) is checked at the start of a step on
 the payoff of π_t that the step queries anyway, so it costs no queries: that
 is the same as an "after" refresh at the end of the previous step.
