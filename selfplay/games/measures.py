@@ -1,0 +1,125 @@
+"""Duality gaps and KL for matrix games, on numpy arrays or torch tensors.
+
+Notation (Munos et al. 2023, NLHF): ``q_π(y) = P(y ≻ π) = (P π)_y``.
+
+``gap(P, π) = max_π' P(π' ≻ π) − min_π' P(π ≻ π') = 2·max_y q_π(y) − 1``,
+using ``P(π ≻ π') = 1 − P(π' ≻ π)``. It is ≥ 0 and 0 exactly at an NE.
+
+β-regularized game with reference μ:
+``J_β(π, π') = P(π ≻ π') − β·KL(π‖μ) + β·KL(π'‖μ)``. Its duality gap is
+``max_π' J_β(π', π) − min_π' J_β(π, π')``. Derivation (checked, it agrees
+with ALGORITHMS.md's formula):
+
+* ``max_π' J_β(π', π) = max_π' [⟨π', q_π⟩ − β·KL(π'‖μ)] + β·KL(π‖μ)
+  = β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)`` (Gibbs variational principle,
+  maximiser ``π' ∝ μ·exp(q_π/β)``);
+* ``min_π' J_β(π, π') = 1 − max_π' [⟨π', q_π⟩ − β·KL(π'‖μ)] − β·KL(π‖μ)``
+  because ``P(π ≻ π') = 1 − ⟨π', q_π⟩``;
+
+so ``regularized_gap = 2·[β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)] − 1``.
+Using ``⟨π, q_π⟩ = ½`` it also equals ``2β·KL(π ‖ softmax(log μ + q_π/β))``,
+so it is ≥ 0 and 0 exactly at the regularized NE. The formula is invariant to
+rescaling μ, so an unnormalised μ gives the gap for μ/Σμ.
+
+Numerics: the formula as written loses about ``β·(Σπ − 1)`` and
+``β·1e-16·|q/β|`` to rounding, which exceeds 1e-12 for β ≳ 1e3. Writing
+``σ = softmax(log μ + q_π/β)``, on the simplex it equals
+
+    2β·Σ_y [π log(π/σ) − π + σ] + (2·⟨π, q_π⟩ − 1),
+
+whose summands ``σ·φ(π/σ)`` (``φ(t) = t log t − t + 1 ≥ 0``) are each
+non-negative, quadratic in π − σ and first-order insensitive to the
+normalisation of π and σ; the last term is ``(Σπ)² − 1``, i.e. zero up to
+rounding for a valid P. This is what is computed (with ``log1p`` when π is
+within a factor ½..1½ of σ), so the absolute error stays near 1e-16 for
+every β and the value is ≥ −1e-15 for any probability vector.
+
+All functions take numpy arrays or torch tensors with optional leading batch
+dims (``P [..., n, n]``, ``π [..., n]``, ``β`` scalar or ``[...]``) and return
+the same kind: a python float / numpy array for numpy input, a tensor of
+shape ``[...]`` for torch input (torch if any argument is a tensor). They are
+evaluation measures, not losses: no attention was paid to autograd.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def gap(P, pi):
+    """``2·max_y (P π)_y − 1`` over the last axis."""
+    back, (P, pi) = _to_torch(P, pi)
+    q = _payoff(P, pi)
+    return back(2.0 * q.amax(dim=-1) - 1.0)
+
+
+def regularized_gap(P, pi, beta, mu=None):
+    """``2·[β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)] − 1`` (μ uniform if None).
+
+    Evaluated in the equivalent stable form of the module docstring.
+    """
+    back, (P, pi, beta, mu) = _to_torch(P, pi, beta, mu)
+    q = _payoff(P, pi)
+    logits = q / beta.unsqueeze(-1)
+    if mu is not None:
+        logits = logits + torch.log(mu)  # −inf off supp μ
+    log_sigma = torch.log_softmax(logits, dim=-1)
+    sigma = torch.exp(log_sigma)
+    near = (pi - sigma).abs() <= 0.5 * sigma
+    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+    term_near = pi * torch.log1p((pi - sigma) / safe_sigma) - (pi - sigma)
+    term_far = pi * (torch.log(pi) - log_sigma) - pi + sigma
+    term = torch.where(near, term_near, term_far)
+    term = torch.where(pi > 0, term, sigma)
+    value = (pi * q).sum(dim=-1)
+    return back(2.0 * beta * term.sum(dim=-1) + (2.0 * value - 1.0))
+
+
+def kl(p, q):
+    """``Σ p·log(p/q)`` over the last axis, with ``0·log 0 = 0`` (inf if q=0<p)."""
+    back, (p, q) = _to_torch(p, q)
+    p, q = torch.broadcast_tensors(p, q)
+    near = (p - q).abs() <= 0.5 * q
+    safe_q = torch.where(q > 0, q, torch.ones_like(q))
+    log_near = torch.log1p((p - q) / safe_q)
+    log_far = torch.log(p) - torch.log(q)
+    term = p * torch.where(near, log_near, log_far)
+    return back(torch.where(p > 0, term, torch.zeros_like(term)).sum(dim=-1))
+
+
+def _payoff(P: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+    """``q = P π`` with broadcasting over leading dims."""
+    return (P @ pi.unsqueeze(-1)).squeeze(-1)
+
+
+def _to_torch(*xs):
+    """Convert to torch (float64 for numpy input); return a converter back.
+
+    Torch input keeps its dtype and device. ``None`` passes through.
+    """
+    ref = next((x for x in xs if isinstance(x, torch.Tensor)), None)
+    if ref is None:
+        dtype, device = torch.float64, torch.device("cpu")
+    else:
+        dtype = ref.dtype if ref.is_floating_point() else torch.float64
+        device = ref.device
+    out = []
+    for x in xs:
+        if x is None:
+            out.append(None)
+        elif isinstance(x, torch.Tensor):
+            out.append(x.to(dtype=dtype, device=device))
+        else:
+            out.append(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype,
+                                       device=device))
+    return (_identity if ref is not None else _to_numpy), out
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _to_numpy(t: torch.Tensor):
+    a = t.detach().cpu().numpy()
+    return float(a) if a.ndim == 0 else a
