@@ -187,6 +187,24 @@ def test_regularized_nash_with_nonuniform_mu_and_zero_entry():
         assert regularized_gap(P, pi, beta, mu) <= 1e-12
 
 
+def test_regularized_nash_with_one_hot_mu_is_that_action():
+    P = generate("rps", 5, seed=0)
+    np.testing.assert_array_equal(solve_regularized(P, 0.1, np.eye(5)[2]), np.eye(5)[2])
+
+
+@pytest.mark.parametrize("kind,beta,dirichlet", [("transitive", 1e-3, None),
+                                                  ("uniform", 2e-4, 0.3)])
+def test_regularized_nash_hard_cases(kind, beta, dirichlet):
+    """Near-pure solutions and tiny β: where plain damped Newton from μ crawls."""
+    n = 150
+    P = generate(kind, n, seed=7)
+    rng = np.random.default_rng(7)
+    mu = np.full(n, 1 / n) if dirichlet is None else rng.dirichlet(np.full(n, dirichlet))
+    pi = solve_regularized(P, beta, mu)
+    assert _fixed_point_residual(P, pi, beta, mu) <= 1e-10
+    assert regularized_gap(P, pi, beta, mu) <= 1e-12
+
+
 def test_regularized_nash_of_all_half_game_is_mu():
     mu = np.random.default_rng(1).dirichlet(np.ones(6))
     P = np.full((6, 6), 0.5)
@@ -371,6 +389,8 @@ def test_load_errors(tmp_path):
     _assert_input_error(lambda: load(tmp_path / "ragged.csv"), "parse")
     (tmp_path / "bad.npy").write_bytes(b"not a numpy file at all")
     _assert_input_error(lambda: load(tmp_path / "bad.npy"), "parse")
+    (tmp_path / "empty.csv").write_text("")
+    _assert_input_error(lambda: load(tmp_path / "empty.csv"), "no matrix")
     (tmp_path / "dir.npy").mkdir()
     _assert_input_error(lambda: load(tmp_path / "dir.npy"), "read")
     (tmp_path / "asym.csv").write_text("0.5,0.2\n0.3,0.5\n")

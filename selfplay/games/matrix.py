@@ -27,6 +27,8 @@ Generators (`KINDS`), all seeded through ``numpy.random.default_rng(seed)``:
   cyclic (rock–paper–scissors-like) skew-symmetric term
   ``BT_CYCLIC_WEIGHT · sin(2π(k_y − k_y')/n)`` on a random cyclic order ``k``,
   clipped to [0, 1]. Clipping ``x`` and ``1 − x`` keeps ``P + Pᵀ = 1``.
+  The cyclic term is a single rank-2 "disc game" (Balduzzi et al. 2019), so
+  the NE is sparse: support 1 or 3 in practice (measured for n = 5..100).
 * ``"rps"`` (n ≥ 3): generalised rock–paper–scissors. Action ``i`` beats
   ``i + k (mod n)`` for ``k = 1..⌊(n−1)/2⌋`` with probability ``½ + m_k``,
   where the margins ``m_k ~ U[0.1, 0.5]`` are drawn per offset. The matrix is
@@ -44,6 +46,7 @@ Generators (`KINDS`), all seeded through ``numpy.random.default_rng(seed)``:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +120,13 @@ def load(path) -> np.ndarray:
         if ext == ".npy":
             P = np.load(p, allow_pickle=False)
         else:
-            P = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": reported below
+                P = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
         raise InputError(f"{src}: cannot parse matrix ({_one_line(exc)})") from None
+    if np.size(P) == 0:
+        raise InputError(f"{src}: file holds no matrix entries")
     return validate(P, source=src)
 
 

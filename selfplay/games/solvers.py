@@ -149,7 +149,7 @@ def _newton(P: np.ndarray, beta: float, logmu: np.ndarray, z: np.ndarray, tol: f
             polished = 0
         if polished >= (3 if polish else 0):
             return z, True
-        jac = np.eye(P.shape[0]) - (P * pi[None, :] - np.outer(P @ pi, pi)) / beta
+        jac = _jacobian(P, beta, pi)
         try:
             d = scipy.linalg.solve(jac, -r, check_finite=False)
         except (scipy.linalg.LinAlgError, ValueError):
@@ -175,10 +175,20 @@ def _line_search(P, beta, logmu, z, d, m, *, full_only: bool):
     return None
 
 
+def _jacobian(P, beta, pi):
+    """``I − P (diag π − ππᵀ)/β``."""
+    return np.eye(P.shape[0]) - (P * pi[None, :] - np.outer(P @ pi, pi)) / beta
+
+
 def _residual(P, beta, logmu, z):
-    """Normalise z to log π and return (z, π, Π r(z))."""
+    """Normalise z to log π and return (z, π, Π r(z)).
+
+    π is flushed to 0 below 1e-200: such entries change P π by far less than
+    rounding, and subnormal floats make the O(n³) solve ~100x slower.
+    """
     z = z - logsumexp(z)
     pi = np.exp(z)
+    pi[pi < 1e-200] = 0.0
     r = z - logmu - (P @ pi) / beta
     return z, pi, r - r.mean()
 
