@@ -90,6 +90,8 @@ def kl(p, q):
 
 def _payoff(P: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
     """``q = P π`` with broadcasting over leading dims."""
+    if P.dim() == 2:  # one game, a batch of policies: a single GEMM, no expanded copies of P
+        return pi @ P.T
     return (P @ pi.unsqueeze(-1)).squeeze(-1)
 
 
