@@ -92,7 +92,8 @@ def solve_regularized(P, beta: float, mu=None, *, tol: float = 1e-12,
     down to β, each stage warm-started from the previous one and solved to a
     loose gap ``1e-2·β'``. (Straight from μ, small β can need hundreds of
     damped steps; measured over 400 random games with β down to 1e-4, the
-    continuation needs at most ~70 Newton steps in all.) The last stage stops
+    continuation needed at most 62 Newton steps in all; n = 1000 at β = 1e-3
+    took 1 (rps) to 57 (transitive) steps, 0.1 s to 3 s on 2 cores.) The last stage stops
     when ``regularized_gap ≤ tol``, then takes at most three full Newton
     steps while the merit keeps falling, so that the fixed-point residual
     also reaches rounding level. A stage that does not converge within
