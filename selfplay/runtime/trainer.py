@@ -31,7 +31,19 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
         "staleness": max(r.staleness for r in recs), "rows": rows,
         "preference_queries": sum(r.queries for r in recs),
         "train_seconds": secs, "elapsed": elapsed,
+        # The version this step published: its `main` output step t+1.
+        "policy_version": recs[-1].output.step,
+        # Exact probability that π_t beats π_ref under the game judge (ties count ½).
+        "win_rate_ref": float(pi @ game.P @ pi_ref),
+        # Over the phases' train wall time (which includes waiting for the batch when
+        # synchronous); per-stage generation/judging rates need BatchInfo in PhaseRecord.
+        "train_samples_per_s": rows / secs if secs else 0.0,
+        "train_tokens_per_s": sum(r.metrics.tokens for r in recs) / secs if secs else 0.0,
     }
+    if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
+        for r in recs:
+            out[f"loss_{r.output.phase}"] = r.metrics.loss
+            out[f"kl_anchor_{r.output.phase}"] = r.metrics.kl_anchor
     return out
 
 
@@ -98,7 +110,7 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
         if tracker is not None:
             tracker.log_metrics({"final_gap": summary["gap"],
                                  "samples_per_s": summary["samples_per_s"]})
-            for p in (cfg_path, plot, run_dir / "summary.json"):
+            for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
     return RunResult(summary=summary, history=history, run_dir=run_dir)
 
