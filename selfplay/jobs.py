@@ -1,0 +1,185 @@
+"""Ray jobs for `selfplay submit | status | logs | stop`.
+
+Plain logic over Ray's Job Submission SDK (`ray.job_submission.JobSubmissionClient`,
+the REST job server a head node's dashboard serves, by default on :8265). A
+submission is built and validated on the caller's machine before anything is
+sent: the config and overrides are loaded exactly as `selfplay train` would
+load them, so a bad key, a missing file or an unknown algorithm is a one-line
+`InputError` and no job is created.
+
+The job runs `selfplay train CONFIG [overrides] runtime.address=auto` with a
+runtime env that uploads the working dir (minus virtualenvs, VCS data, run
+outputs and local tracking stores), optional pip packages, and the caller's
+MLflow tracking URI (`tracking.uri`, else `$MLFLOW_TRACKING_URI`) in
+`env_vars`, so the run lands in the caller's tracking store. A relative sqlite
+or file URI is made absolute first; it only means something to a head that
+shares the caller's filesystem (a local head, or a shared mount).
+
+Token authentication: the SDK sends the cluster token when the caller's
+environment enables it (`RAY_AUTH_MODE=token`, with `RAY_AUTH_TOKEN`,
+`RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`); a rejected request is reported
+as one line saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfplay.errors import InputError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# gitignore-style patterns Ray's working_dir upload leaves out.
+EXCLUDES = (".venv", "venv", ".git", "runs", "mlruns", "mlartifacts", "mlflow.db",
+            "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Everything `submit_job` is called with; built and validated locally."""
+
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    tracking_uri: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    status: str  # PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED
+    message: str
+
+
+def job_address(address: str | None) -> str:
+    """`--address`, else $RAY_ADDRESS, else the loopback job server; must be http(s)."""
+    addr = (address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS).strip().rstrip("/")
+    if not addr.startswith(("http://", "https://")):
+        # A GCS address (host:6379) would make the SDK wait ~30 s for a GCS; say what is wanted.
+        raise InputError(f"--address must be the Ray job server URL, e.g. http://HEAD:8265; "
+                         f"got {addr!r}")
+    return addr
+
+
+def absolute_uri(uri: str, base: Path) -> str:
+    """Make a relative `sqlite:///x.db`, `file:x` or bare-path store absolute against `base`."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return uri if path.startswith("/") else f"sqlite:///{(base / path).resolve()}"
+    if uri.startswith("file:"):
+        path = uri[len("file:"):]
+        return uri if path.startswith("/") else f"file://{(base / path).resolve()}"
+    if "://" not in uri and not uri.startswith("/"):
+        return str((base / uri).resolve())  # MLflow reads a bare path as a file store
+    return uri
+
+
+def build_submission(config: str, overrides: list[str], *, working_dir: str | None = None,
+                     pip: list[str] | None = None) -> Submission:
+    """Validate CONFIG + overrides here, then describe the job that trains it on the cluster."""
+    from selfplay.config import load_config
+
+    wd = Path(working_dir or ".").resolve()
+    if not wd.is_dir():
+        raise InputError(f"working dir not found: {wd}")
+    cfg_path = Path(config)
+    extra = ["runtime.address=auto"]
+    cfg = load_config(cfg_path, [*overrides, *extra])  # same checks as `selfplay train`
+    try:
+        rel = cfg_path.resolve().relative_to(wd)
+    except ValueError:
+        raise InputError(f"config {config} is outside the working dir {wd} that is uploaded; "
+                         f"move it there or pass --working-dir") from None
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    env_vars: dict[str, str] = {}
+    if uri and cfg.tracking.enabled:
+        uri = absolute_uri(uri, Path.cwd())
+        env_vars["MLFLOW_TRACKING_URI"] = uri
+        if cfg.tracking.uri:  # the config's value wins over the env in the job: pass it resolved
+            extra.insert(0, f"tracking.uri={uri}")
+    runtime_env: dict[str, Any] = {"working_dir": str(wd), "excludes": list(EXCLUDES),
+                                   "env_vars": env_vars}
+    if pip:
+        runtime_env["pip"] = list(pip)
+    argv = ["selfplay", "train", rel.as_posix(), *overrides, *extra, "--no-progress"]
+    return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
+                      tracking_uri=uri if cfg.tracking.enabled else None,
+                      metadata={"selfplay.config": rel.as_posix(), "selfplay.algo": cfg.algo.name})
+
+
+@contextlib.contextmanager
+def _sdk_errors(address: str, job_id: str | None = None) -> Iterator[None]:
+    """Turn the SDK's connection, auth and not-found errors into one-line `InputError`s."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError:
+        raise InputError(f"the Ray job server at {address} rejected the request: it needs the "
+                         f"cluster token (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or put the "
+                         f"token in ~/.ray/auth_token)") from None
+    except ConnectionError:
+        raise InputError(f"cannot reach the Ray job server at {address}") from None
+    except RuntimeError as e:
+        text = str(e)
+        if job_id is not None and ("does not exist" in text or "404" in text):
+            raise InputError(f"no job {job_id} at {address}") from None
+        raise
+
+
+def connect(address: str | None = None):
+    """A `JobSubmissionClient` for the job server at `address` (checked to answer)."""
+    addr = job_address(address)
+    from ray.job_submission import JobSubmissionClient
+
+    with _sdk_errors(addr):
+        return JobSubmissionClient(addr)
+
+
+def submit(client, sub: Submission) -> str:
+    with _sdk_errors(client.get_address()):
+        return client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
+                                 metadata=sub.metadata)
+
+
+def status(client, job_id: str) -> JobState:
+    with _sdk_errors(client.get_address(), job_id):
+        info = client.get_job_info(job_id)
+    return JobState(job_id, str(info.status.value), info.message or "")
+
+
+def logs(client, job_id: str) -> str:
+    with _sdk_errors(client.get_address(), job_id):
+        return client.get_job_logs(job_id)
+
+
+def stop(client, job_id: str) -> bool:
+    """Ask the job to stop; False when it had already ended."""
+    with _sdk_errors(client.get_address(), job_id):
+        return bool(client.stop_job(job_id))
+
+
+def follow(client, job_id: str, write: Callable[[str], None], *, poll_s: float = 0.5) -> JobState:
+    """Stream the job's logs through `write` until it ends; return its terminal state."""
+
+    async def _tail() -> None:
+        async for chunk in client.tail_job_logs(job_id):
+            write(chunk)
+
+    # The SDK logs every websocket close at INFO on stderr; the caller prints the outcome.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
+    with _sdk_errors(client.get_address(), job_id):
+        asyncio.run(_tail())
+        # The log stream closes as the job ends; its status may trail by a moment.
+        while (st := status(client, job_id)).status not in TERMINAL:
+            time.sleep(poll_s)
+    return st

@@ -1,0 +1,214 @@
+"""`selfplay submit | status | logs | stop` against a real local Ray head, and their bad input.
+
+The head is `ray start --head --block` from this venv, on 127.0.0.1 with free
+ports, its own temp dir and token authentication on (a random token given to
+the head and to the CLI through RAY_AUTH_TOKEN). Teardown signals only the
+processes this fixture started (`ray stop` would kill every Ray process on
+the machine, including other users' clusters). The CLI runs as a subprocess,
+as a user runs it, so exit statuses and stderr lines are the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ["runtime.steps=2", "rollout.prompts_per_step=4", "rollout.k=2", "rollout.opponents_k=2",
+        "learner.updates_per_phase=2", "model.tiny.hidden=8", "model.tiny.layers=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
+def selfplay(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120):
+    return subprocess.run([str(BIN / "selfplay"), *args], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """(job server URL, client env) of a fresh single-node head with token auth."""
+    token = secrets.token_hex(16)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    # Short temp dir: Ray's unix socket paths must stay under ~100 characters.
+    tmp = tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp")
+    dash = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--port", str(free_port()), "--ray-client-server-port", str(free_port()),
+           "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", "2",
+           "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", tmp]
+    # No SIGTERM drain: the test's node has nothing to hand over.
+    env = _env(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **auth)
+    log = open(Path(tmp) / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_up(url, token, proc, Path(tmp) / "head.log")
+        yield url, _env(**auth)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own children
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_up(url: str, token: str, proc, log: Path) -> None:
+    req = urllib.request.Request(f"{url}/api/version",
+                                 headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(req, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"ray head did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def test_submit_wait_runs_to_mlflow(head, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    url, env = head
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = selfplay("submit", "conf/quickstart.yaml", *TINY, f"tracking.uri={store}",
+                 "tracking.experiment=jobs", "--address", url, "--wait", env=env, timeout=150)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    job_id = r.stdout.splitlines()[0]
+    assert job_id.startswith("raysubmit_")
+    assert "gap:" in r.stdout and f"job {job_id} SUCCEEDED" in r.stderr
+
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("jobs")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["runtime.address"] == "auto"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "gap")] == [1, 2]
+
+    st = selfplay("status", job_id, "--address", url, env=env)
+    assert (st.returncode, st.stdout.split()[0]) == (0, "SUCCEEDED")
+    logs = selfplay("logs", job_id, "--address", url, env=env)
+    assert logs.returncode == 0 and "gap:" in logs.stdout
+    stop = selfplay("stop", job_id, "--address", url, env=env)
+    assert (stop.returncode, stop.stdout.strip()) == (0, f"{job_id} had already ended")
+    missing = selfplay("status", "raysubmit_nosuchjob", "--address", url, env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"error: no job raysubmit_nosuchjob at {url}"
+
+
+def test_stop_then_follow_exits_nonzero(head, tmp_path):
+    url, env = head
+    r = selfplay("submit", "conf/quickstart.yaml", "runtime.steps=100000",
+                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--address", url, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (job_id,) = r.stdout.split()  # without --wait, stdout is the job id alone
+    stop = selfplay("stop", job_id, "--address", url, env=env)
+    assert (stop.returncode, stop.stdout.strip()) == (0, f"stopping {job_id}")
+    follow = selfplay("logs", job_id, "--follow", "--address", url, env=env)
+    assert follow.returncode == 1  # --follow / --wait exit 0 only for SUCCEEDED
+    assert follow.stderr.splitlines()[-1].startswith(f"job {job_id} STOPPED")
+
+
+def test_missing_token_is_one_line(head):
+    url, _ = head
+    r = selfplay("status", "raysubmit_x", "--address", url, env=_env(RAY_AUTH_MODE="disabled"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "rejected the request" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.yaml"], "config file not found: missing.yaml"),
+    (["c.yaml", "algo.name=ppo"], "config: algo.name: Input should be"),
+    (["c.yaml", "rollout.prompts_per_step=0"], "config: rollout.prompts_per_step: Input should "
+                                               "be greater than or equal to 1"),
+    (["c.yaml", "judge.batch_size=-4"], "config: judge.batch_size: Input should be greater"),
+    (["c.yaml", "runtime.max_staleness=-1"], "config: runtime.max_staleness: Input should be "
+                                             "greater than or equal to 0"),
+    (["c.yaml", "--working-dir", "sub"], "config c.yaml is outside the working dir"),
+    (["c.yaml", "--address", "127.0.0.1:6379"], "--address must be the Ray job server URL"),
+    (["c.yaml"], "cannot reach the Ray job server at http://127.0.0.1:"),
+])
+def test_submit_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    """Checked before any job exists: the address below is closed, so reaching it would fail
+    differently; and nothing is written in the caller's directory."""
+    (tmp_path / "c.yaml").write_text((ROOT / "conf" / "quickstart.yaml").read_text())
+    (tmp_path / "sub").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    closed = f"http://127.0.0.1:{free_port()}"
+    r = selfplay("submit", *args, *([] if "--address" in args else ["--address", closed]),
+                 cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"error: {message}"), line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "stop"])
+def test_job_commands_unreachable_address(command):
+    closed = f"http://127.0.0.1:{free_port()}"
+    r = selfplay(command, "raysubmit_x", "--address", closed)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"error: cannot reach the Ray job server at {closed}"]
+
+
+def test_address_defaults_to_env_then_loopback(monkeypatch):
+    from selfplay.jobs import DEFAULT_ADDRESS, job_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert job_address(None) == DEFAULT_ADDRESS == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
+    assert job_address(None) == "http://head:8265"
+    assert job_address("https://other:443") == "https://other:443"
+
+
+def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypatch):
+    from selfplay.jobs import build_submission
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "c.yaml").write_text("algo: {name: omwu}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    sub = build_submission("conf/c.yaml", ["runtime.steps=3"], pip=["vllm>=0.6"])
+    assert sub.entrypoint == ("selfplay train conf/c.yaml runtime.steps=3 runtime.address=auto "
+                              "--no-progress")
+    env = sub.runtime_env
+    assert env["working_dir"] == str(tmp_path) and env["pip"] == ["vllm>=0.6"]
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert {".venv", ".git", "runs", "mlruns"} <= set(env["excludes"])
+    # The config's own relative sqlite store wins over the env and is made absolute.
+    sub = build_submission("conf/c.yaml", ["tracking.uri=sqlite:///m.db"])
+    assert sub.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/m.db"
+    assert f"tracking.uri=sqlite:///{tmp_path}/m.db runtime.address=auto" in sub.entrypoint
+    assert "pip" not in sub.runtime_env
