@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    ValidationError,
+    model_validator,
+)
 
 from selfplay.errors import InputError
 
@@ -75,6 +82,8 @@ class RolloutConfig(_Strict):
         1.0, gt=0, description="temperature of the trained-on responses (behaviour policy)")
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="custom Ray resources per worker, e.g. {rollout: 1}")
 
 
 class JudgeConfig(_Strict):
@@ -94,6 +103,8 @@ class LearnerConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}")
 
 
 class RuntimeConfig(_Strict):

@@ -124,7 +124,8 @@ def build(cfg: Config):
     algo, hyper = _hyper(cfg, game.n)
     plan = algo.plan(hyper)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
-    rollout = [RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus).remote(
+    rollout = [RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                                    resources=dict(r.resources)).remote(
         functools.partial(_build_backend, spec, r.backend)) for _ in range(r.workers)]
     judges = [JudgeActor.options(num_cpus=j.num_cpus).remote(
         functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
@@ -132,7 +133,9 @@ def build(cfg: Config):
     learners = LearnerGroup(functools.partial(_build_model, spec),
                             LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip,
                                           strategy=lcfg.strategy),
-                            lcfg.shards, num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus)
+                            lcfg.shards, num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus,
+                            # custom resources tie learners to their node group (deploy/)
+                            **({"resources": dict(lcfg.resources)} if lcfg.resources else {}))
     settings = ControllerSettings(
         prompts_per_step=r.prompts_per_step, k=r.k, opponents_k=r.opponents_k,
         max_new_tokens=r.max_new_tokens, temperature=r.temperature,
