@@ -52,13 +52,10 @@ class RolloutActor:
 
     def generate(self, prompts: Prompts, version: SamplerVersion, k: int, max_new_tokens: int,
                  temperature: float, seed: int, allowed_token_ids: list[int] | None) -> Samples:
-        from selfplay.models.load import encode_prompts
-
-        s = self.backend.generate(prompts, version=version, k=k, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, seed=seed,
-                                  allowed_token_ids=allowed_token_ids)
-        s.prompt_tokens = encode_prompts(self.backend.tokenizer, list(prompts.texts))
-        return s
+        # The backend records the prompt tokens it saw (Samples.prompt_tokens).
+        return self.backend.generate(prompts, version=version, k=k, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, seed=seed,
+                                     allowed_token_ids=allowed_token_ids)
 
 
 @ray.remote
