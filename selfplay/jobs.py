@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import os
 import shlex
@@ -61,11 +62,16 @@ class JobState:
 
 
 def job_address(address: str | None) -> str:
-    """`--address`, else $RAY_ADDRESS, else the loopback job server; must be http(s)."""
-    addr = (address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS).strip().rstrip("/")
+    """`--address`, else $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS (Ray's job CLI order),
+    else the loopback job server; it must be an http(s) URL."""
+    source, addr = "--address", address
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        if not addr and os.environ.get(var):
+            source, addr = f"${var}", os.environ[var]
+    addr = (addr or DEFAULT_ADDRESS).strip().rstrip("/")
     if not addr.startswith(("http://", "https://")):
         # A GCS address (host:6379) would make the SDK wait ~30 s for a GCS; say what is wanted.
-        raise InputError(f"--address must be the Ray job server URL, e.g. http://HEAD:8265; "
+        raise InputError(f"{source} must be the Ray job server URL, e.g. http://HEAD:8265; "
                          f"got {addr!r}")
     return addr
 
@@ -99,6 +105,10 @@ def build_submission(config: str, overrides: list[str], *, working_dir: str | No
     except ValueError:
         raise InputError(f"config {config} is outside the working dir {wd} that is uploaded; "
                          f"move it there or pass --working-dir") from None
+    hidden = [part for part in rel.parts for pat in EXCLUDES if fnmatch.fnmatch(part, pat)]
+    if hidden:
+        raise InputError(f"config {config} is under {hidden[0]}/, which is not uploaded; "
+                         f"move it elsewhere in the working dir")
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     env_vars: dict[str, str] = {}
     if uri and cfg.tracking.enabled:

@@ -40,7 +40,8 @@ def free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
+                     "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
 
@@ -157,6 +158,7 @@ def test_missing_token_is_one_line(head):
                                              "greater than or equal to 0"),
     (["c.yaml", "--working-dir", "sub"], "config c.yaml is outside the working dir"),
     (["c.yaml", "--address", "127.0.0.1:6379"], "--address must be the Ray job server URL"),
+    (["runs/c.yaml"], "config runs/c.yaml is under runs/, which is not uploaded"),
     (["c.yaml"], "cannot reach the Ray job server at http://127.0.0.1:"),
 ])
 def test_submit_bad_input_is_one_line_exit_2(tmp_path, args, message):
@@ -164,6 +166,8 @@ def test_submit_bad_input_is_one_line_exit_2(tmp_path, args, message):
     differently; and nothing is written in the caller's directory."""
     (tmp_path / "c.yaml").write_text((ROOT / "conf" / "quickstart.yaml").read_text())
     (tmp_path / "sub").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "c.yaml").write_text((tmp_path / "c.yaml").read_text())
     before = sorted(p.name for p in tmp_path.rglob("*"))
     closed = f"http://127.0.0.1:{free_port()}"
     r = selfplay("submit", *args, *([] if "--address" in args else ["--address", closed]),
@@ -184,13 +188,21 @@ def test_job_commands_unreachable_address(command):
 
 
 def test_address_defaults_to_env_then_loopback(monkeypatch):
+    from selfplay.errors import InputError
     from selfplay.jobs import DEFAULT_ADDRESS, job_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert job_address(None) == DEFAULT_ADDRESS == "http://127.0.0.1:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
     assert job_address(None) == "http://head:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://api:8265")
+    assert job_address(None) == "http://api:8265"
     assert job_address("https://other:443") == "https://other:443"
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a GCS address, as ray.init takes
+    with pytest.raises(InputError, match=r"^\$RAY_ADDRESS must be the Ray job server URL"):
+        job_address(None)
 
 
 def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
     selfplay submit conf/quickstart.yaml --address http://HEAD:8265 runtime.steps=100 --wait
     selfplay status raysubmit_XYZ --address http://HEAD:8265
 
-`--address` defaults to $RAY_ADDRESS, else http://127.0.0.1:8265. The job id
+`--address` defaults to $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS (as Ray's own
+job CLI), else http://127.0.0.1:8265. The job id
 is the only thing `submit` prints on stdout (then the job's logs with
 `--wait`); everything else goes to stderr. `--wait` exits 0 only if the job
 SUCCEEDED, 1 if it failed or was stopped.
@@ -16,8 +17,9 @@ import sys
 import click
 
 _ADDRESS = click.option("--address", default=None, metavar="URL",
-                        help="Job server, e.g. http://HEAD:8265 (default $RAY_ADDRESS, "
-                             "else http://127.0.0.1:8265).")
+                        help="Job server, e.g. http://HEAD:8265 (default "
+                             "$RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else "
+                             "http://127.0.0.1:8265).")
 
 
 def _echo_err(msg: str) -> None:
