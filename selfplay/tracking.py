@@ -61,7 +61,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(_time.time() * 1000)
-        ms = [Metric(key, float(v), ts, int(s)) for s, v in zip(steps, values)]
+        ms = [Metric(key, float(v), ts, int(s)) for s, v in zip(steps, values, strict=True)]
         client = self._mlflow.MlflowClient()
         with contextlib.redirect_stdout(sys.stderr):
             for i in range(0, len(ms), 1000):

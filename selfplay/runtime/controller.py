@@ -173,9 +173,11 @@ class Controller:
         last = pi == len(self.plan.phases) - 1
         future = self.store.future_roles(phase.output, self.plan.refresh if last else (), step)
         nphase = self.plan.phases[nxt[1]]
-        used = {r: self.store.roles[r]
-                for src in (nphase.sample, *(o for o, _ in nphase.opponents))
-                for r in source_roles(src)}
+        roles = {r for src in (nphase.sample, *(o for o, _ in nphase.opponents))
+                 for r in source_roles(src)}
+        if not roles <= self.store.roles.keys():
+            return 1 << 30  # e.g. the first `lead`: it does not exist until this phase publishes it
+        used = {r: self.store.roles[r] for r in roles}
         return staleness(used, future, self.store.index)
 
     def train(self, pend: Pending) -> PhaseRecord:

@@ -97,11 +97,13 @@ class LearnerGroup:
 
     def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig,
                  world_size: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                 resources: dict[str, float] | None = None,
                  backend: str | None = None, device: str | None = None) -> None:
         if world_size < 1:
             raise ValueError(f"learner world_size must be >= 1, got {world_size}")
         self.world_size = world_size
-        opts = LearnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus)
+        opts = LearnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus,
+                                    resources=resources or None)
         self.actors = [opts.remote(model_fn, config, r, world_size, device)
                        for r in range(world_size)]
         addr = ray.get(self.actors[0].address.remote()) if world_size > 1 else None

@@ -135,7 +135,7 @@ def build(cfg: Config):
                                           strategy=lcfg.strategy),
                             lcfg.shards, num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus,
                             # custom resources tie learners to their node group (deploy/)
-                            **({"resources": dict(lcfg.resources)} if lcfg.resources else {}))
+                            resources=dict(lcfg.resources))
     settings = ControllerSettings(
         prompts_per_step=r.prompts_per_step, k=r.k, opponents_k=r.opponents_k,
         max_new_tokens=r.max_new_tokens, temperature=r.temperature,
