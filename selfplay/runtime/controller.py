@@ -80,6 +80,7 @@ class PhaseRecord:
     anchor: Version
     metrics: object
     seconds: float
+    batch: object = None  # BatchInfo: generation/judging seconds and token counts
 
 
 @dataclass
@@ -212,7 +213,7 @@ class Controller:
         self.queries += info.queries
         rec = PhaseRecord(pend.step, pend.phase, out, lag, info.rows, info.queries,
                           info.prompt_ids, [pend.samplers[0]], pend.samplers[1:], anchor,
-                          metrics, time.perf_counter() - t0)
+                          metrics, time.perf_counter() - t0, info)
         self.records.append(rec)
         return rec
 

@@ -36,10 +36,14 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
         # Exact probability that π_t beats π_ref under the game judge (ties count ½).
         "win_rate_ref": float(pi @ game.P @ pi_ref),
         # Over the phases' train wall time (which includes waiting for the batch when
-        # synchronous); per-stage generation/judging rates need BatchInfo in PhaseRecord.
+        # synchronous).
         "train_samples_per_s": rows / secs if secs else 0.0,
         "train_tokens_per_s": sum(r.metrics.tokens for r in recs) / secs if secs else 0.0,
     }
+    gen_s = sum(r.batch.gen_s for r in recs)  # worker seconds spent generating (all draws)
+    judge_s = sum(r.batch.judge_s for r in recs)
+    out["generate_tokens_per_s"] = sum(r.batch.new_tokens for r in recs) / gen_s if gen_s else 0.0
+    out["judge_queries_per_s"] = out["preference_queries"] / judge_s if judge_s else 0.0
     if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
         for r in recs:
             out[f"loss_{r.output.phase}"] = r.metrics.loss
