@@ -70,6 +70,22 @@ class TaskConfig(_Strict):
     seed: int = 0
 
 
+class AutoscaleConfig(_Strict):
+    """Queue-depth autoscaling of the rollout pool (selfplay/runtime/control.py)."""
+
+    min_workers: int = Field(1, ge=1)
+    max_workers: int = Field(4, ge=1)
+    target_queue_depth: float = Field(
+        0.5, ge=0, description="wanted mean number of judged batches waiting for the learner")
+    window: int = Field(4, ge=1, description="steps observed per decision (±1 worker)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscaleConfig:
+        if self.max_workers < self.min_workers:
+            raise ValueError("max_workers must be >= min_workers")
+        return self
+
+
 class RolloutConfig(_Strict):
     backend: Literal["hf", "vllm"] = "hf"
     workers: int = Field(1, ge=1)
@@ -84,6 +100,10 @@ class RolloutConfig(_Strict):
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="custom Ray resources per worker, e.g. {rollout: 1}")
+    join_wait_s: float = Field(
+        0.0, ge=0, description="how long a resize waits for new workers to start (0: they join "
+                               "at a later phase boundary, training never stalls)")
+    autoscale: AutoscaleConfig | None = None
 
 
 class JudgeConfig(_Strict):

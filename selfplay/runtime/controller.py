@@ -19,12 +19,18 @@ every phase strictly in order and is reproducible for a fixed seed.
 
 The driver only moves object refs: samples go worker → judge → assembly task
 → learners, and weights go learner rank 0 → object store → workers.
+
+Elastic rollout pool (`selfplay.runtime.control`): at each phase boundary,
+before any batch is requested, the pool is resized to the run's `RunControl`
+target. Which versions a worker holds is keyed by its actor handle, not its
+position, so the pool can grow, shrink or have a worker replaced.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +38,7 @@ import ray
 
 from selfplay.algos.plan import StepPlan, source_roles
 from selfplay.runtime.actors import assemble
+from selfplay.runtime.control import Autoscaler, request_workers, start_control
 from selfplay.runtime.store import PolicyStore, staleness
 from selfplay.runtime.types import Prompts, SamplerVersion, Version
 
@@ -64,6 +71,7 @@ class Pending:
     info_ref: object
     used: dict[str, Version]
     samplers: list[SamplerVersion]
+    workers: int = 0  # size of the rollout pool that sampled it
 
 
 @dataclass
@@ -81,6 +89,16 @@ class PhaseRecord:
     metrics: object
     seconds: float
     batch: object = None  # BatchInfo: generation/judging seconds and token counts
+    workers: int = 0  # size of the rollout pool that sampled this batch
+
+
+@dataclass(frozen=True)
+class Resize:
+    """The active rollout pool went from `old` to `new` workers before step `step` ran on."""
+
+    step: int
+    old: int
+    new: int
 
 
 @dataclass
@@ -95,7 +113,14 @@ class Controller:
     records: list[PhaseRecord] = field(default_factory=list)
     queries: int = 0
     cursor: int = 0
-    _loaded: dict[int, set] = field(default_factory=dict)
+    make_worker: Callable[[], object] | None = None  # one new RolloutActor (run.py)
+    autoscale: Autoscaler | None = None
+    join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
+    control: object = None  # this run's RunControl actor, once `open_control` ran
+    resizes: list[Resize] = field(default_factory=list)
+    _loaded: dict[object, set] = field(default_factory=dict)  # actor handle -> versions
+    _starting: list[tuple[object, object]] = field(default_factory=list)  # (actor, ready ref)
+    _retiring: list[tuple[object, list]] = field(default_factory=list)  # (actor, queued batches)
 
     # ------------------------------------------------------------- versions
     def init_versions(self) -> None:
@@ -116,19 +141,99 @@ class Controller:
                 self.store.assign(role, v0)
 
     def _ensure_loaded(self, worker_idx: int, versions: set[Version]) -> None:
-        have = self._loaded.setdefault(worker_idx, set())
+        w = self.rollout[worker_idx]
+        have = self._loaded.setdefault(w, set())
         for v in sorted(versions - have):
             # Boxed ref: the worker pulls the weights, the driver never does.
-            self.rollout[worker_idx].load.remote(v, [self.store.refs[v]])
+            w.load.remote(v, [self.store.refs[v]])
             have.add(v)
 
     def _release(self, queue: deque) -> None:
         pinned = self.store.pinned_by([s for p in queue for s in p.samplers])
         for v in self.store.release_unused(pinned):
-            for i, have in self._loaded.items():
+            for w, have in self._loaded.items():
                 if v in have:
-                    self.rollout[i].drop.remote(v)
+                    w.drop.remote(v)
                     have.discard(v)
+
+    # ------------------------------------------------------------- elastic pool
+    def open_control(self, name: str) -> None:
+        """Start this run's named `RunControl`, so `selfplay scale NAME` reaches it."""
+        a = self.autoscale
+        self.control = start_control(name, len(self.rollout),
+                                     (a.min_workers, a.max_workers) if a else None)
+        if a is not None:
+            request_workers(len(self.rollout), a.bundle)
+
+    def close_control(self) -> None:
+        """End of run: stop the control actor, workers still starting, and the resource ask."""
+        for w, _ in self._starting:
+            ray.kill(w)
+        self._starting.clear()
+        if self.control is not None:
+            ray.kill(self.control)
+            self.control = None
+        if self.autoscale is not None:
+            request_workers(0, self.autoscale.bundle)
+
+    @property
+    def starting(self) -> list:
+        """Workers started for the pool that have not joined it yet."""
+        return [w for w, _ in self._starting]
+
+    def _queue_depth(self, queue: deque) -> int:
+        """Queued batches already generated and judged, waiting for the learner."""
+        refs = [p.info_ref for p in queue]
+        return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else 0
+
+    def _resize(self, step: int, phase: int, queue: deque) -> None:
+        """Safe point (no request in flight): move the pool towards the control's target."""
+        if self.control is None:
+            return
+        want = ray.get(self.control.target.remote())
+        if self.autoscale is not None and phase == 0 and not self._starting:
+            new = self.autoscale.decide(want, self._queue_depth(queue))
+            if new != want:
+                want = ray.get(self.control.set_target.remote(new))
+                request_workers(new, self.autoscale.bundle)
+        old = len(self.rollout)
+        have = old + len(self._starting)
+        for _ in range(want - have):
+            w = self.make_worker()
+            self._starting.append((w, w.ready.remote()))
+        for _ in range(have - want):
+            if self._starting:  # never served, so no batch can depend on it
+                ray.kill(self._starting.pop()[0])
+            else:
+                # Out of the pool now; killed once every batch queued now is trained.
+                self._retiring.append((self.rollout.pop(), list(queue)))
+        self._admit()
+        if len(self.rollout) != old:
+            self.resizes.append(Resize(step, old, len(self.rollout)))
+        self.control.report.remote(len(self.rollout), len(self._starting), len(self._retiring))
+
+    def _admit(self) -> None:
+        """Started workers join the pool; waits at most `join_wait_s` for those still starting."""
+        if not self._starting:
+            return
+        refs = [r for _, r in self._starting]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=self.join_wait_s)[0])
+        for w, r in self._starting:
+            if r in ready:
+                ray.get(r)  # a worker whose backend failed to build fails the run here
+                self.rollout.append(w)  # loads what it needs at its first request
+        self._starting = [(w, r) for w, r in self._starting if r not in ready]
+
+    def _reap(self, queue: deque) -> None:
+        """Kill retired workers once no queued batch can still be waiting on their samples."""
+        keep = []
+        for w, pends in self._retiring:
+            if any(p is q for p in pends for q in queue):
+                keep.append((w, pends))
+            else:
+                ray.kill(w)
+                self._loaded.pop(w, None)
+        self._retiring = keep
 
     # ------------------------------------------------------------- requests
     def _seed(self, step: int, phase: int, chunk: int, draw: int) -> int:
@@ -164,7 +269,7 @@ class Controller:
             judge = self.judges[c % len(self.judges)]
             judged.append(judge.judge_chunk.remote(smp, weights, *opp_refs))
         batch_ref, info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
-        return Pending(step, pi, batch_ref, info_ref, used, [sampler, *opps])
+        return Pending(step, pi, batch_ref, info_ref, used, [sampler, *opps], len(self.rollout))
 
     # ------------------------------------------------------------- training
     def _predicted_staleness(self, nxt: tuple[int, int], cur: tuple[int, int]) -> int:
@@ -213,7 +318,7 @@ class Controller:
         self.queries += info.queries
         rec = PhaseRecord(pend.step, pend.phase, out, lag, info.rows, info.queries,
                           info.prompt_ids, [pend.samplers[0]], pend.samplers[1:], anchor,
-                          metrics, time.perf_counter() - t0, info)
+                          metrics, time.perf_counter() - t0, info, workers=pend.workers)
         self.records.append(rec)
         return rec
 
@@ -223,6 +328,7 @@ class Controller:
         queue: deque[Pending] = deque()
         step_records: list[PhaseRecord] = []
         for i, task in enumerate(tasks):
+            self._resize(*task, queue)
             if not queue:
                 queue.append(self.request(*task))
             pend = queue.popleft()
@@ -231,6 +337,7 @@ class Controller:
                 queue.append(self.request(*tasks[i + 1]))
             step_records.append(self.train(pend))
             self._release(queue)
+            self._reap(queue)
             if task[1] == len(self.plan.phases) - 1:
                 if on_step is not None:
                     on_step(task[0], step_records)

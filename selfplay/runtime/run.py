@@ -42,6 +42,27 @@ def _build_backend(spec, kind: str):
     return make_backend(kind, spec)
 
 
+def make_rollout_worker(spec, r):
+    """One `RolloutActor` on `r`'s (RolloutConfig) resources: at build, and when the pool grows."""
+    from selfplay.runtime.actors import RolloutActor
+
+    return RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                                resources=dict(r.resources)).remote(
+        functools.partial(_build_backend, spec, r.backend))
+
+
+def _autoscaler(r):
+    """The rollout autoscale policy, or None; its bundle is one worker's Ray resources."""
+    from selfplay.runtime.control import Autoscaler
+
+    if r.autoscale is None:
+        return None
+    a = r.autoscale
+    bundle = {"CPU": r.num_cpus, "GPU": r.num_gpus, **r.resources}
+    return Autoscaler(a.min_workers, a.max_workers, a.target_queue_depth,
+                      {k: float(v) for k, v in bundle.items() if v > 0}, window=a.window)
+
+
 def _build_judge(P: np.ndarray, moves: tuple[str, ...], batch_size: int):
     from selfplay.judges.factory import JudgeSpec, make_judge
 
@@ -106,7 +127,7 @@ def init_ray(cfg: Config) -> None:
 def build(cfg: Config):
     """Everything a run needs: (game, controller, evaluator, algo, hyper, tokenizer)."""
     from selfplay.models.load import encode_prompts, load_policy
-    from selfplay.runtime.actors import JudgeActor, RolloutActor
+    from selfplay.runtime.actors import JudgeActor
     from selfplay.runtime.controller import Controller, ControllerSettings
     from selfplay.runtime.learner import LearnerConfig
     from selfplay.runtime.learner_actor import LearnerGroup
@@ -124,9 +145,9 @@ def build(cfg: Config):
     algo, hyper = _hyper(cfg, game.n)
     plan = algo.plan(hyper)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
-    rollout = [RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                    resources=dict(r.resources)).remote(
-        functools.partial(_build_backend, spec, r.backend)) for _ in range(r.workers)]
+    make_worker = functools.partial(make_rollout_worker, spec, r)
+    scaler = _autoscaler(r)
+    rollout = [make_worker() for _ in range(scaler.clamp(r.workers) if scaler else r.workers)]
     judges = [JudgeActor.options(num_cpus=j.num_cpus).remote(
         functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
         for _ in range(j.servers)]
@@ -143,7 +164,8 @@ def build(cfg: Config):
         max_staleness=cfg.runtime.max_staleness, seed=cfg.seed, loss_form=cfg.algo.loss,
         normalize_logprobs=cfg.algo.normalize_logprobs, updates_per_phase=lcfg.updates_per_phase,
         micro_batch=lcfg.micro_batch, allowed_token_ids=move_ids, pad_id=tok.pad_token_id)
-    ctl = Controller(plan, settings, rollout, judges, learners, game.prompts)
+    ctl = Controller(plan, settings, rollout, judges, learners, game.prompts,
+                     make_worker=make_worker, autoscale=scaler, join_wait_s=r.join_wait_s)
     evaluator = MoveEvaluator.build(encode_prompts(tok, [game.prompts(1, 0)[1][0]])[0], move_ids)
     return game, ctl, evaluator, algo, hyper
 

@@ -29,6 +29,7 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
         "loss": last.loss, "loss_initial": last.loss_initial, "grad_norm": last.grad_norm,
         "kl_anchor": last.kl_anchor, "kl_ref": last.kl_ref,
         "staleness": max(r.staleness for r in recs), "rows": rows,
+        "rollout_workers": recs[-1].workers,  # pool size that sampled the step's last batch
         "preference_queries": sum(r.queries for r in recs),
         "train_seconds": secs, "elapsed": elapsed,
         # The version this step published: its `main` output step t+1.
@@ -89,6 +90,11 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
                 "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}]
     with contextlib.ExitStack() as stack:
         stack.callback(ctl.learners.shutdown)
+        # Named after the run dir: `selfplay scale NAME --rollout-workers N` resizes the pool.
+        ctl.open_control(run_dir.name)
+        stack.callback(ctl.close_control)
+        print(f"run {run_dir.name} (Ray at {_gcs_address()}): resize with `selfplay scale "
+              f"{run_dir.name} --rollout-workers N`", file=sys.stderr)
         tracker = stack.enter_context(_tracker(cfg, run_dir))
         bar = stack.enter_context(tqdm(total=cfg.runtime.steps, desc=f"{cfg.algo.name} steps",
                                        file=sys.stderr, disable=not progress))
@@ -119,6 +125,12 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
     return RunResult(summary=summary, history=history, run_dir=run_dir)
 
 
+def _gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _tracker(cfg: Config, run_dir: Path):
     if not cfg.tracking.enabled:
         return contextlib.nullcontext(None)
@@ -141,6 +153,7 @@ def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dic
                              if beta else None),
         "preference_queries": int(ctl.queries), "samples": int(rows),
         "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
+        "rollout_resizes": [[z.step, z.old, z.new] for z in ctl.resizes],  # (step, old, new)
         "seconds": round(seconds, 3), "samples_per_s": rows / seconds if seconds else 0.0,
         "run_dir": str(run_dir),
     }
