@@ -46,7 +46,8 @@ def _cfg(tmp_path, *extra: str):
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # As from a user's shell: `ray.init` above set RAY_AUTH_MODE=token in this process only.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -148,8 +148,8 @@ def connect(address: str | None) -> str:
             ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False,
                      logging_level="ERROR")
         except ConnectionError as e:
-            raise InputError(f"cannot reach a Ray cluster at {addr}: "
-                             f"{str(e).splitlines()[0]}") from None
+            raise InputError(f"cannot join the Ray cluster at {addr} ({str(e).splitlines()[0]}); "
+                             f"with token authentication set RAY_AUTH_TOKEN") from None
     return addr
 
 
