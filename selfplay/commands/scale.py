@@ -2,7 +2,8 @@
 
 RUN is the run's name, its run dir's last part (what `selfplay train` prints
 on stderr when it starts). The command joins the cluster (`--address`, else
-$RAY_ADDRESS, else `auto`: the cluster on this machine), sets the target of
+$RAY_ADDRESS, else `auto`: a cluster on this machine; with several, pass the
+address `selfplay train` printed), sets the target of
 the run's `RunControl` actor and returns; the controller applies it at its
 next phase boundary (selfplay/runtime/control.py).
 """

@@ -19,7 +19,8 @@ shrinks its pool (see `Controller._resize`):
 Autoscale (optional, `rollout.autoscale`): at each step boundary the
 controller observes the queue depth, the number of requested batches already
 generated and judged, waiting for the learner. The controller prefetches at
-most one batch (and none with `max_staleness: 0`), so the depth is 0 or 1.
+most one batch (and none with `max_staleness: 0`, where the depth is always 0
+and the policy climbs to `max_workers`), so the depth is 0 or 1.
 After `window` settled steps, a mean depth below `target_queue_depth` (the
 learner waited for rollouts) adds a worker, a mean above it removes one,
 within `[min_workers, max_workers]`. Each new target is also sent to Ray's
@@ -79,9 +80,17 @@ class RunControl:
 
 
 def start_control(name: str, workers: int, bounds: tuple[int, int] | None = None):
-    """Create the run's `RunControl`; a live run of the same name is an InputError."""
+    """Create the run's `RunControl`; a live run of the same name is an InputError.
+
+    It is pinned to the driver's node: a 0-CPU actor may otherwise land on a
+    worker node that the autoscaler later removes, taking the run with it.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     try:
-        return RunControl.options(name=name, namespace=NAMESPACE).remote(workers, bounds)
+        return RunControl.options(name=name, namespace=NAMESPACE,
+                                  scheduling_strategy=here).remote(workers, bounds)
     except ValueError:
         raise InputError(f"a run named {name} already runs on this Ray cluster") from None
 
