@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -17,6 +18,10 @@ def train(config: str, overrides: tuple[str, ...], as_json: bool, no_progress: b
     from selfplay.config import load_config
 
     cfg = load_config(config, list(overrides))  # bad input fails here, before Ray starts
+    if not cfg.runtime.address:
+        # An in-process cluster binds to loopback: Ray reads this before it is imported
+        # (by default it advertises the machine's address even for a one-node cluster).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from selfplay.runtime.trainer import format_summary
     from selfplay.runtime.trainer import train as run_train
 
