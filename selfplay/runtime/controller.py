@@ -132,8 +132,10 @@ class Controller:
             self.learners.copy_role("ref", "main")
         ref = self.learners.publish("main")
         v0 = Version(0, "main")
-        self.store.add(v0, ref)
+        # ref first: the publish index of π_0 must be next to π_1's, or a batch sampled
+        # from π_0 would count as 2 versions old once π_1 is out.
         self.store.add(Version(0, "ref"), ref)  # same weights, its own name
+        self.store.add(v0, ref)
         self.store.assign("main", v0)
         self.store.assign("ref", Version(0, "ref"))
         for role in self.plan.roles_kept:
@@ -263,9 +265,12 @@ class Controller:
             # regression is unbiased under any full-support behaviour); opponents may not.
             smp = w.generate.remote(prompts, sampler, s.k, seed=self._seed(step, pi, c, 0),
                                     **{**gen, "temperature": s.explore_temperature})
+            # One seed for every opponent source (common random numbers): each draw
+            # is still exact, but OMWU's 2·ĝ(π_t) − ĝ(π_{t−1}) then carries the noise
+            # of about one draw instead of five (π_t ≈ π_{t−1} sample alike).
             opp_refs = [w.generate.remote(prompts, v, s.opponents_k,
-                                          seed=self._seed(step, pi, c, 1 + j), **gen)
-                        for j, v in enumerate(opps)]
+                                          seed=self._seed(step, pi, c, 1), **gen)
+                        for v in opps]
             judge = self.judges[c % len(self.judges)]
             judged.append(judge.judge_chunk.remote(smp, weights, *opp_refs))
         batch_ref, info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)

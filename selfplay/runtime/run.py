@@ -109,6 +109,7 @@ class RunResult:
     summary: dict
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
+    records: list = field(default_factory=list)  # the controller's PhaseRecords, in order
 
 
 def init_ray(cfg: Config) -> None:

@@ -90,6 +90,7 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
                 "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}]
     with contextlib.ExitStack() as stack:
         stack.callback(ctl.learners.shutdown)
+        stack.callback(_kill_workers, ctl)
         # Named after the run dir: `selfplay scale NAME --rollout-workers N` resizes the pool.
         ctl.open_control(run_dir.name)
         stack.callback(ctl.close_control)
@@ -122,7 +123,17 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
                                  "samples_per_s": summary["samples_per_s"]})
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
-    return RunResult(summary=summary, history=history, run_dir=run_dir)
+    return RunResult(summary=summary, history=history, run_dir=run_dir, records=ctl.records)
+
+
+def _kill_workers(ctl) -> None:
+    """Rollout workers and judges end with the run. Left to garbage collection (the
+    controller sits in a reference cycle) they would hold their CPUs until the next
+    `gc.collect()`, and a second run in the same cluster waits for them."""
+    import ray
+
+    for actor in (*ctl.rollout, *ctl.judges):
+        ray.kill(actor)
 
 
 def _gcs_address() -> str:
