@@ -25,7 +25,7 @@ from selfplay.config import load_config
 PIPELINE_OVERRIDES = [
     "algo.name=mpo", "algo.eta=2", "algo.alpha=0.5", "task.generate=rps", "task.n=5",
     "model.tiny.hidden=64", "model.tiny.layers=2", "rollout.prompts_per_step=64",
-    "rollout.k=8", "rollout.opponents_k=8", "learner.updates_per_phase=4",
+    "rollout.k=8", "rollout.opponents_k=32", "learner.updates_per_phase=1",
     "learner.micro_batch=512", "tracking.enabled=false", "runtime.num_cpus=2",
 ]
 
