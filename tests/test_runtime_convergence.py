@@ -15,8 +15,9 @@ reports, with the closed forms
     reg_gap(π; β) = 2·[β·log Σ_y μ(y)·exp((Pπ)_y/β) + β·KL(π‖μ)] − 1.
 
 Per-algorithm settings were picked by simulating the tabular dynamics with
-sampled payoffs (same batch sizes) over 30 seeds, then confirmed on the LM for
-3 seeds (see conf/tests/converge.yaml and ALGO_SETTINGS below).
+sampled payoffs (same batch sizes) over 30-40 seeds, then confirmed on the LM
+for 3-5 run seeds (see conf/tests/converge.yaml and ALGO_SETTINGS below). With
+max_staleness 0 a run is bitwise reproducible, so each test is deterministic.
 """
 
 from __future__ import annotations
@@ -37,15 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "tests" / "converge.yaml"
 MATRIX = ROOT / "conf" / "tests" / "weighted_rps.csv"
 
-# algorithm -> (overrides on top of converge.yaml, which gap must converge). Final gaps
-# of 3 seeds by hand (threshold 0.05 for gap, 0.022 = start/10 for regularized_gap):
+# algorithm -> (overrides on top of converge.yaml, which gap must converge). The final
+# gaps measured by hand for several run seeds (`seed=`; the test runs seed 0) are noted;
+# thresholds: 0.05 for gap (start 0.70), 0.022 = start/10 for regularized_gap.
 ALGO_SETTINGS = {
     # OMWU: η·λ ≈ 0.5 at the NE (λ ≈ 0.22) is the fastest locally stable step. Its
-    # last iterate is the noisiest (the payoff noise is amplified near the stability
-    # edge), so it gets 8192 opponent draws per source. Seeds 0-2: 0.018, 0.011, 0.003.
-    "omwu": (["algo.eta=2.2", "runtime.steps=30", "rollout.opponents_k=1024"], "gap"),
+    # last iterate is the noisiest (payoff noise is amplified near the stability edge),
+    # so it gets 8192 opponent draws per source. Seeds 0-4: 0.005, 0.016, 0.035, 0.023, 0.026.
+    "omwu": (["algo.eta=2.4", "runtime.steps=30", "rollout.opponents_k=1024"], "gap"),
     # MPO: α ≈ λ keeps the inner MMD loop stable; ηα = 2; magnet every 4 steps.
-    # Seeds 0-2: 0.013, 0.017, 0.026.
+    # Seeds 0-4: 0.013, 0.017, 0.026, 0.030, 0.014.
     "mpo": (["algo.alpha=0.2", "algo.eta=10", "algo.magnet_every=4", "runtime.steps=40"],
             "gap"),
     # Nash-MP (η = 2, β = 0.1) shrinks the regularized gap ~1.5x per step; small batches
