@@ -2,7 +2,8 @@
 
 Subcommands live in `selfplay.commands.*` and are imported only when invoked,
 so `selfplay --help` stays instant (no torch, ray or mlflow import).
-Any `InputError` becomes one line on stderr and exit status 2.
+Any `InputError` becomes one line on stderr and exit status 2, a `RunError`
+one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import click
 
-from selfplay.errors import InputError
+from selfplay.errors import InputError, RunError
 
 # name -> (module, attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except RunError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)

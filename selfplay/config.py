@@ -112,6 +112,12 @@ class JudgeConfig(_Strict):
     servers: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     num_cpus: float = Field(0.25, gt=0)
+    retries: int = Field(2, ge=0, description="retries of a failed judge call (exception, "
+                                              "timeout, NaN or a value outside [0, 1])")
+    timeout_s: float = Field(120.0, gt=0, description="one judge call's time limit")
+    on_failure: Literal["raise", "mask"] = Field(
+        "raise", description="after the retries: fail the run with a clear error, or mask "
+                             "the failed comparisons (counted and logged, never trained on)")
 
 
 class LearnerConfig(_Strict):
@@ -133,6 +139,13 @@ class RuntimeConfig(_Strict):
     address: str | None = None
     num_cpus: int = Field(2, ge=1, description="CPUs of the in-process cluster when address is None")
     eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(
+        5, ge=0, description="steps between checkpoints in RUN_DIR/checkpoints (0: only the "
+                             "final one)")
+    checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    max_reissues: int = Field(
+        3, ge=0, description="times one batch is reissued after a rollout worker or "
+                             "preference server died, before the run fails")
 
 
 class TrackingConfig(_Strict):
