@@ -1,7 +1,13 @@
-"""Build a judge from a typed spec (`JudgeSpec`), the one entry point the runtime uses."""
+"""Build a judge from a typed spec (`JudgeSpec`), the one entry point the runtime uses.
+
+Judge kinds are looked up in `JUDGE_KINDS`, an explicit table of selfplay's own
+judges; a kind name is never imported by string. Model judges load their
+weights through `selfplay.models.load` (safetensors only, no remote code).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -35,15 +41,15 @@ class JudgeSpec:
     template: str | None = None
 
 
-def make_judge(spec: JudgeSpec) -> Judge:
-    if spec.kind == "game":
-        if spec.matrix is None or spec.moves is None:
-            raise InputError("judge.kind=game needs a matrix and move names")
-        from selfplay.judges.game import GameJudge
+def _game(spec: JudgeSpec) -> Judge:
+    if spec.matrix is None or spec.moves is None:
+        raise InputError("judge.kind=game needs a matrix and move names")
+    from selfplay.judges.game import GameJudge
 
-        return GameJudge(spec.matrix, list(spec.moves))
-    if spec.kind not in ("reward", "pairwise", "llm"):
-        raise InputError(f"unknown judge kind {spec.kind!r}; expected game, reward, pairwise or llm")
+    return GameJudge(spec.matrix, list(spec.moves))
+
+
+def _model_kwargs(spec: JudgeSpec) -> dict:
     if spec.model is None:
         raise InputError(f"judge.kind={spec.kind} needs judge.model (a path, hub name or tiny:...)")
     if spec.batch_size < 1:
@@ -51,17 +57,43 @@ def make_judge(spec: JudgeSpec) -> Judge:
     kw = {"batch_size": spec.batch_size, "device": spec.device}
     if spec.template is not None and spec.kind != "reward":
         kw["template"] = spec.template
-    from selfplay.models.load import load_classifier, load_policy
+    return kw
 
-    if spec.kind == "llm":
-        from selfplay.judges.llm_judge import LLMJudge
 
-        return LLMJudge(*load_policy(spec.model, dtype=spec.dtype, device=spec.device), **kw)
-    model, tok = load_classifier(spec.model, dtype=spec.dtype, device=spec.device)
-    if spec.kind == "reward":
-        from selfplay.judges.reward import RewardJudge
+def _reward(spec: JudgeSpec) -> Judge:
+    kw = _model_kwargs(spec)
+    from selfplay.judges.reward import RewardJudge
+    from selfplay.models.load import load_classifier
 
-        return RewardJudge(model, tok, **kw)
+    return RewardJudge(*load_classifier(spec.model, dtype=spec.dtype, device=spec.device), **kw)
+
+
+def _pairwise(spec: JudgeSpec) -> Judge:
+    kw = _model_kwargs(spec)
     from selfplay.judges.pairwise import PairwiseJudge
+    from selfplay.models.load import load_classifier
 
-    return PairwiseJudge(model, tok, **kw)
+    return PairwiseJudge(*load_classifier(spec.model, dtype=spec.dtype, device=spec.device), **kw)
+
+
+def _llm(spec: JudgeSpec) -> Judge:
+    kw = _model_kwargs(spec)
+    from selfplay.judges.llm_judge import LLMJudge
+    from selfplay.models.load import load_policy
+
+    return LLMJudge(*load_policy(spec.model, dtype=spec.dtype, device=spec.device), **kw)
+
+
+# The allow-list: every judge kind selfplay can build, and nothing else.
+JUDGE_KINDS: dict[str, Callable[[JudgeSpec], Judge]] = {
+    "game": _game, "reward": _reward, "pairwise": _pairwise, "llm": _llm,
+}
+
+
+def make_judge(spec: JudgeSpec) -> Judge:
+    """The judge `spec` describes (InputError for an unknown kind or missing fields)."""
+    build = JUDGE_KINDS.get(spec.kind) if isinstance(spec.kind, str) else None
+    if build is None:
+        raise InputError(f"unknown judge kind {spec.kind!r}; expected one of "
+                         f"{', '.join(JUDGE_KINDS)}")
+    return build(spec)

@@ -3,6 +3,11 @@
 Names: a local directory or hub name goes to `AutoModelFor*.from_pretrained`;
 `tiny:<spec>` (see `ModelSpec`) builds a random-init tiny model in code.
 
+Safe loading: weights are read from safetensors only (`use_safetensors=True`),
+never from pickle `.bin` checkpoints, and `trust_remote_code=False` is passed
+explicitly, so loading a model runs no code that ships with it. A local
+directory without a `*.safetensors` file is refused before transformers sees it.
+
 Prompt encoding follows the HF convention: when the tokenizer has a chat
 template, the prompt is rendered as one user turn with the generation prompt,
 and the rendered text is tokenized without adding special tokens again (the
@@ -12,7 +17,11 @@ tokenizer's own special tokens.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -42,13 +51,42 @@ def _finish(model: PreTrainedModel, tok: PreTrainedTokenizerBase, dtype: str, de
     return model.to(device=device, dtype=_dtype(dtype)).eval(), tok
 
 
-def _from_pretrained(auto_cls, name: str, what: str):
+PICKLE_REFUSED = "no safetensors weights in {} (pickle .bin checkpoints are not loaded)"
+
+
+def check_safetensors_dir(name_or_path: str) -> None:
+    """InputError if `name_or_path` is a local directory holding no `*.safetensors` file.
+
+    Hub names pass; `from_pretrained(use_safetensors=True)` refuses those itself.
+    """
+    p = Path(name_or_path)
+    if p.is_dir() and not any(p.glob("*.safetensors")):
+        raise InputError(PICKLE_REFUSED.format(p))
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local directory or hub name; no remote code runs."""
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = auto_cls.from_pretrained(name)
-    except OSError as e:
-        raise InputError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
-    return model, tok
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load tokenizer {name_or_path!r}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _from_pretrained(auto_cls, name: str, what: str):
+    check_safetensors_dir(name)
+    try:
+        model = auto_cls.from_pretrained(name, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, SafetensorError) as e:
+        # ValueError: e.g. a config whose auto_map needs the repository's own code.
+        if re.search(r"file named \S*\.safetensors", str(e)):
+            raise InputError(PICKLE_REFUSED.format(name)) from None
+        raise InputError(f"cannot load {what} {name!r}: {_first_line(e)}") from None
+    return model, load_tokenizer(name)
 
 
 def load_policy(name_or_path: str | ModelSpec, *, dtype: str = "float32",

@@ -1,7 +1,8 @@
 """Generation backends (hf, vllm) behind `GenerationBackend`; `make_backend` picks one.
 
 Backends import lazily: `import selfplay.rollout` pulls in neither transformers
-nor vllm.
+nor vllm. Backend names are looked up in `BACKENDS`, an explicit table of
+selfplay's own backends, never imported by string.
 """
 
 from __future__ import annotations
@@ -17,21 +18,45 @@ if TYPE_CHECKING:
 BackendKind = Literal["hf", "vllm"]
 
 
+def _hf(model, device: str, dtype: str, engine_kwargs: dict) -> GenerationBackend:
+    if engine_kwargs:
+        raise InputError(f"hf backend takes no engine options, got {sorted(engine_kwargs)}")
+    from selfplay.rollout.hf import HFBackend
+
+    return HFBackend.from_name(model, device=device, dtype=dtype)
+
+
+def _vllm(model, device: str, dtype: str, engine_kwargs: dict) -> GenerationBackend:
+    # Same rules as selfplay.models.load: safetensors weights only, no remote code.
+    if engine_kwargs.get("trust_remote_code"):
+        raise InputError("vllm backend: trust_remote_code is not allowed (no model code is run)")
+    fmt = engine_kwargs.setdefault("load_format", "safetensors")
+    if fmt != "safetensors":
+        raise InputError(f"vllm backend: load_format must be 'safetensors', got {fmt!r}")
+    engine_kwargs["trust_remote_code"] = False
+    from selfplay.models.load import check_safetensors_dir
+    from selfplay.models.tiny import ModelSpec
+
+    if isinstance(model, str) and not model.startswith(ModelSpec.PREFIX):
+        check_safetensors_dir(model)
+    from selfplay.rollout.vllm import VLLMBackend
+
+    return VLLMBackend(model, dtype=dtype, **engine_kwargs)
+
+
+# The allow-list: every generation backend selfplay can build, and nothing else.
+BACKENDS = {"hf": _hf, "vllm": _vllm}
+
+
 def make_backend(kind: BackendKind, model: str | ModelSpec, *, device: str = "cpu",
                  dtype: str = "float32", **engine_kwargs) -> GenerationBackend:
     """An empty backend for `model` (a path, hub name, `tiny:<spec>` or ModelSpec).
 
     No version is loaded yet: push weights with `load_weights(version, flat)`.
-    `engine_kwargs` go to `vllm.LLM` (vllm only).
+    `engine_kwargs` go to `vllm.LLM` (vllm only); there `load_format` is
+    safetensors and `trust_remote_code` is False, whatever is passed.
     """
-    if kind == "hf":
-        if engine_kwargs:
-            raise InputError(f"hf backend takes no engine options, got {sorted(engine_kwargs)}")
-        from selfplay.rollout.hf import HFBackend
-
-        return HFBackend.from_name(model, device=device, dtype=dtype)
-    if kind == "vllm":
-        from selfplay.rollout.vllm import VLLMBackend
-
-        return VLLMBackend(model, dtype=dtype, **engine_kwargs)
-    raise InputError(f"unknown rollout backend {kind!r}; expected 'hf' or 'vllm'")
+    build = BACKENDS.get(kind) if isinstance(kind, str) else None
+    if build is None:
+        raise InputError(f"unknown rollout backend {kind!r}; expected one of {', '.join(BACKENDS)}")
+    return build(model, device, dtype, dict(engine_kwargs))
