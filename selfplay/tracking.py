@@ -75,6 +75,11 @@ class Tracker:
         with contextlib.redirect_stdout(sys.stderr):
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Every file under the directory `path`."""
+        with contextlib.redirect_stdout(sys.stderr):
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+
     def log_dict(self, d: Mapping[str, Any], name: str) -> None:
         with contextlib.redirect_stdout(sys.stderr):
             self._mlflow.log_dict(dict(d), name)
@@ -88,8 +93,12 @@ def mlflow_run(
     uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """Start a run, log `params` (flattened with dots), yield a Tracker, end the run."""
+    """Start a run, log `params` (flattened with dots), yield a Tracker, end the run.
+
+    With `run_id` (a resumed training run) the existing run is reopened and its
+    params are left as they were; if the store does not know it, a new run starts."""
     with contextlib.redirect_stdout(sys.stderr):
         import mlflow
 
@@ -97,11 +106,19 @@ def mlflow_run(
             logging.getLogger(name).setLevel(logging.WARNING)
         mlflow.set_tracking_uri(tracking_uri(uri))
         mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+        run = None
+        if run_id is not None:
+            try:
+                run = mlflow.start_run(run_id=run_id)
+            except mlflow.exceptions.MlflowException:
+                run = None  # another tracking store than the first run's
+        reopened = run is not None
+        if run is None:
+            run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
     status = "FAILED"
     try:
         tracker = Tracker(mlflow, run.info.run_id)
-        if params:
+        if params and not reopened:
             tracker.log_params(params)
         yield tracker
         status = "FINISHED"

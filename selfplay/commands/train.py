@@ -1,4 +1,4 @@
-"""`selfplay train CONFIG [key=value ...] [--json]`."""
+"""`selfplay train [CONFIG] [key=value ...] [--resume RUN_DIR] [--json]`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,35 @@ import click
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
-@click.argument("config", type=str)
+@click.argument("config", type=str, required=False)
 @click.argument("overrides", nargs=-1, type=str)
+@click.option("--resume", "resume", type=str, default=None, metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR from its newest intact checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(config: str, overrides: tuple[str, ...], as_json: bool, no_progress: bool) -> None:
-    """Train on a Ray cluster from a YAML CONFIG with dotted key=value overrides."""
-    from selfplay.config import load_config
+def train(config: str | None, overrides: tuple[str, ...], resume: str | None, as_json: bool,
+          no_progress: bool) -> None:
+    """Train on a Ray cluster from a YAML CONFIG with dotted key=value overrides.
 
-    cfg = load_config(config, list(overrides))  # bad input fails here, before Ray starts
+    With --resume RUN_DIR, CONFIG may be left out (the run's own config.yaml is
+    used); if given, it must match the run's config except for where and how
+    long it runs (runtime.steps, addresses, worker counts, tracking)."""
+    from selfplay.config import load_config
+    from selfplay.errors import InputError
+
+    overrides = list(overrides)
+    if config is not None and "=" in config and resume is not None:
+        overrides, config = [config, *overrides], None  # `train --resume DIR key=value`
+    if config is None and resume is None:
+        raise InputError("train needs a CONFIG file (or --resume RUN_DIR)")
+    # Bad input fails here, before Ray starts and before anything is written.
+    cfg = load_config(config, overrides) if config is not None else None
+    ckpt = None
+    if resume is not None:
+        from selfplay.runtime.resume import check_resume  # imports no Ray
+
+        cfg, ckpt = check_resume(cfg, overrides, resume,
+                                 warn=lambda m: click.echo(f"warning: {m}", err=True))
     if not cfg.runtime.address:
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).
@@ -25,7 +45,7 @@ def train(config: str, overrides: tuple[str, ...], as_json: bool, no_progress: b
     from selfplay.runtime.trainer import format_summary
     from selfplay.runtime.trainer import train as run_train
 
-    result = run_train(cfg, progress=not no_progress)
+    result = run_train(cfg, progress=not no_progress, resume=ckpt)
     click.echo(format_summary(result.summary))
     if as_json:
         click.echo(json.dumps(result.summary))

@@ -20,10 +20,15 @@ every phase strictly in order and is reproducible for a fixed seed.
 The driver only moves object refs: samples go worker → judge → assembly task
 → learners, and weights go learner rank 0 → object store → workers.
 
-Elastic rollout pool (`selfplay.runtime.control`): at each phase boundary,
-before any batch is requested, the pool is resized to the run's `RunControl`
-target. Which versions a worker holds is keyed by its actor handle, not its
-position, so the pool can grow, shrink or have a worker replaced.
+Elastic rollout pool and healing (`selfplay.runtime.pool`): at each phase
+boundary the pool is resized to the run's `RunControl` target. A batch whose
+rollout worker or preference server died is reissued: the dead actors are
+replaced in their slots and the same prompts are sampled again from the same
+versions with the same seeds (`_collect`), at most `max_reissues` times.
+
+Checkpoints (`selfplay.runtime.resume`) are taken at step boundaries; the
+controller's state is `next_step`, the prompt `cursor`, the policy store and
+the `queue` of requested batches not yet trained on.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ import numpy as np
 import ray
 
 from selfplay.algos.plan import StepPlan, source_roles
+from selfplay.errors import RunError
 from selfplay.runtime.actors import assemble
-from selfplay.runtime.control import Autoscaler, request_workers, start_control
+from selfplay.runtime.pool import Resize, RolloutPool, replace_dead
 from selfplay.runtime.store import PolicyStore, staleness
 from selfplay.runtime.types import Prompts, SamplerVersion, Version
 
@@ -53,6 +59,7 @@ class ControllerSettings:
     explore_temperature: float
     max_staleness: int
     seed: int
+    max_reissues: int = 3
     loss_form: str = "regression"
     normalize_logprobs: bool = False
     updates_per_phase: int = 8
@@ -63,15 +70,19 @@ class ControllerSettings:
 
 @dataclass
 class Pending:
-    """A requested batch: refs only, plus the role → version map it sampled from."""
+    """A requested batch: what it samples (prompts from `start`, versions, opponent
+    weights), the role → version map it sampled from, and the refs of its result."""
 
     step: int
     phase: int
-    batch_ref: object
-    info_ref: object
+    start: int  # first prompt id: the batch answers prompts start .. start+prompts_per_step-1
     used: dict[str, Version]
-    samplers: list[SamplerVersion]
+    samplers: list[SamplerVersion]  # [trained-on sampler, *opponent sources]
+    weights: list[float]  # opponent weights
+    batch_ref: object = None
+    info_ref: object = None
     workers: int = 0  # size of the rollout pool that sampled it
+    reissues: int = 0
 
 
 @dataclass
@@ -92,35 +103,45 @@ class PhaseRecord:
     workers: int = 0  # size of the rollout pool that sampled this batch
 
 
-@dataclass(frozen=True)
-class Resize:
-    """The active rollout pool went from `old` to `new` workers before step `step` ran on."""
-
-    step: int
-    old: int
-    new: int
-
-
 @dataclass
 class Controller:
     plan: StepPlan
     settings: ControllerSettings
-    rollout: list
+    rollout_pool: RolloutPool
     judges: list
     learners: object  # LearnerGroup
     prompt_source: object  # callable(count, start_id) -> (ids, texts)
+    make_judge: Callable[[], object] | None = None  # one new JudgeActor, to replace a dead one
     store: PolicyStore = field(default_factory=PolicyStore)
     records: list[PhaseRecord] = field(default_factory=list)
     queries: int = 0
-    cursor: int = 0
-    make_worker: Callable[[], object] | None = None  # one new RolloutActor (run.py)
-    autoscale: Autoscaler | None = None
-    join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
-    control: object = None  # this run's RunControl actor, once `open_control` ran
-    resizes: list[Resize] = field(default_factory=list)
-    _loaded: dict[object, set] = field(default_factory=dict)  # actor handle -> versions
-    _starting: list[tuple[object, object]] = field(default_factory=list)  # (actor, ready ref)
-    _retiring: list[tuple[object, list]] = field(default_factory=list)  # (actor, queued batches)
+    cursor: int = 0  # next prompt id
+    next_step: int = 0  # first step `run` executes (> 0 after a resume)
+    queue: deque = field(default_factory=deque)  # requested, not yet trained Pendings
+    judges_replaced: int = 0
+
+    # The pool, as the tests and `selfplay scale` see it.
+    @property
+    def rollout(self) -> list:
+        return self.rollout_pool.workers
+
+    @property
+    def starting(self) -> list:
+        return self.rollout_pool.starting
+
+    @property
+    def control(self):
+        return self.rollout_pool.control
+
+    @property
+    def resizes(self) -> list[Resize]:
+        return self.rollout_pool.resizes
+
+    def open_control(self, name: str) -> None:
+        self.rollout_pool.open_control(name)
+
+    def close_control(self) -> None:
+        self.rollout_pool.close_control()
 
     # ------------------------------------------------------------- versions
     def init_versions(self) -> None:
@@ -142,100 +163,9 @@ class Controller:
             if role not in ("main", "ref"):
                 self.store.assign(role, v0)
 
-    def _ensure_loaded(self, worker_idx: int, versions: set[Version]) -> None:
-        w = self.rollout[worker_idx]
-        have = self._loaded.setdefault(w, set())
-        for v in sorted(versions - have):
-            # Boxed ref: the worker pulls the weights, the driver never does.
-            w.load.remote(v, [self.store.refs[v]])
-            have.add(v)
-
-    def _release(self, queue: deque) -> None:
-        pinned = self.store.pinned_by([s for p in queue for s in p.samplers])
-        for v in self.store.release_unused(pinned):
-            for w, have in self._loaded.items():
-                if v in have:
-                    w.drop.remote(v)
-                    have.discard(v)
-
-    # ------------------------------------------------------------- elastic pool
-    def open_control(self, name: str) -> None:
-        """Start this run's named `RunControl`, so `selfplay scale NAME` reaches it."""
-        a = self.autoscale
-        self.control = start_control(name, len(self.rollout),
-                                     (a.min_workers, a.max_workers) if a else None)
-        if a is not None:
-            request_workers(len(self.rollout), a.bundle)
-
-    def close_control(self) -> None:
-        """End of run: stop the control actor, workers still starting, and the resource ask."""
-        for w, _ in self._starting:
-            ray.kill(w)
-        self._starting.clear()
-        if self.control is not None:
-            ray.kill(self.control)
-            self.control = None
-        if self.autoscale is not None:
-            request_workers(0, self.autoscale.bundle)
-
-    @property
-    def starting(self) -> list:
-        """Workers started for the pool that have not joined it yet."""
-        return [w for w, _ in self._starting]
-
-    def _queue_depth(self, queue: deque) -> int:
-        """Queued batches already generated and judged, waiting for the learner."""
-        refs = [p.info_ref for p in queue]
-        return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else 0
-
-    def _resize(self, step: int, phase: int, queue: deque) -> None:
-        """Safe point (no request in flight): move the pool towards the control's target."""
-        if self.control is None:
-            return
-        want = ray.get(self.control.target.remote())
-        if self.autoscale is not None and phase == 0 and not self._starting:
-            new = self.autoscale.decide(want, self._queue_depth(queue))
-            if new != want:
-                want = ray.get(self.control.set_target.remote(new))
-                request_workers(new, self.autoscale.bundle)
-        old = len(self.rollout)
-        have = old + len(self._starting)
-        for _ in range(want - have):
-            w = self.make_worker()
-            self._starting.append((w, w.ready.remote()))
-        for _ in range(have - want):
-            if self._starting:  # never served, so no batch can depend on it
-                ray.kill(self._starting.pop()[0])
-            else:
-                # Out of the pool now; killed once every batch queued now is trained.
-                self._retiring.append((self.rollout.pop(), list(queue)))
-        self._admit()
-        if len(self.rollout) != old:
-            self.resizes.append(Resize(step, old, len(self.rollout)))
-        self.control.report.remote(len(self.rollout), len(self._starting), len(self._retiring))
-
-    def _admit(self) -> None:
-        """Started workers join the pool; waits at most `join_wait_s` for those still starting."""
-        if not self._starting:
-            return
-        refs = [r for _, r in self._starting]
-        ready = set(ray.wait(refs, num_returns=len(refs), timeout=self.join_wait_s)[0])
-        for w, r in self._starting:
-            if r in ready:
-                ray.get(r)  # a worker whose backend failed to build fails the run here
-                self.rollout.append(w)  # loads what it needs at its first request
-        self._starting = [(w, r) for w, r in self._starting if r not in ready]
-
-    def _reap(self, queue: deque) -> None:
-        """Kill retired workers once no queued batch can still be waiting on their samples."""
-        keep = []
-        for w, pends in self._retiring:
-            if any(p is q for p in pends for q in queue):
-                keep.append((w, pends))
-            else:
-                ray.kill(w)
-                self._loaded.pop(w, None)
-        self._retiring = keep
+    def _release(self) -> None:
+        pinned = self.store.pinned_by([s for p in self.queue for s in p.samplers])
+        self.rollout_pool.drop(self.store.release_unused(pinned))
 
     # ------------------------------------------------------------- requests
     def _seed(self, step: int, phase: int, chunk: int, draw: int) -> int:
@@ -243,38 +173,64 @@ class Controller:
                    .generate_state(1)[0])
 
     def request(self, step: int, pi: int) -> Pending:
-        s, phase = self.settings, self.plan.phases[pi]
-        sampler = self.store.resolve(phase.sample)
-        opps = [self.store.resolve(src) for src, _ in phase.opponents]
-        weights = [float(w) for _, w in phase.opponents]
+        """Take the next prompts and the phase's current versions, and issue the batch."""
+        phase = self.plan.phases[pi]
+        samplers = [self.store.resolve(src)
+                    for src in (phase.sample, *(o for o, _ in phase.opponents))]
         used = {r: self.store.roles[r] for src in (phase.sample, *(o for o, _ in phase.opponents))
                 for r in source_roles(src)}
-        needed = self.store.pinned_by([sampler, *opps])
-        ids, texts = self.prompt_source(s.prompts_per_step, self.cursor)
-        self.cursor += s.prompts_per_step
+        pend = Pending(step, pi, self.cursor, used, samplers,
+                       [float(w) for _, w in phase.opponents])
+        self.cursor += self.settings.prompts_per_step
+        self._issue(pend)
+        return pend
+
+    def _issue(self, pend: Pending) -> None:
+        """Sample and judge `pend` on the current pool. Deterministic in (seed, step,
+        phase, chunk): a reissue on a healed pool of the same size draws the same batch."""
+        s, pool = self.settings, self.rollout_pool
+        needed = self.store.pinned_by(pend.samplers)
+        ids, texts = self.prompt_source(s.prompts_per_step, pend.start)
+        sampler, opps = pend.samplers[0], pend.samplers[1:]
         judged = []
-        for c, rows in enumerate(np.array_split(np.arange(len(texts)), len(self.rollout))):
+        for c, rows in enumerate(np.array_split(np.arange(len(texts)), len(pool.workers))):
             if len(rows) == 0:
                 continue
-            self._ensure_loaded(c, needed)
-            w = self.rollout[c]
+            w = pool.workers[c]
+            pool.ensure_loaded(w, needed, self.store.refs)
             prompts = Prompts(ids=ids[rows], texts=[texts[i] for i in rows])
             gen = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                        allowed_token_ids=s.allowed_token_ids)
             # Trained-on responses may come from a hotter behaviour policy (target
             # regression is unbiased under any full-support behaviour); opponents may not.
-            smp = w.generate.remote(prompts, sampler, s.k, seed=self._seed(step, pi, c, 0),
+            smp = w.generate.remote(prompts, sampler, s.k, seed=self._seed(pend.step, pend.phase, c, 0),
                                     **{**gen, "temperature": s.explore_temperature})
             # One seed for every opponent source (common random numbers): each draw
             # is still exact, but OMWU's 2·ĝ(π_t) − ĝ(π_{t−1}) then carries the noise
             # of about one draw instead of five (π_t ≈ π_{t−1} sample alike).
             opp_refs = [w.generate.remote(prompts, v, s.opponents_k,
-                                          seed=self._seed(step, pi, c, 1), **gen)
+                                          seed=self._seed(pend.step, pend.phase, c, 1), **gen)
                         for v in opps]
             judge = self.judges[c % len(self.judges)]
-            judged.append(judge.judge_chunk.remote(smp, weights, *opp_refs))
-        batch_ref, info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
-        return Pending(step, pi, batch_ref, info_ref, used, [sampler, *opps], len(self.rollout))
+            judged.append(judge.judge_chunk.remote(smp, pend.weights, *opp_refs))
+        pend.batch_ref, pend.info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
+        pend.workers = len(pool.workers)
+
+    def _collect(self, pend: Pending):
+        """The batch's BatchInfo; a batch lost with a dead worker or judge is reissued."""
+        while True:
+            try:
+                return ray.get(pend.info_ref)
+            except ray.exceptions.RayActorError as e:
+                if pend.reissues >= self.settings.max_reissues:
+                    raise RunError(f"batch of step {pend.step} phase {pend.phase} lost "
+                                   f"{pend.reissues + 1} times (a rollout worker or preference "
+                                   f"server died: {type(e).__name__}); giving up") from None
+            self.rollout_pool.heal()
+            dead = replace_dead(self.judges, self.make_judge)
+            self.judges_replaced += len(dead)
+            pend.reissues += 1  # even with nothing replaced: the reissue runs on live actors
+            self._issue(pend)
 
     # ------------------------------------------------------------- training
     def _predicted_staleness(self, nxt: tuple[int, int], cur: tuple[int, int]) -> int:
@@ -306,6 +262,7 @@ class Controller:
             if rf.when == "before":
                 self.learners.copy_role(rf.dst, rf.src)
         anchor = self.store.roles[phase.anchor]
+        info = self._collect(pend)  # a lost batch is reissued before the learner waits on it
         self.learners.start_phase(phase)
         metrics = self.learners.train_phase(
             phase, pend.batch_ref, form=s.loss_form, normalize_logprobs=s.normalize_logprobs,
@@ -319,7 +276,6 @@ class Controller:
             else:
                 self.learners.copy_role(rf.dst, rf.src)
                 self.store.assign(rf.dst, self.store.roles[rf.src])
-        info = ray.get(pend.info_ref)
         self.queries += info.queries
         rec = PhaseRecord(pend.step, pend.phase, out, lag, info.rows, info.queries,
                           info.prompt_ids, [pend.samplers[0]], pend.samplers[1:], anchor,
@@ -328,22 +284,27 @@ class Controller:
         return rec
 
     def run(self, steps: int, on_step=None) -> None:
-        """Run `steps` iterations of the plan; `on_step(step, records)` after each one."""
-        tasks = [(t, p) for t in range(steps) for p in range(len(self.plan.phases))]
-        queue: deque[Pending] = deque()
+        """Run steps `next_step .. steps-1` of the plan; `on_step(step, records)` after each
+        one, at a step boundary where `queue` holds at most the prefetched next batch."""
+        n = len(self.plan.phases)
+        tasks = [(t, p) for t in range(self.next_step, steps) for p in range(n)]
         step_records: list[PhaseRecord] = []
         for i, task in enumerate(tasks):
-            self._resize(*task, queue)
-            if not queue:
-                queue.append(self.request(*task))
-            pend = queue.popleft()
+            self.rollout_pool.resize(*task, self.queue)
+            if not self.queue:
+                self.queue.append(self.request(*task))
+            pend = self.queue[0]
+            if (pend.step, pend.phase) != task:
+                raise RuntimeError(f"queued batch is for {(pend.step, pend.phase)}, not {task}")
             if i + 1 < len(tasks) and self._predicted_staleness(tasks[i + 1], task) \
                     <= self.settings.max_staleness:
-                queue.append(self.request(*tasks[i + 1]))
+                self.queue.append(self.request(*tasks[i + 1]))
             step_records.append(self.train(pend))
-            self._release(queue)
-            self._reap(queue)
-            if task[1] == len(self.plan.phases) - 1:
+            self.queue.popleft()  # only once trained: a checkpoint never misses a batch
+            self._release()
+            self.rollout_pool.reap(self.queue)
+            if task[1] == n - 1:
+                self.next_step = task[0] + 1
                 if on_step is not None:
                     on_step(task[0], step_records)
                 step_records = []

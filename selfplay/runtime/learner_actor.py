@@ -151,6 +151,8 @@ class LearnerGroup:
     def shutdown(self) -> None:
         try:
             self._all("close")
+        except ray.exceptions.RayActorError:
+            pass  # a rank already died (its process group is gone with it)
         finally:
             for a in self.actors:
                 ray.kill(a)

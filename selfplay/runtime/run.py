@@ -125,33 +125,48 @@ def init_ray(cfg: Config) -> None:
                  dashboard_host="127.0.0.1")
 
 
-def build(cfg: Config):
-    """Everything a run needs: (game, controller, evaluator, algo, hyper, tokenizer)."""
-    from selfplay.models.load import encode_prompts, load_policy
+def make_judge_server(game: TokenGame, j):
+    """One `JudgeActor` (a preference server) on `j`'s (JudgeConfig) resources."""
     from selfplay.runtime.actors import JudgeActor
+
+    return JudgeActor.options(num_cpus=j.num_cpus).remote(
+        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
+
+
+def build(cfg: Config, workers: int | None = None):
+    """Everything a run needs: (game, controller, evaluator, algo, hyper).
+
+    `workers`: the rollout pool's size, when a resumed run restores its own."""
+    from selfplay.models.load import (
+        check_safetensors_dir,
+        encode_prompts,
+        load_policy,
+        load_tokenizer,
+    )
     from selfplay.runtime.controller import Controller, ControllerSettings
     from selfplay.runtime.learner import LearnerConfig
     from selfplay.runtime.learner_actor import LearnerGroup
+    from selfplay.runtime.pool import RolloutPool
 
     game = from_config(cfg.task)
     spec = model_spec(cfg, game)
-    _, tok = load_policy(spec) if cfg.model.name == "tiny" else (None, None)
-    if tok is None:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(cfg.model.name)
+    if cfg.model.name == "tiny":
+        _, tok = load_policy(spec)
+    else:
+        check_safetensors_dir(cfg.model.name)  # one line here, not a wrapped actor error
+        tok = load_tokenizer(cfg.model.name)
     move_ids = [tok.convert_tokens_to_ids(m) for m in game.moves]
     if any(i is None or i == tok.unk_token_id for i in move_ids):
         raise InputError(f"model {cfg.model.name}: the move names {game.moves} must be single tokens")
     algo, hyper = _hyper(cfg, game.n)
     plan = algo.plan(hyper)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
+    workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, r)
     scaler = _autoscaler(r)
-    rollout = [make_worker() for _ in range(scaler.clamp(r.workers) if scaler else r.workers)]
-    judges = [JudgeActor.options(num_cpus=j.num_cpus).remote(
-        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
-        for _ in range(j.servers)]
+    rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
+    make_judge = functools.partial(make_judge_server, game, j)
+    judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(functools.partial(_build_model, spec),
                             LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip,
                                           strategy=lcfg.strategy),
@@ -162,11 +177,13 @@ def build(cfg: Config):
         prompts_per_step=r.prompts_per_step, k=r.k, opponents_k=r.opponents_k,
         max_new_tokens=r.max_new_tokens, temperature=r.temperature,
         explore_temperature=r.explore_temperature,
-        max_staleness=cfg.runtime.max_staleness, seed=cfg.seed, loss_form=cfg.algo.loss,
+        max_staleness=cfg.runtime.max_staleness, seed=cfg.seed,
+        max_reissues=cfg.runtime.max_reissues, loss_form=cfg.algo.loss,
         normalize_logprobs=cfg.algo.normalize_logprobs, updates_per_phase=lcfg.updates_per_phase,
         micro_batch=lcfg.micro_batch, allowed_token_ids=move_ids, pad_id=tok.pad_token_id)
-    ctl = Controller(plan, settings, rollout, judges, learners, game.prompts,
-                     make_worker=make_worker, autoscale=scaler, join_wait_s=r.join_wait_s)
+    pool = RolloutPool(rollout, make_worker=make_worker, autoscale=scaler,
+                       join_wait_s=r.join_wait_s)
+    ctl = Controller(plan, settings, pool, judges, learners, game.prompts, make_judge=make_judge)
     evaluator = MoveEvaluator.build(encode_prompts(tok, [game.prompts(1, 0)[1][0]])[0], move_ids)
     return game, ctl, evaluator, algo, hyper
 

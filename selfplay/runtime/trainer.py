@@ -14,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import ray
+
 from selfplay import games
 from selfplay.config import Config
+from selfplay.errors import RunError
+from selfplay.runtime.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.run import RunResult, build, init_ray, new_run_dir, write_config
 
 
@@ -76,18 +80,28 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def train(cfg: Config, *, progress: bool = True) -> RunResult:
+def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
+    """Run `cfg`; with `resume` (a `Checkpoint` from `resume.check_resume`) continue
+    that run in its own run dir from the checkpoint's step."""
     from tqdm import tqdm
 
     init_ray(cfg)
-    game, ctl, ev, algo, hyper = build(cfg)
-    run_dir = new_run_dir(cfg)
+    done = 0 if resume is None else int(resume.step)
+    workers = None if resume is None else resume.meta["controller"]["workers"]
+    game, ctl, ev, algo, hyper = build(cfg, workers=workers)
+    run_dir = new_run_dir(cfg) if resume is None else resume.path.parent.parent
     cfg_path = write_config(cfg, run_dir)
-    ctl.init_versions()
-    pi_ref = ev.policy(ctl.learners, "ref")
     beta = float(hyper.beta) if algo.objective == "regularized" else 0.0
-    history = [{"step": 0, "gap": game.gap(pi_ref), "policy": [float(x) for x in pi_ref],
-                "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}]
+    if resume is None:
+        ctl.init_versions()
+    else:
+        restore_controller(ctl, resume)
+    pi_ref = ev.policy(ctl.learners, "ref")
+    state = dict(resume.meta["trainer"]) if resume is not None else {
+        "history": [{"step": 0, "gap": game.gap(pi_ref), "policy": [float(x) for x in pi_ref],
+                     "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}],
+        "elapsed": 0.0, "mlflow_run_id": None}
+    history = state["history"]
     with contextlib.ExitStack() as stack:
         stack.callback(ctl.learners.shutdown)
         stack.callback(_kill_workers, ctl)
@@ -95,11 +109,15 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
         ctl.open_control(run_dir.name)
         stack.callback(ctl.close_control)
         print(f"run {run_dir.name} (Ray at {_gcs_address()}): resize with `selfplay scale "
-              f"{run_dir.name} --rollout-workers N`", file=sys.stderr)
-        tracker = stack.enter_context(_tracker(cfg, run_dir))
-        bar = stack.enter_context(tqdm(total=cfg.runtime.steps, desc=f"{cfg.algo.name} steps",
-                                       file=sys.stderr, disable=not progress))
-        t0 = time.perf_counter()
+              f"{run_dir.name} --rollout-workers N`" + (f"; resumed at step {done}" if done else ""),
+              file=sys.stderr)
+        tracker = stack.enter_context(_tracker(cfg, run_dir, state["mlflow_run_id"]))
+        state["mlflow_run_id"] = tracker.run_id if tracker is not None else None
+        bar = stack.enter_context(tqdm(total=cfg.runtime.steps, initial=done,
+                                       desc=f"{cfg.algo.name} steps", file=sys.stderr,
+                                       disable=not progress))
+        t0 = time.perf_counter() - state["elapsed"]
+        every = cfg.runtime.checkpoint_every
 
         def on_step(step: int, recs) -> None:
             pi = ev.policy(ctl.learners)
@@ -110,19 +128,31 @@ def train(cfg: Config, *, progress: bool = True) -> RunResult:
                                     step=step + 1)
             bar.update(1)
             bar.set_postfix(gap=f"{m['gap']:.3g}", stale=m["staleness"])
+            if every and (step + 1) % every == 0 and step + 1 < cfg.runtime.steps:
+                save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
 
-        ctl.run(cfg.runtime.steps, on_step=on_step)
+        try:
+            ctl.run(cfg.runtime.steps, on_step=on_step)
+        except ray.exceptions.RayActorError as e:
+            raise RunError(f"a learner died at step {ctl.next_step} ({type(e).__name__}); the "
+                           f"last checkpoint is intact: continue with `selfplay train --resume "
+                           f"{run_dir}`") from None
         seconds = time.perf_counter() - t0
+        final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
         pi = ev.policy(ctl.learners)
         summary = _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir)
+        summary["checkpoint"] = str(final)
         plot = plot_history(history, run_dir / "gap.png", f"{cfg.algo.name} on {game.source}")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
+        (run_dir / "records.json").write_text(json.dumps(
+            [record_json(r) for r in ctl.records]))
         if tracker is not None:
             tracker.log_metrics({"final_gap": summary["gap"],
                                  "samples_per_s": summary["samples_per_s"]})
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
+            tracker.log_artifacts(final, "checkpoint")
     return RunResult(summary=summary, history=history, run_dir=run_dir, records=ctl.records)
 
 
@@ -130,25 +160,23 @@ def _kill_workers(ctl) -> None:
     """Rollout workers and judges end with the run. Left to garbage collection (the
     controller sits in a reference cycle) they would hold their CPUs until the next
     `gc.collect()`, and a second run in the same cluster waits for them."""
-    import ray
-
-    for actor in (*ctl.rollout, *ctl.judges):
+    ctl.rollout_pool.kill_all()
+    for actor in ctl.judges:
         ray.kill(actor)
 
 
 def _gcs_address() -> str:
-    import ray
-
     return ray.get_runtime_context().gcs_address
 
 
-def _tracker(cfg: Config, run_dir: Path):
+def _tracker(cfg: Config, run_dir: Path, run_id: str | None = None):
     if not cfg.tracking.enabled:
         return contextlib.nullcontext(None)
     from selfplay.tracking import mlflow_run
 
     return mlflow_run(run_dir.name, cfg.model_dump(mode="json"), uri=cfg.tracking.uri,
-                      experiment=cfg.tracking.experiment, tags={"selfplay.command": "train"})
+                      experiment=cfg.tracking.experiment, tags={"selfplay.command": "train"},
+                      run_id=run_id)
 
 
 def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dict:

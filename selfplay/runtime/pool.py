@@ -1,0 +1,184 @@
+"""The rollout pool: which workers serve, which versions each holds, and its changes.
+
+The controller owns one `RolloutPool`. Three things change its membership:
+
+- elastic resizing (`selfplay.runtime.control`): at each phase boundary, before
+  any batch is requested, the pool moves towards its `RunControl` target;
+  growing starts workers that join once up, shrinking retires workers and kills
+  each only after every queued batch that may have used it has been trained;
+- healing: a worker whose process died (SIGKILL, OOM, lost node) is replaced
+  by a new one in the same slot, so a reissued batch is split across the same
+  number of workers and drawn with the same seeds (`Controller._collect`);
+- the end of the run (`close`).
+
+Which versions a worker holds is keyed by its actor handle, not its position,
+so a replaced or new worker loads what it needs before its first `generate`
+(actor tasks from one caller run in order; a backend refuses to sample a
+version it lacks). Judges are healed the same way (`replace_dead`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+
+from selfplay.runtime.control import Autoscaler, request_workers, start_control
+from selfplay.runtime.types import Version
+
+PING_S = 30.0  # a live worker busy with a queued batch answers within this, a dead one at once
+
+
+@dataclass(frozen=True)
+class Resize:
+    """The active rollout pool went from `old` to `new` workers before step `step` ran on."""
+
+    step: int
+    old: int
+    new: int
+
+
+def replace_dead(actors: list, make: Callable[[], object] | None) -> list[int]:
+    """Replace, in place, every actor whose process is gone; returns their slots.
+
+    Liveness is a `ready()` ping: a dead actor fails it with `RayActorError` at
+    once; one that is still busy (a queued generate) counts as alive.
+    """
+    pings = [a.ready.remote() for a in actors]
+    done, _ = ray.wait(pings, num_returns=len(pings), timeout=PING_S)
+    dead = []
+    for i, p in enumerate(pings):
+        if p not in done:
+            continue
+        try:
+            ray.get(p)
+        except ray.exceptions.RayActorError:
+            dead.append(i)
+    if dead and make is None:
+        raise RuntimeError("an actor died and this pool cannot start a replacement")
+    for i in dead:
+        ray.kill(actors[i])  # in case it is only unreachable, not gone
+        actors[i] = make()
+    return dead
+
+
+@dataclass
+class RolloutPool:
+    workers: list
+    make_worker: Callable[[], object] | None = None  # one new RolloutActor (run.py)
+    autoscale: Autoscaler | None = None
+    join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
+    control: object = None  # the run's RunControl actor, once `open_control` ran
+    resizes: list[Resize] = field(default_factory=list)
+    replaced: int = 0  # workers replaced after their process died
+    _loaded: dict[object, set] = field(default_factory=dict)  # actor handle -> versions
+    _starting: list[tuple[object, object]] = field(default_factory=list)  # (actor, ready ref)
+    _retiring: list[tuple[object, list]] = field(default_factory=list)  # (actor, queued batches)
+
+    # ------------------------------------------------------------- versions
+    def ensure_loaded(self, worker, versions: set[Version], refs: dict[Version, object]) -> None:
+        have = self._loaded.setdefault(worker, set())
+        for v in sorted(versions - have):
+            # Boxed ref: the worker pulls the weights, the driver never does.
+            worker.load.remote(v, [refs[v]])
+            have.add(v)
+
+    def drop(self, versions: list[Version]) -> None:
+        for v in versions:
+            for w, have in self._loaded.items():
+                if v in have:
+                    w.drop.remote(v)
+                    have.discard(v)
+
+    def heal(self) -> int:
+        """Replace dead workers in their slots; returns how many were replaced."""
+        old = list(self.workers)
+        dead = replace_dead(self.workers, self.make_worker)
+        for i in dead:
+            self._loaded.pop(old[i], None)
+        self.replaced += len(dead)
+        return len(dead)
+
+    # ------------------------------------------------------------- elastic
+    @property
+    def starting(self) -> list:
+        """Workers started for the pool that have not joined it yet."""
+        return [w for w, _ in self._starting]
+
+    def open_control(self, name: str) -> None:
+        """Start the run's named `RunControl`, so `selfplay scale NAME` reaches it."""
+        a = self.autoscale
+        self.control = start_control(name, len(self.workers),
+                                     (a.min_workers, a.max_workers) if a else None)
+        if a is not None:
+            request_workers(len(self.workers), a.bundle)
+
+    def close_control(self) -> None:
+        """End of run: stop the control actor, workers still starting, and the resource ask."""
+        for w, _ in self._starting:
+            ray.kill(w)
+        self._starting.clear()
+        if self.control is not None:
+            ray.kill(self.control)
+            self.control = None
+        if self.autoscale is not None:
+            request_workers(0, self.autoscale.bundle)
+
+    def _queue_depth(self, queue) -> int:
+        """Queued batches already generated and judged, waiting for the learner."""
+        refs = [p.info_ref for p in queue]
+        return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else 0
+
+    def resize(self, step: int, phase: int, queue) -> None:
+        """Safe point (no request in flight): move the pool towards the control's target."""
+        if self.control is None:
+            return
+        want = ray.get(self.control.target.remote())
+        if self.autoscale is not None and phase == 0 and not self._starting:
+            new = self.autoscale.decide(want, self._queue_depth(queue))
+            if new != want:
+                want = ray.get(self.control.set_target.remote(new))
+                request_workers(new, self.autoscale.bundle)
+        old = len(self.workers)
+        have = old + len(self._starting)
+        for _ in range(want - have):
+            w = self.make_worker()
+            self._starting.append((w, w.ready.remote()))
+        for _ in range(have - want):
+            if self._starting:  # never served, so no batch can depend on it
+                ray.kill(self._starting.pop()[0])
+            else:
+                # Out of the pool now; killed once every batch queued now is trained.
+                self._retiring.append((self.workers.pop(), list(queue)))
+        self._admit()
+        if len(self.workers) != old:
+            self.resizes.append(Resize(step, old, len(self.workers)))
+        self.control.report.remote(len(self.workers), len(self._starting), len(self._retiring))
+
+    def _admit(self) -> None:
+        """Started workers join the pool; waits at most `join_wait_s` for those still starting."""
+        if not self._starting:
+            return
+        refs = [r for _, r in self._starting]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=self.join_wait_s)[0])
+        for w, r in self._starting:
+            if r in ready:
+                ray.get(r)  # a worker whose backend failed to build fails the run here
+                self.workers.append(w)  # loads what it needs at its first request
+        self._starting = [(w, r) for w, r in self._starting if r not in ready]
+
+    def reap(self, queue) -> None:
+        """Kill retired workers once no queued batch can still be waiting on their samples."""
+        keep = []
+        for w, pends in self._retiring:
+            if any(p is q for p in pends for q in queue):
+                keep.append((w, pends))
+            else:
+                ray.kill(w)
+                self._loaded.pop(w, None)
+        self._retiring = keep
+
+    def kill_all(self) -> None:
+        for w in [*self.workers, *(w for w, _ in self._retiring)]:
+            ray.kill(w)

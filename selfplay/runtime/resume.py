@@ -1,0 +1,199 @@
+"""Checkpoint and resume a run without losing or repeating any work.
+
+A checkpoint is taken at a step boundary (`Controller.run`'s `on_step`) and
+holds everything the rest of the run depends on:
+
+- every learner rank's `LearnerState`: the trainable weights, AdamW state and
+  every role the algorithm still needs (π_{t−1} for OMWU, the magnet for MPO,
+  π_ref), as safetensors;
+- the policy store: which version plays each role, and the publish index of
+  every version (staleness is measured in it);
+- the controller: `next_step`, the prompt `cursor` (the data cursor), the
+  preference-query count, the trained-phase records (prompt accounting), the
+  pool size;
+- the `queue`: batches already sampled and judged but not yet trained on (the
+  prefetched next batch when `max_staleness` ≥ 1). They are waited for, then
+  stored whole (TrainBatch + BatchInfo), so a resumed run trains on exactly
+  them and takes new prompts from the cursor: no prompt is lost or trained on
+  twice;
+- RNG states of the driver. Sampling seeds are counter-based — a pure
+  function of (seed, step, phase, chunk, draw) — and the learner draws no
+  random numbers (eval mode, no dropout), so with `max_staleness: 0` a resumed
+  run's weights equal an uninterrupted run's bit for bit.
+
+On resume the versions the roles point at are republished from the learners'
+role weights (the same bytes that were published first), so rollout workers
+load them as before. Ray is imported only where needed: `check_resume` runs in
+the CLI before Ray starts. Nothing is unpickled: tensors come from safetensors,
+the rest from JSON (`selfplay.runtime.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfplay.config import Config, load_config
+from selfplay.errors import InputError
+from selfplay.runtime.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    load_latest,
+    pack_arrays,
+    pack_learner_state,
+    rng_state,
+    set_rng_state,
+    unpack_arrays,
+    unpack_learner_state,
+    version_from_json,
+    version_to_json,
+    write_checkpoint,
+)
+
+# Config keys a resumed run may change: where and how big it runs, not what it computes.
+RESUMABLE = ("runtime.steps", "runtime.address", "runtime.num_cpus", "runtime.checkpoint_every",
+             "runtime.checkpoint_keep", "runtime.max_reissues", "rollout.workers",
+             "rollout.autoscale", "rollout.join_wait_s", "tracking", "output_dir")
+
+
+# ------------------------------------------------------------------ run dir
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(cfg: Config | None, overrides: list[str], run_dir: str | Path,
+                 warn=None) -> tuple[Config, Checkpoint]:
+    """The config to resume with and the newest usable checkpoint of `run_dir`.
+
+    `cfg` None: the run dir's own config.yaml plus `overrides`. Otherwise it must
+    equal the run's config except for the `RESUMABLE` keys. Raises InputError (one
+    line) before anything is started or written.
+    """
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise InputError(f"--resume {d}: no such run directory")
+    if not (d / "config.yaml").is_file():
+        raise InputError(f"--resume {d}: not a selfplay run directory (no config.yaml)")
+    saved = load_config(d / "config.yaml", overrides if cfg is None else [])
+    cfg = saved if cfg is None else cfg
+    a, b = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    for key in sorted(set(a) | set(b)):
+        if any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+            continue
+        if a.get(key) != b.get(key):
+            raise InputError(f"--resume {d}: the run was made with another config "
+                             f"({key}: {a.get(key)!r} there, {b.get(key)!r} here)")
+    ckpt = load_latest(d / CHECKPOINT_DIR, warn=warn)
+    if ckpt.step >= cfg.runtime.steps:
+        raise InputError(f"--resume {d}: the run already finished {ckpt.step} steps; "
+                         f"raise runtime.steps to continue it")
+    return cfg, ckpt
+
+
+# ------------------------------------------------------------------ save
+def record_json(r) -> dict:
+    return {"step": r.step, "phase": r.phase, "output": version_to_json(r.output),
+            "staleness": r.staleness, "rows": r.rows, "queries": r.queries,
+            "prompt_ids": [int(x) for x in r.prompt_ids], "workers": r.workers,
+            "seconds": r.seconds, "anchor": version_to_json(r.anchor),
+            "samplers": [version_to_json(v) for v in r.sampler_versions],
+            "opponents": [version_to_json(v) for v in r.opponent_versions]}
+
+
+def _pending_json(p) -> dict:
+    return {"step": p.step, "phase": p.phase, "start": p.start, "workers": p.workers,
+            "used": {r: version_to_json(v) for r, v in p.used.items()},
+            "samplers": [version_to_json(v) for v in p.samplers], "weights": p.weights}
+
+
+def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
+    """(JSON meta, safetensors files) of the controller at a step boundary."""
+    import ray
+
+    st = ctl.store
+    meta: dict[str, Any] = {
+        "next_step": ctl.next_step, "cursor": ctl.cursor, "queries": ctl.queries,
+        "workers": len(ctl.rollout),
+        "store": {"published": st.published,
+                  "index": [[version_to_json(v), i] for v, i in st.index.items()],
+                  "roles": {r: version_to_json(v) for r, v in st.roles.items()}},
+        "records": [record_json(r) for r in ctl.records],
+        "resizes": [[z.step, z.old, z.new] for z in ctl.resizes],
+        "learners": [], "queue": [],
+    }
+    files: dict[str, dict] = {}
+    for rank, s in enumerate(ctl.learners.state()):
+        files[f"learner-{rank}"], m = pack_learner_state(s)
+        meta["learners"].append(m)
+    for i, p in enumerate(ctl.queue):
+        info = ctl._collect(p)  # waits for it; a batch lost with a dead worker is reissued
+        bt, bm = pack_arrays(ray.get(p.batch_ref))
+        it, im = pack_arrays(info)
+        files[f"queue-{i}"] = {**{f"batch.{k}": v for k, v in bt.items()},
+                               **{f"info.{k}": v for k, v in it.items()}}
+        meta["queue"].append({**_pending_json(p), "batch": bm, "info": im})
+    files["rng"], meta["rng"] = rng_state()
+    return meta, files
+
+
+# ------------------------------------------------------------------ restore
+def _split(files: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+
+
+def restore_controller(ctl, ckpt: Checkpoint) -> None:
+    """Put a freshly built controller (and its learners) in the checkpoint's state."""
+    import ray
+
+    from selfplay.runtime.actors import BatchInfo
+    from selfplay.runtime.controller import Pending, PhaseRecord
+    from selfplay.runtime.pool import Resize
+    from selfplay.runtime.train_batch import TrainBatch
+
+    meta, files = ckpt.meta["controller"], ckpt.tensors
+    ctl.learners.load_state([unpack_learner_state(files[f"learner-{r}"], m)
+                             for r, m in enumerate(meta["learners"])])
+    st = ctl.store
+    st.index = {version_from_json(v): int(i) for v, i in meta["store"]["index"]}
+    st.published = int(meta["store"]["published"])
+    st.roles = {r: version_from_json(v) for r, v in meta["store"]["roles"].items()}
+    st.refs = {}
+    for role, v in st.roles.items():
+        if v not in st.refs:  # republished from the role's weights: the same bytes as before
+            st.refs[v] = ctl.learners.publish(role)
+    ctl.next_step, ctl.cursor = int(meta["next_step"]), int(meta["cursor"])
+    ctl.queries = int(meta["queries"])
+    ctl.resizes.extend(Resize(*z) for z in meta["resizes"])
+    vj = version_from_json
+    ctl.records = [PhaseRecord(
+        r["step"], r["phase"], vj(r["output"]), r["staleness"], r["rows"], r["queries"],
+        np.asarray(r["prompt_ids"], dtype=np.int64), [vj(v) for v in r["samplers"]],
+        [vj(v) for v in r["opponents"]], vj(r["anchor"]), None, r["seconds"],
+        workers=r["workers"]) for r in meta["records"]]
+    ctl.queue = deque()
+    for i, q in enumerate(meta["queue"]):
+        f = files[f"queue-{i}"]
+        batch = unpack_arrays(TrainBatch, _split(f, "batch."), q["batch"])
+        info = unpack_arrays(BatchInfo, _split(f, "info."), q["info"])
+        ctl.queue.append(Pending(
+            q["step"], q["phase"], q["start"], {r: vj(v) for r, v in q["used"].items()},
+            [vj(v) for v in q["samplers"]], [float(w) for w in q["weights"]],
+            batch_ref=ray.put(batch), info_ref=ray.put(info), workers=q["workers"]))
+    set_rng_state(files["rng"], meta["rng"])
+
+
+def save_checkpoint(ctl, cfg: Config, run_dir: Path, trainer: dict) -> Path:
+    """Write RUN_DIR/checkpoints/step-N atomically (N = steps done); keeps the newest few."""
+    meta_c, files = controller_state(ctl)
+    meta = {"controller": meta_c, "trainer": trainer, "config": cfg.model_dump(mode="json")}
+    return write_checkpoint(run_dir / CHECKPOINT_DIR, ctl.next_step, meta, files,
+                            keep=cfg.runtime.checkpoint_keep)
