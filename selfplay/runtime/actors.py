@@ -4,21 +4,27 @@
   weights from the object store only when asked to load one it lacks.
 - `JudgeActor` wraps a `Judge` and turns (samples, opponent samples) refs into
   a `Judged` chunk, so sampled tensors go worker → judge → learner without
-  passing through the driver.
-- `assemble` is a Ray task concatenating judged chunks into one `TrainBatch`.
+  passing through the driver. Failed judge calls are retried, then raised or
+  masked per its `JudgePolicy` (see `judging`); a raise reaches the driver as a
+  `RayTaskError` whose `.cause` is the one-line `RunError`.
+- `assemble` is a Ray task concatenating judged chunks into one `TrainBatch`,
+  dropping rows the judge could not score, and summing the judging counts.
+
+Both actors report their `pid()`, so fault-tolerance tests can kill them.
 
 Each actor sets one torch thread: on a small box the actors share the cores.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 
-from selfplay.runtime.judging import Judged, estimate_g, to_train_batch
+from selfplay.runtime.judging import Judged, JudgePolicy, estimate_g, to_train_batch
 from selfplay.runtime.train_batch import TrainBatch
 from selfplay.runtime.types import Prompts, SamplerVersion, Samples, Version
 
@@ -38,6 +44,9 @@ class RolloutActor:
 
     def ready(self) -> bool:
         return True
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def versions(self) -> list[Version]:
         return self.backend.versions()
@@ -60,17 +69,27 @@ class RolloutActor:
 
 @ray.remote
 class JudgeActor:
-    def __init__(self, judge_fn) -> None:
+    def __init__(self, judge_fn, policy: JudgePolicy = JudgePolicy()) -> None:
+        """judge_fn: zero-arg callable building the judge inside this process."""
         _one_thread()
         self.judge = judge_fn()
+        self.policy = policy
 
     def ready(self) -> bool:
         return True
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def judge_chunk(self, samples: Samples, weights: list[float], *opponents: Samples) -> Judged:
+        """Raises RunError when a comparison keeps failing and policy.on_failure == "raise"."""
         t0 = time.perf_counter()
-        g, q = estimate_g(self.judge, samples, list(zip(opponents, weights, strict=True)))
-        return Judged(samples=samples, g=g, queries=q, judge_s=time.perf_counter() - t0)
+        est = estimate_g(self.judge, samples, list(zip(opponents, weights, strict=True)),
+                         self.policy)
+        return Judged(samples=samples, g=est.g, queries=est.queries,
+                      judge_s=time.perf_counter() - t0, keep=est.keep,
+                      masked_pairs=est.masked_pairs, masked_rows=est.masked_rows,
+                      judge_retries=est.judge_retries)
 
 
 @dataclass
@@ -82,17 +101,26 @@ class BatchInfo:
     prompt_ids: np.ndarray  # one per prompt, for accounting
     gen_s: float
     judge_s: float
-    new_tokens: int
+    new_tokens: int  # generated, dropped rows included
+    masked_pairs: int = 0  # comparisons masked after the judge's retries
+    masked_rows: int = 0  # rows dropped: no valid comparison against some source
+    judge_retries: int = 0  # judge calls re-sent after a failure
 
 
 @ray.remote(num_cpus=0)
 def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo]:
-    """Concatenate judged chunks (call with `.options(num_returns=2)`)."""
+    """Concatenate judged chunks (call with `.options(num_returns=2)`).
+
+    rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
+    """
     batch = to_train_batch(list(chunks), pad_id=pad_id)
     info = BatchInfo(
         rows=len(batch), queries=sum(c.queries for c in chunks),
         prompt_ids=np.concatenate([np.asarray(c.samples.prompt_ids) for c in chunks]),
         gen_s=sum(c.samples.meta.get("gen_s", 0.0) for c in chunks),
         judge_s=sum(c.judge_s for c in chunks),
-        new_tokens=int(sum(int(c.samples.lengths.sum()) for c in chunks)))
+        new_tokens=int(sum(int(c.samples.lengths.sum()) for c in chunks)),
+        masked_pairs=sum(c.masked_pairs for c in chunks),
+        masked_rows=sum(c.masked_rows for c in chunks),
+        judge_retries=sum(c.judge_retries for c in chunks))
     return batch, info
