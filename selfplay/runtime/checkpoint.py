@@ -82,14 +82,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _hash_and_sync(path: Path) -> dict[str, Any]:
-    """Size and SHA-256 of a written file; fsync it (works on a read-only fd on Linux)."""
+def _hash_and_sync(path: Path, sync: bool = True) -> dict[str, Any]:
+    """Size and SHA-256 of a file; fsync it if asked (works on a read-only fd on Linux)."""
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             n += len(chunk)
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     return {"bytes": n, "sha256": h.hexdigest()}
 
 
@@ -133,21 +134,27 @@ def write_checkpoint(root: Path, step: int, meta: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     final = root / name
-    if final.exists():
-        aside = root / f"{_TMP}old-{name}-{os.getpid()}"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(root)
+    _promote(tmp, final)
     for old in list_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f"{_TMP}*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _promote(tmp: Path, final: Path) -> None:
+    """Rename the finished `tmp` to `final`. A directory cannot be renamed over a non-empty
+    one, so an existing `final` (the same step written again) is first moved aside."""
+    if final.exists():
+        aside = final.parent / f"{_TMP}old-{final.name}-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 # ------------------------------------------------------------------ reading
@@ -199,11 +206,7 @@ def verify(path: Path) -> str | None:
         size = fpath.stat().st_size
         if size != want["bytes"]:
             return f"{fname}: {size} bytes, manifest says {want['bytes']}"
-        h = hashlib.sha256()
-        with open(fpath, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != want["sha256"]:
+        if _hash_and_sync(fpath, sync=False)["sha256"] != want["sha256"]:
             return f"{fname}: sha256 differs from the manifest (corrupted)"
     return None
 
