@@ -101,6 +101,7 @@ class PhaseRecord:
     seconds: float
     batch: object = None  # BatchInfo: generation/judging seconds and token counts
     workers: int = 0  # size of the rollout pool that sampled this batch
+    reissues: int = 0  # times the batch was sampled again after an actor died
 
 
 @dataclass
@@ -220,7 +221,13 @@ class Controller:
         """The batch's BatchInfo; a batch lost with a dead worker or judge is reissued."""
         while True:
             try:
-                return ray.get(pend.info_ref)
+                info = ray.get(pend.info_ref)
+                if info.rows == 0:
+                    raise RunError(f"every response of step {pend.step} phase {pend.phase} was "
+                                   f"masked (judge failures); nothing to train on")
+                return info
+            except RunError as e:  # judge failures past their retries: one line, not a traceback
+                raise RunError(str(getattr(e, "cause", None) or e)) from None
             except ray.exceptions.RayActorError as e:
                 if pend.reissues >= self.settings.max_reissues:
                     raise RunError(f"batch of step {pend.step} phase {pend.phase} lost "
@@ -279,7 +286,8 @@ class Controller:
         self.queries += info.queries
         rec = PhaseRecord(pend.step, pend.phase, out, lag, info.rows, info.queries,
                           info.prompt_ids, [pend.samplers[0]], pend.samplers[1:], anchor,
-                          metrics, time.perf_counter() - t0, info, workers=pend.workers)
+                          metrics, time.perf_counter() - t0, info, workers=pend.workers,
+                          reissues=pend.reissues)
         self.records.append(rec)
         return rec
 

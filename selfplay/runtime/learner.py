@@ -325,9 +325,11 @@ class Learner:
                                                          self.config.strategy):
             raise ValueError(f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
                              f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}")
-        self._roles = {k: RoleWeights([t.to(self.ctx.device) for t in v.params], v.optim)
+        dev = self.ctx.device
+        self._roles = {k: RoleWeights([t.to(dev) for t in v.params], _optim_to(v.optim, dev))
                        for k, v in state.roles.items()}
-        self._roles["__load__"] = RoleWeights(state.params, state.optim)
+        self._roles["__load__"] = RoleWeights([t.to(dev) for t in state.params],
+                                              _optim_to(state.optim, dev))
         self.start_phase("__load__")
         del self._roles["__load__"]
 
@@ -369,6 +371,15 @@ class Learner:
 def _clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
     return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
             for i, st in state.items()}
+
+
+def _optim_to(state, device):
+    """Optimizer state on the learner's device; AdamW keeps `step` on the CPU unless
+    capturable, so that one stays where it is."""
+    if state is None:
+        return None
+    return {i: {k: v.to(device) if torch.is_tensor(v) and k != "step" else v
+                for k, v in st.items()} for i, st in state.items()}
 
 
 def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:

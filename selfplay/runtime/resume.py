@@ -104,6 +104,7 @@ def record_json(r) -> dict:
     return {"step": r.step, "phase": r.phase, "output": version_to_json(r.output),
             "staleness": r.staleness, "rows": r.rows, "queries": r.queries,
             "prompt_ids": [int(x) for x in r.prompt_ids], "workers": r.workers,
+            "reissues": r.reissues,
             "seconds": r.seconds, "anchor": version_to_json(r.anchor),
             "samplers": [version_to_json(v) for v in r.sampler_versions],
             "opponents": [version_to_json(v) for v in r.opponent_versions]}
@@ -178,7 +179,7 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
         r["step"], r["phase"], vj(r["output"]), r["staleness"], r["rows"], r["queries"],
         np.asarray(r["prompt_ids"], dtype=np.int64), [vj(v) for v in r["samplers"]],
         [vj(v) for v in r["opponents"]], vj(r["anchor"]), None, r["seconds"],
-        workers=r["workers"]) for r in meta["records"]]
+        workers=r["workers"], reissues=r["reissues"]) for r in meta["records"]]
     ctl.queue = deque()
     for i, q in enumerate(meta["queue"]):
         f = files[f"queue-{i}"]

@@ -128,9 +128,11 @@ def init_ray(cfg: Config) -> None:
 def make_judge_server(game: TokenGame, j):
     """One `JudgeActor` (a preference server) on `j`'s (JudgeConfig) resources."""
     from selfplay.runtime.actors import JudgeActor
+    from selfplay.runtime.judging import JudgePolicy
 
     return JudgeActor.options(num_cpus=j.num_cpus).remote(
-        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size))
+        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size),
+        JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure))
 
 
 def build(cfg: Config, workers: int | None = None):

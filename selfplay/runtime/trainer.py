@@ -49,6 +49,11 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
     judge_s = sum(r.batch.judge_s for r in recs)
     out["generate_tokens_per_s"] = sum(r.batch.new_tokens for r in recs) / gen_s if gen_s else 0.0
     out["judge_queries_per_s"] = out["preference_queries"] / judge_s if judge_s else 0.0
+    # Judge failures (judge.on_failure=mask): counted, never trained on.
+    out["judge_masked_pairs"] = sum(r.batch.masked_pairs for r in recs)
+    out["judge_masked_rows"] = sum(r.batch.masked_rows for r in recs)
+    out["judge_retries"] = sum(r.batch.judge_retries for r in recs)
+    out["batches_reissued"] = sum(r.reissues for r in recs)
     if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
         for r in recs:
             out[f"loss_{r.output.phase}"] = r.metrics.loss
@@ -193,6 +198,11 @@ def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dic
         "preference_queries": int(ctl.queries), "samples": int(rows),
         "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
         "rollout_resizes": [[z.step, z.old, z.new] for z in ctl.resizes],  # (step, old, new)
+        # Fault tolerance, this process's part of the run: actors replaced, batches redone.
+        "rollout_workers_replaced": ctl.rollout_pool.replaced,
+        "judges_replaced": ctl.judges_replaced,
+        "batches_reissued": sum(r.reissues for r in ctl.records),
+        "judge_masked_pairs": sum(h.get("judge_masked_pairs", 0) for h in history),
         "seconds": round(seconds, 3), "samples_per_s": rows / seconds if seconds else 0.0,
         "run_dir": str(run_dir),
     }
