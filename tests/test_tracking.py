@@ -128,7 +128,14 @@ def test_train_logs_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
     assert series("staleness") == [0.0] * STEPS  # quickstart is synchronous
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "gap.png", "summary.json", "history.json"} <= names
+    assert {"config.yaml", "gap.png", "summary.json", "history.json", "checkpoint"} <= names
+    # The final checkpoint, byte for byte the one in the run dir.
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    final = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    got = Path(client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path / "dl")))
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in final.iterdir())
+    for f in final.iterdir():
+        assert (got / f.name).read_bytes() == f.read_bytes(), f.name
     hist = json.loads(Path(client.download_artifacts(run.info.run_id, "history.json",
                                                      str(tmp_path))).read_text())
     # Oracle: gap = 2·max_y (Pπ)_y − 1 and P(π ≻ π_ref) = πᵀ P π_ref, in plain numpy.
@@ -154,3 +161,24 @@ def test_default_store_is_local_mlflow_db(ray_cluster, tmp_path, monkeypatch):
     for key in ("gap", "loss", "policy_version"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     assert str(tmp_path) in run.info.artifact_uri  # artifacts next to the store, not elsewhere
+
+
+def test_resume_continues_the_same_mlflow_run(ray_cluster, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from selfplay.config import load_config
+    from selfplay.runtime.resume import check_resume
+    from selfplay.runtime.trainer import train
+
+    over = [f"tracking.uri={mlflow_server}", "tracking.experiment=test-resume",
+            f"output_dir={tmp_path / 'runs'}"]
+    first = _train(over)
+    more = load_config(QUICKSTART, [*TINY, *over, f"runtime.steps={STEPS + 2}"])
+    cfg, ckpt = check_resume(more, [], first.run_dir)
+    train(cfg, progress=False, resume=ckpt)
+    client = MlflowClient(mlflow_server)
+    run = _only_run(client, "test-resume")  # one run, reopened, not a second one
+    assert run.info.status == "FINISHED"
+    hist = client.get_metric_history(run.info.run_id, "policy_version")
+    assert sorted(m.step for m in hist) == list(range(1, STEPS + 3))
+    assert sorted(m.value for m in hist) == [float(t) for t in range(1, STEPS + 3)]

@@ -38,6 +38,10 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None, as
 
         cfg, ckpt = check_resume(cfg, overrides, resume,
                                  warn=lambda m: click.echo(f"warning: {m}", err=True))
+    if cfg.runtime.address and cfg.runtime.address != "auto":
+        from selfplay.runtime.control import check_reachable
+
+        check_reachable(cfg.runtime.address)  # a GCS that does not answer would hang ray.init
     if not cfg.runtime.address:
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).

@@ -131,7 +131,7 @@ class Autoscaler:
 
 
 # ----------------------------------------------------------------- `selfplay scale`
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
     """A GCS that does not answer makes `ray.init` hang for minutes: probe it first."""
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
@@ -151,7 +151,7 @@ def connect(address: str | None) -> str:
         raise InputError(f"address must be the Ray GCS (HOST:6379) or 'auto', not the job "
                          f"server URL {addr!r}")
     if addr != "auto":
-        _check_reachable(addr)
+        check_reachable(addr)
     if not ray.is_initialized():
         try:
             ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False,
