@@ -37,7 +37,7 @@ def selfplay(*args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.Co
     ([str(QUICKSTART), "runtime.max_staleness=-1"], "runtime.max_staleness"),
     ([str(ROOT / "conf" / "no-such-config.yaml")], "no-such-config.yaml"),
     ([str(QUICKSTART), "runtime.address=127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
-    ([str(QUICKSTART), "runtime.address=http://127.0.0.1:8265"], "HOST:PORT"),
+    ([str(QUICKSTART), "runtime.address=http://127.0.0.1:8265"], "not the job server URL"),
 ])
 def test_bad_input_exits_2_with_one_error_line(args, names):
     p = selfplay("train", *args, "tracking.enabled=false")

@@ -133,6 +133,9 @@ class Autoscaler:
 # ----------------------------------------------------------------- `selfplay scale`
 def check_reachable(address: str) -> None:
     """A GCS that does not answer makes `ray.init` hang for minutes: probe it first."""
+    if address.startswith(("http://", "https://")):
+        raise InputError(f"address must be the Ray GCS (HOST:6379) or 'auto', not the job "
+                         f"server URL {address!r}")
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
