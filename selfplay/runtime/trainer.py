@@ -92,7 +92,9 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
 
     init_ray(cfg)
     done = 0 if resume is None else int(resume.step)
-    workers = None if resume is None else resume.meta["controller"]["workers"]
+    workers = None
+    if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
+        workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
     game, ctl, ev, algo, hyper = build(cfg, workers=workers)
     run_dir = new_run_dir(cfg) if resume is None else resume.path.parent.parent
     cfg_path = write_config(cfg, run_dir)
