@@ -313,11 +313,12 @@ class Learner:
             return None if sd is None else flatten_state_dict(sd)
 
     def state(self) -> LearnerState:
+        """This rank's state as plain local tensors (optimizer DTensors → their shards)."""
         return LearnerState(rank=self.ctx.rank, world=self.ctx.world,
                             strategy=self.config.strategy, params=self._local_params(),
-                            optim=self._optim_state(),
+                            optim=_local_optim(self._optim_state()),
                             roles={k: RoleWeights([t.clone() for t in v.params],
-                                                  None if v.optim is None else _clone_optim(v.optim))
+                                                  _local_optim(v.optim))
                                    for k, v in self._roles.items()})
 
     def load_state(self, state: LearnerState) -> None:
@@ -326,15 +327,36 @@ class Learner:
             raise ValueError(f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
                              f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}")
         dev = self.ctx.device
-        self._roles = {k: RoleWeights([t.to(dev) for t in v.params], _optim_to(v.optim, dev))
+        self._roles = {k: RoleWeights([t.to(dev) for t in v.params], self._optim_in(v.optim))
                        for k, v in state.roles.items()}
         self._roles["__load__"] = RoleWeights([t.to(dev) for t in state.params],
-                                              _optim_to(state.optim, dev))
+                                              self._optim_in(state.optim))
         self.start_phase("__load__")
         del self._roles["__load__"]
 
     def close(self) -> None:
         self.ctx.close()
+
+    def _optim_in(self, state):
+        """Local optimizer state as this learner keeps it: on its device, and laid out like
+        its parameter (a DTensor shard under FSDP2). AdamW keeps `step` on the CPU unless
+        capturable, so that one stays where it is."""
+        if state is None:
+            return None
+        out = {}
+        for i, st in state.items():
+            p, new = self._params[i], {}
+            for k, v in st.items():
+                if torch.is_tensor(v) and k != "step":
+                    v = v.to(self.ctx.device)
+                    if hasattr(p, "device_mesh") and v.shape == local(p).shape:
+                        from torch.distributed.tensor import DTensor
+
+                        v = DTensor.from_local(v, p.device_mesh, p.placements, run_check=False,
+                                               shape=p.shape, stride=p.stride())
+                new[k] = v
+            out[i] = new
+        return out
 
     def _role(self, role: str) -> RoleWeights:
         if role not in self._roles:
@@ -373,13 +395,12 @@ def _clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[st
             for i, st in state.items()}
 
 
-def _optim_to(state, device):
-    """Optimizer state on the learner's device; AdamW keeps `step` on the CPU unless
-    capturable, so that one stays where it is."""
+def _local_optim(state):
+    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
     if state is None:
         return None
-    return {i: {k: v.to(device) if torch.is_tensor(v) and k != "step" else v
-                for k, v in st.items()} for i, st in state.items()}
+    return {i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
+            for i, st in state.items()}
 
 
 def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
