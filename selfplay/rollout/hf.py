@@ -112,10 +112,10 @@ class HFBackend:
                 raise VersionNotLoaded(f"version {v} is not loaded on this worker")
         t0 = time.perf_counter()
         prompt_tokens = encode_prompts(self.tokenizer, prompts.texts)
-        ids, attn = self._left_pad([p for p in prompt_tokens for _ in range(k)])
+        ids, attn = self._left_pad(prompt_tokens)
         with torch.inference_mode():
             tokens, logprobs, lengths = self._sample_loop(
-                version, ids, attn, max_new_tokens=max_new_tokens, temperature=temperature,
+                version, ids, attn, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
                 allowed=allowed_token_ids, seed=seed)
         tok_rows = [tokens[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         lp_rows = [logprobs[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
@@ -151,9 +151,10 @@ class HFBackend:
             return (1.0 - version.lam) * sa + version.lam * sb
         return self._forward(version, ids, attn, pos, caches[0])
 
-    def _sample_loop(self, version: SamplerVersion, ids, attn, *, max_new_tokens: int,
+    def _sample_loop(self, version: SamplerVersion, ids, attn, *, k: int, max_new_tokens: int,
                      temperature: float, allowed: list[int] | None, seed: int):
-        n = ids.shape[0]
+        """K samples for each of the prompt rows `ids`; rows out are prompt-major."""
+        n = ids.shape[0] * k
         gen = torch.Generator(device=self.device).manual_seed(seed)
         caches = [DynamicCache() for _ in needed_versions(version)]
         mask = None
@@ -167,7 +168,12 @@ class HFBackend:
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         # Positions count real tokens only, so left padding does not shift them.
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        scores = self._scores(version, ids, attn, pos, caches)
+        # The prompt pass runs once per prompt; its scores and KV caches are then
+        # repeated for the prompt's K samples (identical rows, so identical values).
+        scores = self._scores(version, ids, attn, pos, caches).repeat_interleave(k, dim=0)
+        for c in caches:
+            c.batch_repeat_interleave(k)
+        attn, pos = attn.repeat_interleave(k, dim=0), pos.repeat_interleave(k, dim=0)
         for t in range(max_new_tokens):
             z = scores / temperature
             if mask is not None:
