@@ -120,8 +120,11 @@ def test_start_phase_restores_weights_and_optimizer_bitwise():
     for i, st in before.optim.items():
         for k, v in st.items():
             assert torch.equal(v, after.optim[i][k]), k
+    # A role published in place equals the same weights published from the model.
+    assert np.array_equal(learner.publish().buffer, learner.publish("main").buffer)
     learner.train_phase(lead, batch, updates=2)
     assert np.array_equal(first_lead.buffer, learner.publish().buffer)
+    assert np.array_equal(first_lead.buffer, learner.publish("lead").buffer)
 
 
 def test_state_round_trip_resumes_bitwise():

@@ -306,7 +306,17 @@ class Learner:
 
     # --------------------------------------------------- weights and state
     def publish(self, role: str | None = None) -> FlatWeights | None:
-        """Full weights (current, or `role`'s) as FlatWeights on rank 0; None on other ranks."""
+        """Full weights (current, or `role`'s) as FlatWeights on rank 0; None on other ranks.
+
+        Unsharded, a role's tensors are flattened where they are: swapping them into
+        the model and back would copy the whole policy three more times."""
+        if role is not None and not self.ctx.sharded:
+            if self.ctx.rank != 0:
+                return None
+            by_ptr = {p.data_ptr(): t for p, t in zip(self._params, self._role(role).params,
+                                                      strict=True)}
+            return flatten_state_dict({k: by_ptr.get(v.data_ptr(), v).detach()
+                                       for k, v in self.model.state_dict().items()})
         with self._weights(role):
             sd = sharding.full_state_dict(self.model, self.ctx)
             # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
