@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -18,6 +19,8 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline(steps: int, repeats: int, as_json: bool) -> None:
     """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
+    # Its in-process Ray cluster binds to loopback, as `selfplay train`'s does.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from selfplay.bench import pipeline as p
 
     r = p.run(steps=steps, repeats=repeats)
