@@ -1,10 +1,13 @@
 """`selfplay bench pipeline`: async against sync, and policy publish+pull against raw Ray.
 
-1. End-to-end throughput on the token game, with generation and learning
-   balanced (the rollout batch is sized so one phase of generation costs about
-   one phase of learning): samples/s with `max_staleness=0` (every phase
-   waits for its own batch) against `max_staleness=1` (the next batch is
-   sampled while the learner trains). Target: async ≥ 1.6× sync.
+1. End-to-end throughput on the token game: samples/s with `max_staleness=0`
+   (every phase waits for its own batch) against `max_staleness=1` (the next
+   batch is sampled and judged while the learner trains). Target: async ≥
+   1.6× sync. The speedup depends on how the stages (generation on the rollout
+   worker, judging on the preference server, learning) balance, so it is
+   measured at several opponent counts per prompt (`opponents`): few
+   opponents make learning dominate, many make generation and judging
+   dominate. On 2 cores at most two stages run at once.
 2. The time to publish a policy version (learner rank 0 flattens and puts
    its weights) and have a rollout worker pull and load it, against a raw
    `ray.put` in one actor and `ray.get` in another of the same number of
@@ -21,11 +24,11 @@ import ray
 
 from selfplay.config import load_config
 
-# Balanced on a 2-core box: ~equal seconds of generation and of learning per phase.
+# 64 prompts × 8 responses per step; `rollout.opponents_k` is swept by `run`.
 PIPELINE_OVERRIDES = [
     "algo.name=mpo", "algo.eta=2", "algo.alpha=0.5", "task.generate=rps", "task.n=5",
     "model.tiny.hidden=64", "model.tiny.layers=2", "rollout.prompts_per_step=64",
-    "rollout.k=8", "rollout.opponents_k=32", "learner.updates_per_phase=1",
+    "rollout.k=8", "learner.updates_per_phase=1",
     "learner.micro_batch=512", "tracking.enabled=false", "runtime.num_cpus=2",
 ]
 
@@ -42,13 +45,13 @@ class _Getter:
         return int(ray.get(boxed[0]).nbytes)
 
 
-def throughput(max_staleness: int, steps: int) -> dict:
+def throughput(max_staleness: int, steps: int, opponents: int) -> dict:
     from selfplay.runtime.trainer import train
 
     cfg = load_config(None, [*PIPELINE_OVERRIDES, f"runtime.max_staleness={max_staleness}",
-                             f"runtime.steps={steps}"])
+                             f"runtime.steps={steps}", f"rollout.opponents_k={opponents}"])
     res = train(cfg, progress=False).summary
-    return {"max_staleness": max_staleness, "samples_per_s": res["samples_per_s"],
+    return {"max_staleness": max_staleness, "opponents": opponents, "samples_per_s": res["samples_per_s"],
             "seconds": res["seconds"], "samples": res["samples"],
             "max_staleness_seen": res["max_staleness_seen"]}
 
@@ -91,23 +94,30 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     return {"bytes": nbytes, "publish_pull_s": o, "raw_put_get_s": r, "ratio": o / r}
 
 
-def run(steps: int = 12, repeats: int = 5, hidden: int = 512, layers: int = 8) -> dict:
+def run(steps: int = 12, repeats: int = 5, hidden: int = 512, layers: int = 8,
+        opponents: tuple[int, ...] = (32, 1024)) -> dict:
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    sync = throughput(0, steps)
-    asyn = throughput(1, steps)
+    rows = []
+    for m in opponents:
+        sync, asyn = throughput(0, steps, m), throughput(1, steps, m)
+        rows.append({"opponents": m, "sync": sync, "async": asyn,
+                     "async_speedup": asyn["samples_per_s"] / sync["samples_per_s"]})
     pp = publish_pull(hidden, layers, repeats)
-    return {"sync": sync, "async": asyn,
-            "async_speedup": asyn["samples_per_s"] / sync["samples_per_s"], "publish": pp}
+    return {"throughput": rows, "publish": pp}
 
 
 def format_report(r: dict) -> str:
-    s, a, p = r["sync"], r["async"], r["publish"]
-    return "\n".join([
-        f"end-to-end, max_staleness=0: {s['samples_per_s']:.1f} samples/s ({s['seconds']:.1f}s)",
-        f"end-to-end, max_staleness=1: {a['samples_per_s']:.1f} samples/s ({a['seconds']:.1f}s, "
-        f"max staleness seen {a['max_staleness_seen']})",
-        f"async speedup: {r['async_speedup']:.2f}x (target >= 1.6x)",
+    lines = []
+    for row in r["throughput"]:
+        s, a = row["sync"], row["async"]
+        lines.append(
+            f"{row['opponents']:>5} opponents/prompt: max_staleness=0 {s['samples_per_s']:.1f} "
+            f"samples/s ({s['seconds']:.1f}s), max_staleness=1 {a['samples_per_s']:.1f} "
+            f"samples/s ({a['seconds']:.1f}s, max staleness seen {a['max_staleness_seen']}): "
+            f"async speedup {row['async_speedup']:.2f}x (target >= 1.6x)")
+    p = r["publish"]
+    lines.append(
         f"publish+pull of {p['bytes'] / 1e6:.1f} MB: {p['publish_pull_s'] * 1e3:.1f} ms; raw "
-        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.5)",
-    ])
+        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.5)")
+    return "\n".join(lines)

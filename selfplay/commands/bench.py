@@ -16,14 +16,23 @@ def bench() -> None:
 @bench.command("pipeline")
 @click.option("--steps", default=12, show_default=True, help="Steps per throughput run.")
 @click.option("--repeats", default=5, show_default=True, help="Publish+pull repetitions.")
+@click.option("--opponents", default="32,1024", show_default=True,
+              help="Comma-separated opponent counts per prompt (stage balance) to measure.")
 @click.option("--json", "as_json", is_flag=True)
-def pipeline(steps: int, repeats: int, as_json: bool) -> None:
+def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
     """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
     # Its in-process Ray cluster binds to loopback, as `selfplay train`'s does.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from selfplay.bench import pipeline as p
+    from selfplay.errors import InputError
 
-    r = p.run(steps=steps, repeats=repeats)
+    try:
+        counts = tuple(int(x) for x in opponents.split(","))
+    except ValueError:
+        raise InputError(f"--opponents must be comma-separated integers, got {opponents!r}") from None
+    if not counts or min(counts) < 1:
+        raise InputError(f"--opponents must be positive, got {opponents!r}")
+    r = p.run(steps=steps, repeats=repeats, opponents=counts)
     click.echo(json.dumps(r) if as_json else p.format_report(r))
 
 
