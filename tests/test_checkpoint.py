@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import selfplay.runtime.checkpoint as ck
+import selfplay.runtime.packing as pk
 from selfplay.runtime.actors import BatchInfo
 from selfplay.runtime.learner import LearnerState, RoleWeights
 from selfplay.runtime.train_batch import TrainBatch, build_train_batch, concat_batches
@@ -93,11 +94,11 @@ def make_learner_state() -> LearnerState:
 def test_learner_state_round_trip_through_disk(tmp_path):
     s = make_learner_state()
     assert not s.params[0].is_contiguous()
-    tensors, meta = ck.pack_learner_state(s)
+    tensors, meta = pk.pack_learner_state(s)
     ck.write_checkpoint(tmp_path, 4, {"learner": meta}, {"learner-1": tensors})
     c = ck.load_latest(tmp_path)
     assert c.step == 4
-    r = ck.unpack_learner_state(c.tensors["learner-1"], c.meta["learner"])
+    r = pk.unpack_learner_state(c.tensors["learner-1"], c.meta["learner"])
     assert (r.rank, r.world, r.strategy) == (1, 2, "fsdp2")
     assert len(r.params) == len(s.params)
     assert all(bits_equal(a, b) for a, b in zip(s.params, r.params, strict=True))
@@ -111,10 +112,10 @@ def test_learner_state_round_trip_through_disk(tmp_path):
 
 
 def test_unpack_learner_state_reports_missing_tensor():
-    tensors, meta = ck.pack_learner_state(make_learner_state())
+    tensors, meta = pk.pack_learner_state(make_learner_state())
     del tensors["roles/1/optim/0/exp_avg"]
     with pytest.raises(ck.CheckpointError, match="roles/1/optim/0/exp_avg"):
-        ck.unpack_learner_state(tensors, meta)
+        pk.unpack_learner_state(tensors, meta)
 
 
 def _batch() -> TrainBatch:
@@ -137,10 +138,10 @@ def _batch() -> TrainBatch:
 
 def test_train_batch_round_trip_through_disk(tmp_path):
     b = _batch()
-    tensors, meta = ck.pack_arrays(b, prefix="batch0/")
+    tensors, meta = pk.pack_arrays(b, prefix="batch0/")
     ck.write_checkpoint(tmp_path, 1, {"batch": meta}, {"batches": tensors})
     c = ck.load_checkpoint(tmp_path / "step-000001")
-    r = ck.unpack_arrays(TrainBatch, c.tensors["batches"], c.meta["batch"])
+    r = pk.unpack_arrays(TrainBatch, c.tensors["batches"], c.meta["batch"])
     assert r.versions == b.versions and isinstance(r.versions, tuple)
     assert isinstance(r.versions[-1], MixtureVersion)
     for f in dataclasses.fields(TrainBatch):
@@ -167,9 +168,9 @@ def _value_for(annotation: str, rng: np.random.Generator):
 def test_batch_info_and_samples_round_trip():
     rng = np.random.default_rng(1)
     info = BatchInfo(**{f.name: _value_for(str(f.type), rng) for f in dataclasses.fields(BatchInfo)})
-    tensors, meta = ck.pack_arrays(info)
+    tensors, meta = pk.pack_arrays(info)
     meta = json.loads(json.dumps(meta))
-    back = ck.unpack_arrays(BatchInfo, tensors, meta)
+    back = pk.unpack_arrays(BatchInfo, tensors, meta)
     for f in dataclasses.fields(BatchInfo):
         a, b = getattr(info, f.name), getattr(back, f.name)
         if isinstance(a, np.ndarray):
@@ -182,35 +183,35 @@ def test_batch_info_and_samples_round_trip():
                 logprobs=np.array([[-0.5, np.inf]], dtype=np.float16), texts=["t"],
                 version=MixtureVersion(Version(0, "main"), Version(3, "lead"), 0.3), k=1,
                 meta={"gen_s": 1.5}, prompt_tokens=[[7, 8, 9]])
-    t2, m2 = ck.pack_arrays(s)
-    s2 = ck.unpack_arrays(Samples, t2, json.loads(json.dumps(m2)))
+    t2, m2 = pk.pack_arrays(s)
+    s2 = pk.unpack_arrays(Samples, t2, json.loads(json.dumps(m2)))
     assert s2.meta == s.meta and s2.prompt_tokens == s.prompt_tokens and s2.version == s.version
     assert s2.logprobs.dtype == np.float16 and s2.logprobs.tobytes() == s.logprobs.tobytes()
     assert s2.lengths.dtype == np.uint8 and s2.tokens.dtype == np.int32
     with pytest.raises(ck.CheckpointError, match="not a TrainBatch"):
-        ck.unpack_arrays(TrainBatch, t2, m2)
+        pk.unpack_arrays(TrainBatch, t2, m2)
 
 
 def test_versions_json():
     for v in (Version(0, "main"), Version(9, "lead"),
               MixtureVersion(Version(3, "main"), Version(2, "prev"), 0.1 + 0.2)):
-        assert ck.version_from_json(json.loads(json.dumps(ck.version_to_json(v)))) == v
+        assert pk.version_from_json(json.loads(json.dumps(pk.version_to_json(v)))) == v
     with pytest.raises(ck.CheckpointError):
-        ck.version_from_json({"step": 1})
+        pk.version_from_json({"step": 1})
     with pytest.raises(ck.CheckpointError):
-        ck.version_from_json({"step": 1, "phase": "nope"})
+        pk.version_from_json({"step": 1, "phase": "nope"})
 
 
 def test_rng_state_round_trip(tmp_path):
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     random.gauss(0, 1), np.random.standard_normal()  # leave cached Gaussians in both
-    tensors, meta = ck.rng_state()
+    tensors, meta = pk.rng_state()
     ck.write_checkpoint(tmp_path, 0, {"rng": meta}, {"rng": tensors})
     want = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
             torch.rand(3).tolist())
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     c = ck.load_latest(tmp_path)
-    ck.set_rng_state(c.tensors["rng"], c.meta["rng"])
+    pk.set_rng_state(c.tensors["rng"], c.meta["rng"])
     got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
            torch.rand(3).tolist())
     assert got == want
@@ -301,8 +302,9 @@ def test_pickle_payload_never_runs(tmp_path):
     assert marker.exists()
 
 
-def test_module_uses_no_code_executing_loader():
-    src = Path(ck.__file__).read_text()
+@pytest.mark.parametrize("mod", [ck, pk], ids=["checkpoint", "packing"])
+def test_module_uses_no_code_executing_loader(mod):
+    src = Path(mod.__file__).read_text()
     for needle in ("pickle", "allow_pickle", "marshal"):
         assert needle not in src, needle
     banned = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}

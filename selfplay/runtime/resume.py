@@ -38,10 +38,8 @@ import numpy as np
 
 from selfplay.config import Config, load_config
 from selfplay.errors import InputError
-from selfplay.runtime.checkpoint import (
-    CHECKPOINT_DIR,
-    Checkpoint,
-    load_latest,
+from selfplay.runtime.checkpoint import CHECKPOINT_DIR, Checkpoint, load_latest, write_checkpoint
+from selfplay.runtime.packing import (
     pack_arrays,
     pack_learner_state,
     rng_state,
@@ -50,7 +48,6 @@ from selfplay.runtime.checkpoint import (
     unpack_learner_state,
     version_from_json,
     version_to_json,
-    write_checkpoint,
 )
 
 # Config keys a resumed run may change: where and how big it runs, not what it computes.
