@@ -4,7 +4,8 @@ For `selfplay.runtime.checkpoint`: `LearnerState` (rank-local weights, AdamW
 state, roles), dataclasses of numpy arrays (`TrainBatch`, `BatchInfo`),
 sampler versions, and the global RNG states of `random`, numpy's legacy
 generator and torch (CPU). Tensors go to safetensors; everything else is
-plain JSON (tagged where a type must come back exactly), never pickle.
+plain JSON (tagged where a type must come back exactly); no Python object
+is ever deserialised.
 """
 
 from __future__ import annotations
