@@ -39,6 +39,7 @@ from selfplay.algos.losses import phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime import sharding
+from selfplay.runtime.learner_state import LearnerState, RoleWeights, clone_optim, local_optim
 from selfplay.runtime.sharding import DistContext, local
 from selfplay.runtime.train_batch import TrainBatch, all_pairs
 
@@ -75,26 +76,6 @@ class PhaseMetrics:
     rows: int
     pairs: int
     updates: int
-
-
-@dataclass
-class RoleWeights:
-    """A frozen copy of this rank's parameter storage, plus AdamW state if snapshotted."""
-
-    params: list[torch.Tensor]
-    optim: dict[int, dict[str, torch.Tensor]] | None = None
-
-
-@dataclass
-class LearnerState:
-    """Rank-local checkpoint: restore with the same world size and strategy."""
-
-    rank: int
-    world: int
-    strategy: str
-    params: list[torch.Tensor]
-    optim: dict[int, dict[str, torch.Tensor]]
-    roles: dict[str, RoleWeights]
 
 
 @dataclass
@@ -154,7 +135,7 @@ class Learner:
         r = self._role(src)
         self._roles[dst] = RoleWeights(
             params=[t.clone() for t in r.params],
-            optim=None if r.optim is None else _clone_optim(r.optim))
+            optim=None if r.optim is None else clone_optim(r.optim))
 
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
@@ -162,7 +143,7 @@ class Learner:
         self._load_params(r.params)
         if r.optim is not None:
             self.opt.state.clear()
-            for i, st in _clone_optim(r.optim).items():
+            for i, st in clone_optim(r.optim).items():
                 self.opt.state[self._params[i]] = st
 
     # -------------------------------------------------------------- training
@@ -326,9 +307,9 @@ class Learner:
         """This rank's state as plain local tensors (optimizer DTensors → their shards)."""
         return LearnerState(rank=self.ctx.rank, world=self.ctx.world,
                             strategy=self.config.strategy, params=self._local_params(),
-                            optim=_local_optim(self._optim_state()),
+                            optim=local_optim(self._optim_state()),
                             roles={k: RoleWeights([t.clone() for t in v.params],
-                                                  _local_optim(v.optim))
+                                                  local_optim(v.optim))
                                    for k, v in self._roles.items()})
 
     def load_state(self, state: LearnerState) -> None:
@@ -382,7 +363,7 @@ class Learner:
                 local(p).copy_(t)
 
     def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
-        return _clone_optim({i: self.opt.state[p] for i, p in enumerate(self._params)
+        return clone_optim({i: self.opt.state[p] for i, p in enumerate(self._params)
                              if p in self.opt.state})
 
     @contextmanager
@@ -398,19 +379,6 @@ class Learner:
             yield
         finally:
             self._load_params(saved)
-
-
-def _clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
-    return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
-            for i, st in state.items()}
-
-
-def _local_optim(state):
-    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
-    if state is None:
-        return None
-    return {i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
-            for i, st in state.items()}
 
 
 def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:

@@ -1,0 +1,52 @@
+"""A learner rank's state: role weights, its checkpointable `LearnerState`, and
+AdamW state helpers.
+
+Role weights and optimizer state are this rank's local storage: under FSDP2
+a parameter's shard (parameters are DTensors sharded on dim 0), otherwise the
+whole tensor. AdamW state under FSDP2 is a DTensor per parameter; `LearnerState`
+holds its local shard as a plain tensor so it can be written as safetensors,
+and `Learner.load_state` lays it out again like the parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from selfplay.runtime.sharding import local
+
+
+@dataclass
+class RoleWeights:
+    """A frozen copy of this rank's parameter storage, plus AdamW state if snapshotted."""
+
+    params: list[torch.Tensor]
+    optim: dict[int, dict[str, torch.Tensor]] | None = None
+
+
+@dataclass
+class LearnerState:
+    """Rank-local checkpoint: restore with the same world size and strategy."""
+
+    rank: int
+    world: int
+    strategy: str
+    params: list[torch.Tensor]
+    optim: dict[int, dict[str, torch.Tensor]]
+    roles: dict[str, RoleWeights]
+
+
+
+def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
+    return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+            for i, st in state.items()}
+
+
+def local_optim(state):
+    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
+    if state is None:
+        return None
+    return {i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
+            for i, st in state.items()}
