@@ -38,7 +38,6 @@ class LearnerState:
     roles: dict[str, RoleWeights]
 
 
-
 def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
     return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
             for i, st in state.items()}
