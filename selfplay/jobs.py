@@ -52,6 +52,7 @@ class Submission:
     runtime_env: dict[str, Any]
     tracking_uri: str | None
     metadata: dict[str, str] = field(default_factory=dict)
+    output_dir: str = "runs"  # where the job writes its run dir, as the config says
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,11 @@ def absolute_uri(uri: str, base: Path) -> str:
 
 
 def build_submission(config: str, overrides: list[str], *, working_dir: str | None = None,
-                     pip: list[str] | None = None) -> Submission:
-    """Validate CONFIG + overrides here, then describe the job that trains it on the cluster."""
+                     pip: list[str] | None = None, resume: str | None = None) -> Submission:
+    """Validate CONFIG + overrides here, then describe the job that trains it on the cluster.
+
+    `resume`: a run dir on the cluster's storage (absolute: the job's working dir is a
+    fresh temporary copy) that the job continues with `selfplay train --resume`."""
     from selfplay.config import load_config
 
     wd = Path(working_dir or ".").resolve()
@@ -121,9 +125,15 @@ def build_submission(config: str, overrides: list[str], *, working_dir: str | No
     if pip:
         runtime_env["pip"] = list(pip)
     argv = ["selfplay", "train", rel.as_posix(), *overrides, *extra, "--no-progress"]
+    if resume is not None:
+        if not resume.startswith("/"):
+            raise InputError(f"--resume {resume}: give the run dir's absolute path on the "
+                             f"cluster (a job runs in a temporary copy of the working dir)")
+        argv += ["--resume", resume]
     return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
                       tracking_uri=uri if cfg.tracking.enabled else None,
-                      metadata={"selfplay.config": rel.as_posix(), "selfplay.algo": cfg.algo.name})
+                      metadata={"selfplay.config": rel.as_posix(), "selfplay.algo": cfg.algo.name},
+                      output_dir=cfg.output_dir)
 
 
 @contextlib.contextmanager

@@ -206,6 +206,7 @@ def test_address_defaults_to_env_then_loopback(monkeypatch):
 
 
 def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypatch):
+    from selfplay.errors import InputError
     from selfplay.jobs import build_submission
 
     (tmp_path / "conf").mkdir()
@@ -224,3 +225,10 @@ def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypat
     assert sub.runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/m.db"
     assert f"tracking.uri=sqlite:///{tmp_path}/m.db runtime.address=auto" in sub.entrypoint
     assert "pip" not in sub.runtime_env
+    # Resuming a job's run: the run dir is a path on the cluster, passed to `train --resume`.
+    sub = build_submission("conf/c.yaml", ["output_dir=/shared/runs"],
+                           resume="/shared/runs/omwu-1")
+    assert sub.entrypoint.endswith("--no-progress --resume /shared/runs/omwu-1")
+    assert sub.output_dir == "/shared/runs"
+    with pytest.raises(InputError, match="absolute path on the cluster"):
+        build_submission("conf/c.yaml", [], resume="runs/omwu-1")

@@ -51,16 +51,24 @@ def _follow(client, job_id: str) -> None:
               help="A pip requirement installed in the job's env (repeatable), e.g. 'vllm>=0.6'.")
 @click.option("--wait", is_flag=True, help="Follow the job's logs to its end; exit 0 only if "
                                            "it succeeded.")
+@click.option("--resume", default=None, metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR (an absolute path on the cluster's storage).")
 def submit(config: str, overrides: tuple[str, ...], address: str | None,
-           working_dir: str | None, pip: tuple[str, ...], wait: bool) -> None:
+           working_dir: str | None, pip: tuple[str, ...], wait: bool,
+           resume: str | None) -> None:
     """Submit `selfplay train CONFIG [key=value ...]` as a Ray job."""
     from selfplay import jobs
 
-    sub = jobs.build_submission(config, list(overrides), working_dir=working_dir, pip=list(pip))
+    sub = jobs.build_submission(config, list(overrides), working_dir=working_dir, pip=list(pip),
+                                resume=resume)
     client = jobs.connect(address)  # unreachable or unauthorised: one line, exit 2
     if sub.tracking_uri is None:
         _echo_err("note: no tracking.uri or MLFLOW_TRACKING_URI; the run logs to mlflow.db in "
                   "the job's temporary working dir on the cluster")
+    if not sub.output_dir.startswith("/"):
+        _echo_err(f"note: output_dir {sub.output_dir!r} is relative: the run dir and its "
+                  f"checkpoints stay in the job's temporary working dir; to resume a job later, "
+                  f"set output_dir to storage the cluster keeps (e.g. a shared mount)")
     job_id = jobs.submit(client, sub)
     click.echo(job_id)
     _echo_err(f"submitted {job_id} to {client.get_address()}: {sub.entrypoint}")
