@@ -1,4 +1,5 @@
-"""Suite-wide settings: one torch thread (2-core CI), no GPU tests without a GPU."""
+"""Suite-wide settings: one torch thread (2-core CI), no GPU tests without a GPU, and
+`cluster`, the local Ray cluster of one test module."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster per test module (2 CPUs, no dashboard); yields its GCS address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -45,13 +45,6 @@ SMALL = ["tracking.enabled=false", f"task.matrix={CONF.with_name('weighted_rps.c
          "rollout.num_cpus=0.25", "judge.num_cpus=0.25", "learner.num_cpus=0.5"]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @dataclass
 class Outcome:
     records: list

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -28,13 +27,6 @@ SMALL = ["tracking.enabled=false", "rollout.prompts_per_step=4", "rollout.k=4",
          "model.tiny.layers=1", "learner.shards=2", "learner.strategy=fsdp2",
          "learner.num_cpus=0.5", "rollout.num_cpus=0.25", "judge.num_cpus=0.25",
          "algo.name=omwu", "algo.eta=1"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def _final(run_dir: Path) -> list[dict[str, torch.Tensor]]:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from selfplay import games
 from selfplay.config import load_config
@@ -59,13 +58,6 @@ ALGO_SETTINGS = {
     "egpo": (["algo.eta=2.5", "runtime.steps=12", "rollout.workers=1",
               "rollout.opponents_k=128"], "regularized_gap"),
 }
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def kernel_nash(P: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from selfplay.config import load_config
 from selfplay.runtime.trainer import train
@@ -31,13 +30,6 @@ CONF = ROOT / "conf" / "tests" / "converge.yaml"
 SMALL = ["tracking.enabled=false", f"task.matrix={CONF.with_name('weighted_rps.csv')}",
          "rollout.workers=1", "rollout.prompts_per_step=4", "rollout.k=4",
          "rollout.opponents_k=8", "learner.updates_per_phase=2"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def run(tmp_path: Path, *overrides: str):
