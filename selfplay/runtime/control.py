@@ -150,11 +150,8 @@ def check_reachable(address: str) -> None:
 def connect(address: str | None) -> str:
     """Join the cluster as a driver in namespace `selfplay`: `--address`, $RAY_ADDRESS, 'auto'."""
     addr = (address or os.environ.get("RAY_ADDRESS") or "auto").strip()
-    if addr.startswith(("http://", "https://")):
-        raise InputError(f"address must be the Ray GCS (HOST:6379) or 'auto', not the job "
-                         f"server URL {addr!r}")
     if addr != "auto":
-        check_reachable(addr)
+        check_reachable(addr)  # also refuses a job-server URL
     if not ray.is_initialized():
         try:
             ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False,
