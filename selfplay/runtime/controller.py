@@ -217,7 +217,7 @@ class Controller:
         pend.batch_ref, pend.info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
         pend.workers = len(pool.workers)
 
-    def _collect(self, pend: Pending):
+    def collect(self, pend: Pending):
         """The batch's BatchInfo; a batch lost with a dead worker or judge is reissued."""
         while True:
             try:
@@ -269,7 +269,7 @@ class Controller:
             if rf.when == "before":
                 self.learners.copy_role(rf.dst, rf.src)
         anchor = self.store.roles[phase.anchor]
-        info = self._collect(pend)  # a lost batch is reissued before the learner waits on it
+        info = self.collect(pend)  # a lost batch is reissued before the learner waits on it
         self.learners.start_phase(phase)
         metrics = self.learners.train_phase(
             phase, pend.batch_ref, form=s.loss_form, normalize_logprobs=s.normalize_logprobs,

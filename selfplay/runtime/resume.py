@@ -133,7 +133,7 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
         files[f"learner-{rank}"], m = pack_learner_state(s)
         meta["learners"].append(m)
     for i, p in enumerate(ctl.queue):
-        info = ctl._collect(p)  # waits for it; a batch lost with a dead worker is reissued
+        info = ctl.collect(p)  # waits for it; a batch lost with a dead worker is reissued
         bt, bm = pack_arrays(ray.get(p.batch_ref))
         it, im = pack_arrays(info)
         files[f"queue-{i}"] = {**{f"batch.{k}": v for k, v in bt.items()},
