@@ -24,7 +24,7 @@ Elastic rollout pool and healing (`selfplay.runtime.pool`): at each phase
 boundary the pool is resized to the run's `RunControl` target. A batch whose
 rollout worker or preference server died is reissued: the dead actors are
 replaced in their slots and the same prompts are sampled again from the same
-versions with the same seeds (`_collect`), at most `max_reissues` times.
+versions with the same seeds (`collect`), at most `max_reissues` times.
 
 Checkpoints (`selfplay.runtime.resume`) are taken at step boundaries; the
 controller's state is `next_step`, the prompt `cursor`, the policy store and

@@ -8,7 +8,7 @@ The controller owns one `RolloutPool`. Three things change its membership:
   each only after every queued batch that may have used it has been trained;
 - healing: a worker whose process died (SIGKILL, OOM, lost node) is replaced
   by a new one in the same slot, so a reissued batch is split across the same
-  number of workers and drawn with the same seeds (`Controller._collect`);
+  number of workers and drawn with the same seeds (`Controller.collect`);
 - the end of the run (`close`).
 
 Which versions a worker holds is keyed by its actor handle, not its position,
