@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import stop_server
 
 pytestmark = pytest.mark.ray
 
@@ -74,12 +74,7 @@ def head():
         _wait_up(url, token, proc, Path(tmp) / "head.log")
         yield url, _env(**auth)
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own children
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc, group=False, timeout=30)  # `ray start --block` stops its children
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -11,8 +11,6 @@ own helpers.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import stop_server
 
 pytestmark = pytest.mark.ray
 
@@ -73,12 +72,7 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.3)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc, group=True, timeout=15)
         log.close()
 
 
