@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
 
 
 def stop_server(proc: subprocess.Popen, *, group: bool, timeout: float) -> None:
@@ -20,3 +25,19 @@ def stop_server(proc: subprocess.Popen, *, group: bool, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def wait_http_ok(request: str | urllib.request.Request, proc: subprocess.Popen, log: Path,
+                 what: str, timeout: float = 90, every: float = 0.3) -> None:
+    """Poll `request` until it answers 200; fail with the log's tail if `proc` exits or
+    `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(request, timeout=1).status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(every)

@@ -17,12 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import stop_server
+from helpers import stop_server, wait_http_ok
 
 pytestmark = pytest.mark.ray
 
@@ -82,16 +81,7 @@ def head():
 def _wait_up(url: str, token: str, proc, log: Path) -> None:
     req = urllib.request.Request(f"{url}/api/version",
                                  headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(req, timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"ray head did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+    wait_http_ok(req, proc, log, "ray head", every=0.5)
 
 
 def test_submit_wait_runs_to_mlflow(head, tmp_path):

@@ -14,13 +14,11 @@ import json
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import stop_server
+from helpers import stop_server, wait_http_ok
 
 pytestmark = pytest.mark.ray
 
@@ -59,17 +57,8 @@ def mlflow_server(tmp_path_factory):
     # Own session: teardown signals this server's process group and nothing else.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(d / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_http_ok(f"{uri}/health", proc, d / "server.log", "mlflow server")
         yield uri
     finally:
         stop_server(proc, group=True, timeout=15)
