@@ -76,7 +76,8 @@ class AutoscaleConfig(_Strict):
     min_workers: int = Field(1, ge=1)
     max_workers: int = Field(4, ge=1)
     target_queue_depth: float = Field(
-        0.5, ge=0, description="wanted mean number of judged batches waiting for the learner")
+        0.5, ge=0, description="wanted mean number of judged batches waiting for the learner"
+    )
     window: int = Field(4, ge=1, description="steps observed per decision (±1 worker)")
 
     @model_validator(mode="after")
@@ -93,16 +94,23 @@ class RolloutConfig(_Strict):
     k: int = Field(4, ge=2, description="responses sampled per prompt")
     opponents_k: int = Field(4, ge=1, description="opponent samples per prompt and opponent")
     max_new_tokens: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0, description="sampling temperature of the policy (opponents)")
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the policy (opponents)"
+    )
     explore_temperature: float = Field(
-        1.0, gt=0, description="temperature of the trained-on responses (behaviour policy)")
+        1.0, gt=0, description="temperature of the trained-on responses (behaviour policy)"
+    )
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, NonNegativeFloat] = Field(
-        default_factory=dict, description="custom Ray resources per worker, e.g. {rollout: 1}")
+        default_factory=dict, description="custom Ray resources per worker, e.g. {rollout: 1}"
+    )
     join_wait_s: float = Field(
-        0.0, ge=0, description="how long a resize waits for new workers to start (0: they join "
-                               "at a later phase boundary, training never stalls)")
+        0.0,
+        ge=0,
+        description="how long a resize waits for new workers to start (0: they join "
+        "at a later phase boundary, training never stalls)",
+    )
     autoscale: AutoscaleConfig | None = None
 
 
@@ -112,12 +120,18 @@ class JudgeConfig(_Strict):
     servers: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     num_cpus: float = Field(0.25, gt=0)
-    retries: int = Field(2, ge=0, description="retries of a failed judge call (exception, "
-                                              "timeout, NaN or a value outside [0, 1])")
+    retries: int = Field(
+        2,
+        ge=0,
+        description="retries of a failed judge call (exception, "
+        "timeout, NaN or a value outside [0, 1])",
+    )
     timeout_s: float = Field(120.0, gt=0, description="one judge call's time limit")
     on_failure: Literal["raise", "mask"] = Field(
-        "raise", description="after the retries: fail the run with a clear error, or mask "
-                             "the failed comparisons (counted and logged, never trained on)")
+        "raise",
+        description="after the retries: fail the run with a clear error, or mask "
+        "the failed comparisons (counted and logged, never trained on)",
+    )
 
 
 class LearnerConfig(_Strict):
@@ -130,22 +144,30 @@ class LearnerConfig(_Strict):
     num_cpus: float = Field(0.5, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, NonNegativeFloat] = Field(
-        default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}")
+        default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}"
+    )
 
 
 class RuntimeConfig(_Strict):
     steps: int = Field(40, ge=1)
     max_staleness: int = Field(0, ge=0)
     address: str | None = None
-    num_cpus: int = Field(2, ge=1, description="CPUs of the in-process cluster when address is None")
+    num_cpus: int = Field(
+        2, ge=1, description="CPUs of the in-process cluster when address is None"
+    )
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(
-        5, ge=0, description="steps between checkpoints in RUN_DIR/checkpoints (0: only the "
-                             "final one)")
+        5,
+        ge=0,
+        description="steps between checkpoints in RUN_DIR/checkpoints (0: only the final one)",
+    )
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     max_reissues: int = Field(
-        3, ge=0, description="times one batch is reissued after a rollout worker or "
-                             "preference server died, before the run fails")
+        3,
+        ge=0,
+        description="times one batch is reissued after a rollout worker or "
+        "preference server died, before the run fails",
+    )
 
 
 class TrackingConfig(_Strict):

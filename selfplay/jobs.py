@@ -39,8 +39,19 @@ from selfplay.errors import InputError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # gitignore-style patterns Ray's working_dir upload leaves out.
-EXCLUDES = (".venv", "venv", ".git", "runs", "mlruns", "mlartifacts", "mlflow.db",
-            "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info")
+EXCLUDES = (
+    ".venv",
+    "venv",
+    ".git",
+    "runs",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -72,26 +83,33 @@ def job_address(address: str | None) -> str:
     addr = (addr or DEFAULT_ADDRESS).strip().rstrip("/")
     if not addr.startswith(("http://", "https://")):
         # A GCS address (host:6379) would make the SDK wait ~30 s for a GCS; say what is wanted.
-        raise InputError(f"{source} must be the Ray job server URL, e.g. http://HEAD:8265; "
-                         f"got {addr!r}")
+        raise InputError(
+            f"{source} must be the Ray job server URL, e.g. http://HEAD:8265; got {addr!r}"
+        )
     return addr
 
 
 def absolute_uri(uri: str, base: Path) -> str:
     """Make a relative `sqlite:///x.db`, `file:x` or bare-path store absolute against `base`."""
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         return uri if path.startswith("/") else f"sqlite:///{(base / path).resolve()}"
     if uri.startswith("file:"):
-        path = uri[len("file:"):]
+        path = uri[len("file:") :]
         return uri if path.startswith("/") else f"file://{(base / path).resolve()}"
     if "://" not in uri and not uri.startswith("/"):
         return str((base / uri).resolve())  # MLflow reads a bare path as a file store
     return uri
 
 
-def build_submission(config: str, overrides: list[str], *, working_dir: str | None = None,
-                     pip: list[str] | None = None, resume: str | None = None) -> Submission:
+def build_submission(
+    config: str,
+    overrides: list[str],
+    *,
+    working_dir: str | None = None,
+    pip: list[str] | None = None,
+    resume: str | None = None,
+) -> Submission:
     """Validate CONFIG + overrides here, then describe the job that trains it on the cluster.
 
     `resume`: a run dir on the cluster's storage (absolute: the job's working dir is a
@@ -107,12 +125,16 @@ def build_submission(config: str, overrides: list[str], *, working_dir: str | No
     try:
         rel = cfg_path.resolve().relative_to(wd)
     except ValueError:
-        raise InputError(f"config {config} is outside the working dir {wd} that is uploaded; "
-                         f"move it there or pass --working-dir") from None
+        raise InputError(
+            f"config {config} is outside the working dir {wd} that is uploaded; "
+            f"move it there or pass --working-dir"
+        ) from None
     hidden = [part for part in rel.parts for pat in EXCLUDES if fnmatch.fnmatch(part, pat)]
     if hidden:
-        raise InputError(f"config {config} is under {hidden[0]}/, which is not uploaded; "
-                         f"move it elsewhere in the working dir")
+        raise InputError(
+            f"config {config} is under {hidden[0]}/, which is not uploaded; "
+            f"move it elsewhere in the working dir"
+        )
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     env_vars: dict[str, str] = {}
     if uri and cfg.tracking.enabled:
@@ -120,20 +142,28 @@ def build_submission(config: str, overrides: list[str], *, working_dir: str | No
         env_vars["MLFLOW_TRACKING_URI"] = uri
         if cfg.tracking.uri:  # the config's value wins over the env in the job: pass it resolved
             extra.insert(0, f"tracking.uri={uri}")
-    runtime_env: dict[str, Any] = {"working_dir": str(wd), "excludes": list(EXCLUDES),
-                                   "env_vars": env_vars}
+    runtime_env: dict[str, Any] = {
+        "working_dir": str(wd),
+        "excludes": list(EXCLUDES),
+        "env_vars": env_vars,
+    }
     if pip:
         runtime_env["pip"] = list(pip)
     argv = ["selfplay", "train", rel.as_posix(), *overrides, *extra, "--no-progress"]
     if resume is not None:
         if not resume.startswith("/"):
-            raise InputError(f"--resume {resume}: give the run dir's absolute path on the "
-                             f"cluster (a job runs in a temporary copy of the working dir)")
+            raise InputError(
+                f"--resume {resume}: give the run dir's absolute path on the "
+                f"cluster (a job runs in a temporary copy of the working dir)"
+            )
         argv += ["--resume", resume]
-    return Submission(entrypoint=shlex.join(argv), runtime_env=runtime_env,
-                      tracking_uri=uri if cfg.tracking.enabled else None,
-                      metadata={"selfplay.config": rel.as_posix(), "selfplay.algo": cfg.algo.name},
-                      output_dir=cfg.output_dir)
+    return Submission(
+        entrypoint=shlex.join(argv),
+        runtime_env=runtime_env,
+        tracking_uri=uri if cfg.tracking.enabled else None,
+        metadata={"selfplay.config": rel.as_posix(), "selfplay.algo": cfg.algo.name},
+        output_dir=cfg.output_dir,
+    )
 
 
 @contextlib.contextmanager
@@ -144,9 +174,11 @@ def _sdk_errors(address: str, job_id: str | None = None) -> Iterator[None]:
     try:
         yield
     except AuthenticationError:
-        raise InputError(f"the Ray job server at {address} rejected the request: it needs the "
-                         f"cluster token (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or put the "
-                         f"token in ~/.ray/auth_token)") from None
+        raise InputError(
+            f"the Ray job server at {address} rejected the request: it needs the "
+            f"cluster token (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or put the "
+            f"token in ~/.ray/auth_token)"
+        ) from None
     except ConnectionError:
         raise InputError(f"cannot reach the Ray job server at {address}") from None
     except RuntimeError as e:
@@ -167,8 +199,9 @@ def connect(address: str | None = None):
 
 def submit(client, sub: Submission) -> str:
     with _sdk_errors(client.get_address()):
-        return client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
-                                 metadata=sub.metadata)
+        return client.submit_job(
+            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata
+        )
 
 
 def status(client, job_id: str) -> JobState:

@@ -78,8 +78,15 @@ def run_algo(
         hyper = dataclasses.replace(hyper, beta=beta)
     Pt = torch.as_tensor(P, dtype=torch.float64).unsqueeze(0)
     t0 = time.perf_counter()
-    tr = algos.run(algo, Pt, hyper=hyper, iterations=iterations, queries=queries, seed=seed,
-                   record_every=_record_every(iterations))
+    tr = algos.run(
+        algo,
+        Pt,
+        hyper=hyper,
+        iterations=iterations,
+        queries=queries,
+        seed=seed,
+        record_every=_record_every(iterations),
+    )
     secs = time.perf_counter() - t0
     regularized = algo.objective == "regularized"
     reg = tr.regularized_gap[:, 0].tolist() if regularized else None
@@ -109,8 +116,13 @@ def plot_gaps(results: list[LabResult], path: Path, title: str) -> Path:
     for r in results:
         (line,) = ax.plot(r.curve_iters, np.maximum(r.curve_gap, 1e-16), label=f"{r.algo} gap")
         if r.curve_reg_gap is not None:
-            ax.plot(r.curve_iters, np.maximum(r.curve_reg_gap, 1e-16), ls="--",
-                    color=line.get_color(), label=f"{r.algo} reg. gap (β={r.beta:g})")
+            ax.plot(
+                r.curve_iters,
+                np.maximum(r.curve_reg_gap, 1e-16),
+                ls="--",
+                color=line.get_color(),
+                label=f"{r.algo} reg. gap (β={r.beta:g})",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("duality gap of last iterate")
@@ -129,6 +141,8 @@ def format_table(results: list[LabResult]) -> str:
     rows = [head, "-" * len(head)]
     for r in results:
         reg = f"{r.regularized_gap:.3e}" if r.regularized_gap is not None else "-"
-        rows.append(f"{r.algo:<11}{r.iterations:>8}{r.preference_queries:>14}"
-                    f"{r.gap:>12.3e}{reg:>12}{r.seconds:>9.2f}")
+        rows.append(
+            f"{r.algo:<11}{r.iterations:>8}{r.preference_queries:>14}"
+            f"{r.gap:>12.3e}{reg:>12}{r.seconds:>9.2f}"
+        )
     return "\n".join(rows)

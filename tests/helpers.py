@@ -27,8 +27,14 @@ def stop_server(proc: subprocess.Popen, *, group: bool, timeout: float) -> None:
         proc.wait()
 
 
-def wait_http_ok(request: str | urllib.request.Request, proc: subprocess.Popen, log: Path,
-                 what: str, timeout: float = 90, every: float = 0.3) -> None:
+def wait_http_ok(
+    request: str | urllib.request.Request,
+    proc: subprocess.Popen,
+    log: Path,
+    what: str,
+    timeout: float = 90,
+    every: float = 0.3,
+) -> None:
     """Poll `request` until it answers 200; fail with the log's tail if `proc` exits or
     `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout

@@ -32,8 +32,9 @@ def test_last_iterate_reaches_nash(name, kind, n, seed):
 
 
 @pytest.mark.parametrize("name", ["nash-mp", "egpo"])
-@pytest.mark.parametrize("kind,n", [("uniform", 5), ("bt-cyclic", 21), ("rps", 7),
-                                    ("uniform", 201)])
+@pytest.mark.parametrize(
+    "kind,n", [("uniform", 5), ("bt-cyclic", 21), ("rps", 7), ("uniform", 201)]
+)
 def test_regularized_gap_within_100_iterations(name, kind, n):
     P = generate(kind, n, 0)
     mu = _init(n, 1)
@@ -56,8 +57,9 @@ def test_egpo_is_mirror_prox_with_mapped_step():
     for eta_mp in (0.5, 2.0):
         beta = 0.1
         a = algos.run("nash-mp", P, iterations=30, hyper=algos.Hyper(eta=eta_mp, beta=beta))
-        b = algos.run("egpo", P, iterations=30,
-                      hyper=algos.Hyper(eta=eta_mp / (1 + eta_mp * beta), beta=beta))
+        b = algos.run(
+            "egpo", P, iterations=30, hyper=algos.Hyper(eta=eta_mp / (1 + eta_mp * beta), beta=beta)
+        )
         assert torch.allclose(a.policy, b.policy, atol=1e-12, rtol=0)
 
 
@@ -81,8 +83,7 @@ def test_defaults_are_stable_where_hand_tuned_large_steps_oscillate():
     the adaptive default does not (omwu.py docstring)."""
     seeds = [14, 21, 30, 44]
     P = torch.as_tensor(np.stack([generate("uniform", 5, s) for s in seeds]))
-    fixed = algos.run("omwu", P, iterations=1500, record_every=1500,
-                      hyper=algos.Hyper(eta=10.0))
+    fixed = algos.run("omwu", P, iterations=1500, record_every=1500, hyper=algos.Hyper(eta=10.0))
     assert (fixed.gap[-1] > 0.05).all()
     adaptive = algos.run("omwu", P, iterations=1500, record_every=1500)
     assert (adaptive.gap[-1] < 1e-4).all()

@@ -56,8 +56,11 @@ def test_mmd_fixed_point_is_magnet_regularized_nash():
     magnet = rng.dirichlet(np.ones(5))
     alpha = 0.3
     pi = solve_regularized(P, alpha, magnet)
-    h = algos.get("mpo").default_hyper(5).with_(alpha=alpha, eta=5.0, adaptive=False,
-                                                 magnet_every=10**9)
+    h = (
+        algos.get("mpo")
+        .default_hyper(5)
+        .with_(alpha=alpha, eta=5.0, adaptive=False, magnet_every=10**9)
+    )
     out = step("mpo", P, _state(main=pi, magnet=magnet, ref=magnet), hyper=h)
     assert np.abs(out["main"].exp()[0].numpy() - pi).max() < 1e-10
     assert np.allclose(out["magnet"].exp()[0].numpy(), magnet)  # not refreshed
@@ -96,8 +99,9 @@ def test_nash_md_constant_step_is_biased_by_order_eta():
         h = algos.get("nash-md").default_hyper(7).with_(eta=eta, beta=beta)
         out = step("nash-md", P, _state(main=pi, ref=mu), hyper=h)
         moves.append(np.abs(out["main"].exp()[0].numpy() - pi).max())
-        tr = algos.run("nash-md", P, hyper=h, mu=mu, iterations=int(40 / (eta * beta)),
-                       record_every=10**6)
+        tr = algos.run(
+            "nash-md", P, hyper=h, mu=mu, iterations=int(40 / (eta * beta)), record_every=10**6
+        )
         lim = tr.policy[0].numpy()
         offsets.append(np.abs(lim - pi).max())
         # the limit solves the biased fixed-point equation log π = log μ + q_{π^μ}/β + c

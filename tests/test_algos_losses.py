@@ -44,8 +44,11 @@ def _g(P, ph, state) -> torch.Tensor:
 
 
 def _tabular(P, ph, state) -> torch.Tensor:
-    ex = Executor(StepPlan(phases=(ph,)), Payoffs(torch.as_tensor(P)[None], None,
-                                                  torch.Generator()), dict(state))
+    ex = Executor(
+        StepPlan(phases=(ph,)),
+        Payoffs(torch.as_tensor(P)[None], None, torch.Generator()),
+        dict(state),
+    )
     ex.step(0)
     return ex.state[ph.output][0]
 
@@ -58,8 +61,9 @@ def _phases():
 
 
 def _all_pairs(diagonal: bool = False) -> torch.Tensor:
-    return torch.tensor([(i, j) for i, j in itertools.product(range(N), repeat=2)
-                         if diagonal or i != j])
+    return torch.tensor(
+        [(i, j) for i, j in itertools.product(range(N), repeat=2) if diagonal or i != j]
+    )
 
 
 def _sampled_pairs(seed: int, m: int = 300) -> torch.Tensor:
@@ -105,9 +109,14 @@ def test_regression_minimiser_ignores_the_behaviour_policy():
     P, state = _setup(1)
     ph = algos.get("nash-mp").plan(algos.get("nash-mp").default_hyper(N)).phases[0]
     g, anc, mu = _g(P, ph, state), state["main"][0], state["ref"][0]
-    sols = [_minimise(lambda th, pr=pr: losses.target_regression_loss(
-        torch.log_softmax(th, -1), anc, mu, g, pr, ph.a, ph.b, ph.c, reduction="sum"))
-        for pr in (_sampled_pairs(5), _sampled_pairs(6), _all_pairs())]
+    sols = [
+        _minimise(
+            lambda th, pr=pr: losses.target_regression_loss(
+                torch.log_softmax(th, -1), anc, mu, g, pr, ph.a, ph.b, ph.c, reduction="sum"
+            )
+        )
+        for pr in (_sampled_pairs(5), _sampled_pairs(6), _all_pairs())
+    ]
     assert all(torch.allclose(s, sols[0], atol=1e-9) for s in sols)
 
 
@@ -119,15 +128,28 @@ def test_one_ipo_gradient_step_is_tabular_update(name):
     for ph in A.plan(h).phases:
         g = _g(P, ph, state)
         theta = state[ph.anchor][0].clone().requires_grad_(True)
-        loss = losses.ipo_loss(torch.log_softmax(theta, -1), state["ref"][0], g,
-                               _all_pairs(diagonal=True), h.beta, "mean")
+        loss = losses.ipo_loss(
+            torch.log_softmax(theta, -1),
+            state["ref"][0],
+            g,
+            _all_pairs(diagonal=True),
+            h.beta,
+            "mean",
+        )
         (grad,) = torch.autograd.grad(loss, theta)
         lr = N * h.eta * h.beta / 4  # the step-size mapping in egpo.py
         got = torch.log_softmax(theta.detach() - lr * grad, -1)
         assert torch.allclose(got, _tabular(P, ph, state), atol=1e-12, rtol=0)
         # the dispatcher's IPO form is the same loss (β recovered as b/c)
-        same = losses.phase_loss(ph, "ipo", torch.log_softmax(theta, -1), state[ph.anchor][0],
-                                 state["ref"][0], g, _all_pairs(diagonal=True))
+        same = losses.phase_loss(
+            ph,
+            "ipo",
+            torch.log_softmax(theta, -1),
+            state[ph.anchor][0],
+            state["ref"][0],
+            g,
+            _all_pairs(diagonal=True),
+        )
         assert torch.allclose(same, loss, atol=1e-12)
 
 
@@ -142,9 +164,19 @@ def test_policy_gradient_form_is_stationary_at_tabular_update(name, k, ph):
         theta = logits.clone().requires_grad_(True)
         logp = torch.log_softmax(theta, -1)
         w = logp.exp().detach()  # exact expectation over on-policy samples
-        total = sum(w[y] * losses.phase_loss(ph, "pg", logp[y:y + 1], anc[y:y + 1],
-                                             None if mu is None else mu[y:y + 1],
-                                             g[y:y + 1], None) for y in range(N))
+        total = sum(
+            w[y]
+            * losses.phase_loss(
+                ph,
+                "pg",
+                logp[y : y + 1],
+                anc[y : y + 1],
+                None if mu is None else mu[y : y + 1],
+                g[y : y + 1],
+                None,
+            )
+            for y in range(N)
+        )
         (grad,) = torch.autograd.grad(total, theta)
         return grad
 
@@ -177,8 +209,9 @@ def test_g_hat_weights_sources():
     g = losses.g_hat([pref_now, pref_prev], [2.0, -1.0])  # OMWU's 2·q_t − q_{t−1}
     assert torch.allclose(g, torch.tensor([2 * 0.75 - 0.5, 2 * 0.25 - 0.5]))
     stacked = torch.stack([pref_now[:, :2], pref_prev], dim=1)  # [N, S=2, K=2]
-    assert torch.allclose(losses.g_hat(stacked, [2.0, -1.0]),
-                          2 * pref_now[:, :2].mean(-1) - pref_prev.mean(-1))
+    assert torch.allclose(
+        losses.g_hat(stacked, [2.0, -1.0]), 2 * pref_now[:, :2].mean(-1) - pref_prev.mean(-1)
+    )
     mask = [torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), torch.ones(2, 2)]
     gm = losses.g_hat([pref_now, pref_prev], [1.0, 0.0], mask=mask)
     assert torch.allclose(gm, torch.tensor([0.5, 0.25]))

@@ -89,8 +89,10 @@ GRID = {
     "mwu": [dict(eta=e) for e in (0.3, 1.0, 2.0, 5.0)],
     "sppo": [dict(beta=b) for b in (0.2, 0.5, 1.0, 3.0)],
     "omwu": [dict(eta=e) for e in (0.3, 1.0, 2.0, 5.0)],
-    "mpo": [dict(eta=e, alpha=a, every=k) for e, a, k in
-            ((1.0, 0.5, 1), (40.0, 0.05, 5), (4.0, 0.5, 3), (10.0, 0.1, 7))],
+    "mpo": [
+        dict(eta=e, alpha=a, every=k)
+        for e, a, k in ((1.0, 0.5, 1), (40.0, 0.05, 5), (4.0, 0.5, 3), (10.0, 0.1, 7))
+    ],
     "nash-mp": [dict(eta=e, beta=b) for e, b in ((2.0, 0.1), (1.0, 0.5), (4.0, 0.01), (2.0, 1.0))],
     "egpo": [dict(eta=e, beta=b) for e, b in ((1.5, 0.1), (0.5, 0.5), (3.0, 0.01), (0.9, 1.0))],
     "nash-md": [dict(eta=e, beta=b) for e, b in ((0.1, 0.1), (1.0, 0.5), (3.0, 0.01), (0.5, 1.0))],
@@ -108,12 +110,20 @@ def _tensor_hyper(grid: list[dict]) -> algos.Hyper:
 @pytest.mark.parametrize("name", algos.NAMES)
 def test_batched_equals_numpy_loop(name):
     n, T = 6, 40
-    games = [generate(k, n, s) for k, s in (("uniform", 0), ("bt-cyclic", 1), ("rps", 2),
-                                             ("uniform", 3))]
+    games = [
+        generate(k, n, s) for k, s in (("uniform", 0), ("bt-cyclic", 1), ("rps", 2), ("uniform", 3))
+    ]
     rng = np.random.default_rng(0)
     mu, init = rng.dirichlet(np.ones(n), 4), rng.dirichlet(np.ones(n), 4)
-    tr = algos.run(name, np.stack(games), hyper=_tensor_hyper(GRID[name]), iterations=T,
-                   mu=mu, init=init, record_every=T)
+    tr = algos.run(
+        name,
+        np.stack(games),
+        hyper=_tensor_hyper(GRID[name]),
+        iterations=T,
+        mu=mu,
+        init=init,
+        record_every=T,
+    )
     for b, (P, h) in enumerate(zip(games, GRID[name], strict=True)):
         want = loop(name, P, h, T, mu[b], init[b])
         np.testing.assert_allclose(tr.policy[b].numpy(), want, atol=1e-11, rtol=0)
@@ -145,8 +155,10 @@ def test_sampled_payoffs_are_unbiased():
     assert torch.equal(est, again)  # seeded
 
 
-@pytest.mark.parametrize("name,calls_per_iter", [("omwu", 1), ("mpo", 1), ("mwu", 1),
-                                                 ("nash-md", 1), ("nash-mp", 2), ("egpo", 2)])
+@pytest.mark.parametrize(
+    "name,calls_per_iter",
+    [("omwu", 1), ("mpo", 1), ("mwu", 1), ("nash-md", 1), ("nash-mp", 2), ("egpo", 2)],
+)
 def test_query_counts(name, calls_per_iter):
     n, T, Q = 5, 10, 7
     P = generate("uniform", n, 0)
@@ -179,8 +191,7 @@ def test_log_space_survives_tiny_probabilities(name):
 
 
 def test_registry_and_errors():
-    assert algos.NAMES == ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo",
-                           "mwu")
+    assert algos.NAMES == ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu")
     for name in algos.NAMES:
         A = algos.get(name)
         assert A.name == name and A.paper and A.objective in ("nash", "regularized")
@@ -192,12 +203,18 @@ def test_registry_and_errors():
     with pytest.raises(InputError):
         algos.run("omwu", generate("uniform", 3, 0), iterations=1, init=[0.0, 0.5, 0.5])
     with pytest.raises(InputError):
-        algos.run("omwu", np.stack([generate("uniform", 3, 0)] * 2), iterations=1,
-                  hyper=algos.Hyper(eta=torch.ones(3)))
+        algos.run(
+            "omwu",
+            np.stack([generate("uniform", 3, 0)] * 2),
+            iterations=1,
+            hyper=algos.Hyper(eta=torch.ones(3)),
+        )
 
 
 def test_import_boundary():
-    code = ("import selfplay.algos, selfplay.games, sys; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "{'ray', 'vllm', 'transformers', 'mlflow'}]; assert not bad, bad")
+    code = (
+        "import selfplay.algos, selfplay.games, sys; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "{'ray', 'vllm', 'transformers', 'mlflow'}]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

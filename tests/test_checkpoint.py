@@ -38,8 +38,9 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.dtype == torch.bool:
         return torch.equal(a, b)
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8),
-                       b.contiguous().reshape(-1).view(torch.uint8))
+    return torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
 
 
 def assert_optim_equal(a: dict | None, b: dict | None) -> None:
@@ -78,17 +79,24 @@ def make_learner_state() -> LearnerState:
     lead = snap(True)
     ref = snap(False)
     # Optimizer state may hold plain scalars and may cover only some parameters.
-    odd = RoleWeights([p.detach().clone() for p in params],
-                      {1: {"step": 7, "lr_scale": 0.1 + 0.2, "flag": True, "exp_avg": params[1].detach() * 3}})
+    odd = RoleWeights(
+        [p.detach().clone() for p in params],
+        {1: {"step": 7, "lr_scale": 0.1 + 0.2, "flag": True, "exp_avg": params[1].detach() * 3}},
+    )
     empty = RoleWeights([p.detach().clone() for p in params], {})
     base = torch.randn(4, 10)
     live = [p.detach() for p in params]
     # A non-contiguous view and a view sharing its storage: the writer must copy both.
     live[0] = base[:, :8].t()  # [8, 4], strided
     live[1] = base.reshape(-1)[:8]
-    return LearnerState(rank=1, world=2, strategy="fsdp2", params=live,
-                        optim={i: dict(opt.state[p]) for i, p in enumerate(params)},
-                        roles={"main": main, "lead": lead, "ref": ref, "magnet": odd, "prev": empty})
+    return LearnerState(
+        rank=1,
+        world=2,
+        strategy="fsdp2",
+        params=live,
+        optim={i: dict(opt.state[p]) for i, p in enumerate(params)},
+        roles={"main": main, "lead": lead, "ref": ref, "magnet": odd, "prev": empty},
+    )
 
 
 def test_learner_state_round_trip_through_disk(tmp_path):
@@ -123,10 +131,16 @@ def _batch() -> TrainBatch:
 
     def samples(version, k=2, p=2) -> Samples:
         n = k * p
-        return Samples(prompt_ids=np.arange(p, dtype=np.int64) + 10, prompt_texts=["a"] * p,
-                       tokens=rng.integers(1, 50, (n, 5)), lengths=rng.integers(1, 6, n),
-                       logprobs=rng.standard_normal((n, 5)).astype(np.float32), texts=["x"] * n,
-                       version=version, k=k)
+        return Samples(
+            prompt_ids=np.arange(p, dtype=np.int64) + 10,
+            prompt_texts=["a"] * p,
+            tokens=rng.integers(1, 50, (n, 5)),
+            lengths=rng.integers(1, 6, n),
+            logprobs=rng.standard_normal((n, 5)).astype(np.float32),
+            texts=["x"] * n,
+            version=version,
+            k=k,
+        )
 
     b1 = build_train_batch(samples(Version(2, "main")), [[1, 2], [3]], rng.standard_normal(4))
     mix = MixtureVersion(Version(2, "main"), Version(1, "ref"), 0.125)
@@ -167,7 +181,9 @@ def _value_for(annotation: str, rng: np.random.Generator):
 
 def test_batch_info_and_samples_round_trip():
     rng = np.random.default_rng(1)
-    info = BatchInfo(**{f.name: _value_for(str(f.type), rng) for f in dataclasses.fields(BatchInfo)})
+    info = BatchInfo(
+        **{f.name: _value_for(str(f.type), rng) for f in dataclasses.fields(BatchInfo)}
+    )
     tensors, meta = pk.pack_arrays(info)
     meta = json.loads(json.dumps(meta))
     back = pk.unpack_arrays(BatchInfo, tensors, meta)
@@ -178,11 +194,18 @@ def test_batch_info_and_samples_round_trip():
         else:
             assert type(a) is type(b) and a == b, f.name
     # Samples: a dict field, nested lists, a single version, bool arrays.
-    s = Samples(prompt_ids=np.array([3], dtype=np.int64), prompt_texts=["p"],
-                tokens=np.array([[1, 2]], dtype=np.int32), lengths=np.array([2], dtype=np.uint8),
-                logprobs=np.array([[-0.5, np.inf]], dtype=np.float16), texts=["t"],
-                version=MixtureVersion(Version(0, "main"), Version(3, "lead"), 0.3), k=1,
-                meta={"gen_s": 1.5}, prompt_tokens=[[7, 8, 9]])
+    s = Samples(
+        prompt_ids=np.array([3], dtype=np.int64),
+        prompt_texts=["p"],
+        tokens=np.array([[1, 2]], dtype=np.int32),
+        lengths=np.array([2], dtype=np.uint8),
+        logprobs=np.array([[-0.5, np.inf]], dtype=np.float16),
+        texts=["t"],
+        version=MixtureVersion(Version(0, "main"), Version(3, "lead"), 0.3),
+        k=1,
+        meta={"gen_s": 1.5},
+        prompt_tokens=[[7, 8, 9]],
+    )
     t2, m2 = pk.pack_arrays(s)
     s2 = pk.unpack_arrays(Samples, t2, json.loads(json.dumps(m2)))
     assert s2.meta == s.meta and s2.prompt_tokens == s.prompt_tokens and s2.version == s.version
@@ -193,8 +216,11 @@ def test_batch_info_and_samples_round_trip():
 
 
 def test_versions_json():
-    for v in (Version(0, "main"), Version(9, "lead"),
-              MixtureVersion(Version(3, "main"), Version(2, "prev"), 0.1 + 0.2)):
+    for v in (
+        Version(0, "main"),
+        Version(9, "lead"),
+        MixtureVersion(Version(3, "main"), Version(2, "prev"), 0.1 + 0.2),
+    ):
         assert pk.version_from_json(json.loads(json.dumps(pk.version_to_json(v)))) == v
     with pytest.raises(ck.CheckpointError):
         pk.version_from_json({"step": 1})
@@ -207,13 +233,21 @@ def test_rng_state_round_trip(tmp_path):
     random.gauss(0, 1), np.random.standard_normal()  # leave cached Gaussians in both
     tensors, meta = pk.rng_state()
     ck.write_checkpoint(tmp_path, 0, {"rng": meta}, {"rng": tensors})
-    want = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
-            torch.rand(3).tolist())
+    want = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.standard_normal(3).tolist(),
+        torch.rand(3).tolist(),
+    )
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     c = ck.load_latest(tmp_path)
     pk.set_rng_state(c.tensors["rng"], c.meta["rng"])
-    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
-           torch.rand(3).tolist())
+    got = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.standard_normal(3).tolist(),
+        torch.rand(3).tolist(),
+    )
     assert got == want
 
 
@@ -241,9 +275,14 @@ def _flip_byte(p: Path) -> None:
     f.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("corrupt,reason", [(_truncate, "bytes, manifest says"),
-                                            (_drop_manifest, "manifest.json missing"),
-                                            (_flip_byte, "sha256")])
+@pytest.mark.parametrize(
+    "corrupt,reason",
+    [
+        (_truncate, "bytes, manifest says"),
+        (_drop_manifest, "manifest.json missing"),
+        (_flip_byte, "sha256"),
+    ],
+)
 def test_corrupt_latest_falls_back(tmp_path, corrupt, reason):
     first = _write_two(tmp_path)
     newest = tmp_path / "step-000002"
@@ -290,8 +329,11 @@ def test_pickle_payload_never_runs(tmp_path):
     # Even with a manifest that matches the payload, loading parses it as safetensors only.
     man = json.loads((newest / "manifest.json").read_text())
     import hashlib
-    man["files"]["learner-0.safetensors"] = {"bytes": bad.stat().st_size,
-                                             "sha256": hashlib.sha256(bad.read_bytes()).hexdigest()}
+
+    man["files"]["learner-0.safetensors"] = {
+        "bytes": bad.stat().st_size,
+        "sha256": hashlib.sha256(bad.read_bytes()).hexdigest(),
+    }
     (newest / "manifest.json").write_text(json.dumps(man))
     assert ck.verify(newest) is None
     with pytest.raises(ck.CheckpointError, match="step-000002"):
@@ -311,7 +353,9 @@ def test_module_uses_no_code_executing_loader(mod):
     for node in ast.walk(ast.parse(src)):
         # torch.load / np.load / numpy.load (safetensors.torch.load_file is fine)
         if isinstance(node, ast.Attribute) and node.attr == "load":
-            assert not (isinstance(node.value, ast.Name) and node.value.id in {"torch", "np", "numpy"})
+            assert not (
+                isinstance(node.value, ast.Name) and node.value.id in {"torch", "np", "numpy"}
+            )
         if isinstance(node, ast.Import):
             assert not {a.name.split(".")[0] for a in node.names} & banned
         if isinstance(node, ast.ImportFrom):
@@ -320,9 +364,12 @@ def test_module_uses_no_code_executing_loader(mod):
 
 def test_keep_two_newest_and_replace_same_step(tmp_path):
     for step in (1, 2, 3, 4, 5):
-        ck.write_checkpoint(tmp_path, step, {"s": step}, {"t": {"x": torch.full((2,), step)}}, keep=2)
-        assert [p.name for p in ck.list_checkpoints(tmp_path)] == \
-            [f"step-{s:06d}" for s in range(step, max(step - 2, 0), -1)]
+        ck.write_checkpoint(
+            tmp_path, step, {"s": step}, {"t": {"x": torch.full((2,), step)}}, keep=2
+        )
+        assert [p.name for p in ck.list_checkpoints(tmp_path)] == [
+            f"step-{s:06d}" for s in range(step, max(step - 2, 0), -1)
+        ]
     ck.write_checkpoint(tmp_path, 5, {"s": "again"}, {"t": {"x": torch.zeros(2)}}, keep=2)
     c = ck.load_latest(tmp_path)
     assert c.meta == {"s": "again"} and bits_equal(c.tensors["t"]["x"], torch.zeros(2))
@@ -347,8 +394,9 @@ print("step2", flush=True)
 
 def test_sigkill_mid_write_keeps_previous(tmp_path):
     root = tmp_path / "checkpoints"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(root)], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout.readline().strip() == "step1"
         deadline = time.monotonic() + 20

@@ -30,10 +30,30 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_json_plot_and_mlflow(tmp_path: Path) -> None:
     plot = tmp_path / "gap.png"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    r = subprocess.run([*EXE, "game", "--generate", "uniform", "--n", "6", "--seed", "2",
-                        "--algos", "omwu,nash-mp,mwu", "--iterations", "300", "--json",
-                        "--plot", str(plot)], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [
+            *EXE,
+            "game",
+            "--generate",
+            "uniform",
+            "--n",
+            "6",
+            "--seed",
+            "2",
+            "--algos",
+            "omwu,nash-mp,mwu",
+            "--iterations",
+            "300",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)  # stdout is exactly one JSON object
     assert doc["n"] == 6 and [x["algo"] for x in doc["results"]] == ["omwu", "nash-mp", "mwu"]
@@ -47,7 +67,8 @@ def test_json_plot_and_mlflow(tmp_path: Path) -> None:
         if res["algo"] == "nash-mp":
             assert res["beta"] == pytest.approx(0.1)
             assert res["regularized_gap"] == pytest.approx(
-                float(games.regularized_gap(P, pi, 0.1)), abs=1e-9)
+                float(games.regularized_gap(P, pi, 0.1)), abs=1e-9
+            )
         else:
             assert res["regularized_gap"] is None and res["beta"] is None
     # exact payoffs: n·n queries per payoff vector; Nash-MP queries two per iteration
@@ -75,16 +96,28 @@ def _write(tmp: Path, name: str, P) -> str:
     return str(p)
 
 
-@pytest.mark.parametrize("name,matrix,word", [
-    ("rect.npy", np.full((2, 3), 0.5), "square"),
-    ("nan.csv", [[0.5, np.nan], [0.5, 0.5]], "NaN"),
-    ("inf.npy", [[0.5, np.inf], [0.0, 0.5]], "inf"),
-    ("range.csv", [[0.5, 1.5], [-0.5, 0.5]], "[0"),
-    ("asym.csv", [[0.5, 0.9], [0.9, 0.5]], "P + P"),
-])
+@pytest.mark.parametrize(
+    "name,matrix,word",
+    [
+        ("rect.npy", np.full((2, 3), 0.5), "square"),
+        ("nan.csv", [[0.5, np.nan], [0.5, 0.5]], "NaN"),
+        ("inf.npy", [[0.5, np.inf], [0.0, 0.5]], "inf"),
+        ("range.csv", [[0.5, 1.5], [-0.5, 0.5]], "[0"),
+        ("asym.csv", [[0.5, 0.9], [0.9, 0.5]], "P + P"),
+    ],
+)
 def test_bad_matrix_is_one_line_exit_2(tmp_path, capsys, name, matrix, word) -> None:
-    code, out, err = _cli(["game", "--matrix", _write(tmp_path, name, matrix), "--no-mlflow",
-                           "--plot", str(tmp_path / "p.png")], capsys)
+    code, out, err = _cli(
+        [
+            "game",
+            "--matrix",
+            _write(tmp_path, name, matrix),
+            "--no-mlflow",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+        capsys,
+    )
     assert code == 2 and out == ""
     assert err.startswith("error:") and err.count("\n") == 1 and word in err
     assert not (tmp_path / "p.png").exists()  # nothing half-written
@@ -98,18 +131,23 @@ def test_unreadable_and_missing_files(tmp_path, capsys) -> None:
         assert code == 2 and err.startswith("error:") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("args,word", [
-    (["--generate", "uniform", "--n", "4", "--algos", "mpo,bogus"], "bogus"),
-    (["--generate", "nope", "--n", "4"], "nope"),
-    (["--generate", "uniform"], "--n"),
-    (["--generate", "uniform", "--n", "4", "--iterations", "0"], "--iterations"),
-])
+@pytest.mark.parametrize(
+    "args,word",
+    [
+        (["--generate", "uniform", "--n", "4", "--algos", "mpo,bogus"], "bogus"),
+        (["--generate", "nope", "--n", "4"], "nope"),
+        (["--generate", "uniform"], "--n"),
+        (["--generate", "uniform", "--n", "4", "--iterations", "0"], "--iterations"),
+    ],
+)
 def test_bad_arguments(capsys, args, word) -> None:
     code, _, err = _cli(["game", *args, "--no-mlflow"], capsys)
     assert code == 2 and err.startswith("error:") and word in err
 
 
 def test_help_is_light() -> None:
-    code = ("import sys, selfplay.cli; heavy = {'torch', 'ray', 'mlflow', 'transformers'}; "
-            "assert not heavy & {m.split('.')[0] for m in sys.modules}, 'heavy import'")
+    code = (
+        "import sys, selfplay.cli; heavy = {'torch', 'ray', 'mlflow', 'transformers'}; "
+        "assert not heavy & {m.split('.')[0] for m in sys.modules}, 'heavy import'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -55,18 +55,20 @@ def kuberay_groups(spec: dict) -> dict[str, dict]:
         # KubeRay's format: a quoted JSON object with literal backslashes before the quotes.
         custom = json.loads(raw.strip('"').replace('\\"', '"'))
         (ctr,) = g["template"]["spec"]["containers"]
-        out[g["groupName"]] = {"resources": custom,
-                               "gpus": int(ctr["resources"]["limits"].get("nvidia.com/gpu", 0))}
+        out[g["groupName"]] = {
+            "resources": custom,
+            "gpus": int(ctr["resources"]["limits"].get("nvidia.com/gpu", 0)),
+        }
     return out
 
 
 def parse_selfplay(command: str) -> tuple[str, Path, list[str], list[str]]:
     """(subcommand, config path in the repo, overrides, options) of a `selfplay` command line."""
     argv = shlex.split(command)
-    argv = argv[argv.index("selfplay"):]
+    argv = argv[argv.index("selfplay") :]
     sub, cfg = argv[1], argv[2]
     if cfg.startswith(workdir() + "/"):  # inside the image the repo is at WORKDIR
-        cfg = cfg[len(workdir()) + 1:]
+        cfg = cfg[len(workdir()) + 1 :]
     overrides = [a for a in argv[3:] if "=" in a and not a.startswith("-")]
     options = [a for a in argv[3:] if a.startswith("-")]
     return sub, ROOT / cfg, overrides, options
@@ -74,12 +76,16 @@ def parse_selfplay(command: str) -> tuple[str, Path, list[str], list[str]]:
 
 def documented_commands(path: Path) -> list[str]:
     """`selfplay ...` lines in a file's header comments, backslash continuations joined."""
-    text = "\n".join(line.lstrip("#").strip() for line in path.read_text().splitlines()
-                     if line.startswith("#"))
+    text = "\n".join(
+        line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")
+    )
     text = text.replace("\\\n", " ")
     # A command line: optional VAR=value prefixes, then `selfplay submit|train` (not prose).
-    return [line[line.index("selfplay "):] for line in text.splitlines()
-            if re.match(r"(?:[A-Z_]+=\S+\s+)*selfplay (submit|train)\b", line)]
+    return [
+        line[line.index("selfplay ") :]
+        for line in text.splitlines()
+        if re.match(r"(?:[A-Z_]+=\S+\s+)*selfplay (submit|train)\b", line)
+    ]
 
 
 def commands() -> list[tuple[str, str]]:
@@ -129,10 +135,10 @@ def _check_resources(cfg: Config) -> None:
 def test_custom_resource_names_are_the_same_everywhere():
     assert {"resources"} <= Config.model_fields["rollout"].annotation.model_fields.keys()
     assert {"resources"} <= Config.model_fields["learner"].annotation.model_fields.keys()
-    kuberay = {n for g in kuberay_groups(load(RAYCLUSTER)["spec"]).values()
-               for n in g["resources"]}
-    launcher = {n for t in load(LAUNCHER)["available_node_types"].values()
-                for n in t["resources"]} - BUILTIN
+    kuberay = {n for g in kuberay_groups(load(RAYCLUSTER)["spec"]).values() for n in g["resources"]}
+    launcher = {
+        n for t in load(LAUNCHER)["available_node_types"].values() for n in t["resources"]
+    } - BUILTIN
     assert kuberay == launcher == {"rollout", "learner"}
 
 

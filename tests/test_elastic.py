@@ -24,9 +24,17 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, PPS, K = 8, 4, 2
-TINY = [f"runtime.steps={STEPS}", f"rollout.prompts_per_step={PPS}", f"rollout.k={K}",
-        "rollout.opponents_k=2", "learner.updates_per_phase=2", "model.tiny.hidden=8",
-        "model.tiny.layers=1", "tracking.enabled=false", "rollout.num_cpus=0.25"]
+TINY = [
+    f"runtime.steps={STEPS}",
+    f"rollout.prompts_per_step={PPS}",
+    f"rollout.k={K}",
+    "rollout.opponents_k=2",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+    "tracking.enabled=false",
+    "rollout.num_cpus=0.25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +49,20 @@ def ray_cluster():
 def _cfg(tmp_path, *extra: str):
     from selfplay.config import load_config
 
-    return load_config(ROOT / "conf" / "quickstart.yaml",
-                       [*TINY, f"output_dir={tmp_path}", *extra])
+    return load_config(ROOT / "conf" / "quickstart.yaml", [*TINY, f"output_dir={tmp_path}", *extra])
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     # As from a user's shell: `ray.init` above set RAY_AUTH_MODE=token in this process only.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    return subprocess.run([sys.executable, "-m", "selfplay.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "selfplay.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _alive(w) -> bool:
@@ -135,12 +148,18 @@ def test_scale_cli_errors_are_one_line_exit_2(ray_cluster):
         closed = f"127.0.0.1:{s.getsockname()[1]}"
     cases = [
         (["nope", "--rollout-workers", "0"], "--rollout-workers must be >= 1, got 0"),
-        (["nope", "--rollout-workers", "2", "--address", ray_cluster],
-         "no running run named 'nope' on this Ray cluster"),
-        (["nope", "--rollout-workers", "2", "--address", closed],
-         f"cannot reach the Ray cluster at {closed}"),
-        (["nope", "--rollout-workers", "2", "--address", "http://127.0.0.1:8265"],
-         "address must be the Ray GCS"),
+        (
+            ["nope", "--rollout-workers", "2", "--address", ray_cluster],
+            "no running run named 'nope' on this Ray cluster",
+        ),
+        (
+            ["nope", "--rollout-workers", "2", "--address", closed],
+            f"cannot reach the Ray cluster at {closed}",
+        ),
+        (
+            ["nope", "--rollout-workers", "2", "--address", "http://127.0.0.1:8265"],
+            "address must be the Ray GCS",
+        ),
     ]
     for args, message in cases:
         r = _cli("scale", *args)
@@ -181,9 +200,16 @@ def test_autoscale_grows_to_max_and_asks_ray(ray_cluster, tmp_path):
     th = threading.Thread(target=watch, daemon=True)
     th.start()
     try:
-        res = trainer.train(_cfg(tmp_path, "runtime.steps=3", "rollout.join_wait_s=60",
-                                 "rollout.autoscale.max_workers=2", "rollout.autoscale.window=2"),
-                            progress=False)
+        res = trainer.train(
+            _cfg(
+                tmp_path,
+                "runtime.steps=3",
+                "rollout.join_wait_s=60",
+                "rollout.autoscale.max_workers=2",
+                "rollout.autoscale.window=2",
+            ),
+            progress=False,
+        )
     finally:
         done.set()
         th.join()

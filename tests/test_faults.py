@@ -37,12 +37,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "tests" / "converge.yaml"
 STEPS, P, K = 4, 4, 4
 KILL_AT = 1  # on_step of this step, i.e. at the boundary before step 2
-SMALL = ["tracking.enabled=false", f"task.matrix={CONF.with_name('weighted_rps.csv')}",
-         "algo.name=mpo", f"runtime.steps={STEPS}", f"rollout.prompts_per_step={P}",
-         f"rollout.k={K}", "rollout.opponents_k=8", "learner.updates_per_phase=2",
-         "model.tiny.hidden=8", "model.tiny.layers=1", "rollout.workers=2",
-         # Small shares of the 2 CPUs, so a replacement can be scheduled next to the rest.
-         "rollout.num_cpus=0.25", "judge.num_cpus=0.25", "learner.num_cpus=0.5"]
+SMALL = [
+    "tracking.enabled=false",
+    f"task.matrix={CONF.with_name('weighted_rps.csv')}",
+    "algo.name=mpo",
+    f"runtime.steps={STEPS}",
+    f"rollout.prompts_per_step={P}",
+    f"rollout.k={K}",
+    "rollout.opponents_k=8",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+    "rollout.workers=2",
+    # Small shares of the 2 CPUs, so a replacement can be scheduled next to the rest.
+    "rollout.num_cpus=0.25",
+    "judge.num_cpus=0.25",
+    "learner.num_cpus=0.5",
+]
 
 
 @dataclass
@@ -66,8 +77,11 @@ def run(tmp_path: Path, victim: str | None, *overrides: str, when: str = "step")
     killed, batches = [], []
     train, request = ctl.train, ctl.request
     # Asked now: once a batch is queued on the actor, a pid() call would wait behind it.
-    pid = None if victim is None else ray.get(
-        (ctl.rollout[0] if victim == "rollout" else ctl.judges[0]).pid.remote())
+    pid = (
+        None
+        if victim is None
+        else ray.get((ctl.rollout[0] if victim == "rollout" else ctl.judges[0]).pid.remote())
+    )
 
     def kill() -> None:
         os.kill(pid, signal.SIGKILL)
@@ -92,11 +106,16 @@ def run(tmp_path: Path, victim: str | None, *overrides: str, when: str = "step")
     try:
         ctl.init_versions()
         ctl.run(STEPS, on_step=on_step)
-        return Outcome(ctl.records, batches, ev.policy(ctl.learners),
-                       killed[0] if killed else None,
-                       ray.get([w.pid.remote() for w in ctl.rollout]),
-                       ray.get([j.pid.remote() for j in ctl.judges]),
-                       ctl.rollout_pool.replaced, ctl.judges_replaced)
+        return Outcome(
+            ctl.records,
+            batches,
+            ev.policy(ctl.learners),
+            killed[0] if killed else None,
+            ray.get([w.pid.remote() for w in ctl.rollout]),
+            ray.get([j.pid.remote() for j in ctl.judges]),
+            ctl.rollout_pool.replaced,
+            ctl.judges_replaced,
+        )
     finally:  # free the module cluster's CPUs for the next run
         ctl.learners.shutdown()
         ctl.rollout_pool.kill_all()
@@ -137,8 +156,7 @@ def test_rollout_worker_killed_async(cluster, tmp_path):
 
 
 def test_judge_killed(cluster, tmp_path):
-    out = run(tmp_path, "judge", "runtime.max_staleness=0", "judge.servers=1",
-              "rollout.workers=1")
+    out = run(tmp_path, "judge", "runtime.max_staleness=0", "judge.servers=1", "rollout.workers=1")
     check_accounting(out)
     assert out.judges_replaced == 1 and out.rollout_replaced == 0
     # Staleness 0: nothing in flight at the kill, so step 2's batch is the one lost, once.
@@ -154,8 +172,15 @@ def test_reissue_reproduces_uninterrupted_run(cluster, tmp_path):
     assert [r.reissues for r in hurt.records] == [0, 0, 1, 0]
     assert [r.reissues for r in clean.records] == [0] * STEPS
     for a, b in zip(clean.batches, hurt.batches, strict=True):
-        for name in ("input_ids", "attention_mask", "response_mask", "g", "group",
-                     "prompt_ids", "sampler_logprobs"):
+        for name in (
+            "input_ids",
+            "attention_mask",
+            "response_mask",
+            "g",
+            "group",
+            "prompt_ids",
+            "sampler_logprobs",
+        ):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
         assert a.versions == b.versions
     assert np.array_equal(clean.policy, hurt.policy)
@@ -163,8 +188,13 @@ def test_reissue_reproduces_uninterrupted_run(cluster, tmp_path):
 
 def test_max_reissues_zero_fails_with_one_line(cluster, tmp_path):
     with pytest.raises(RunError) as e:
-        run(tmp_path, "rollout", "runtime.max_staleness=0", "runtime.max_reissues=0",
-            "rollout.workers=1")
+        run(
+            tmp_path,
+            "rollout",
+            "runtime.max_staleness=0",
+            "runtime.max_reissues=0",
+            "rollout.workers=1",
+        )
     msg = str(e.value)
     assert "lost" in msg and "\n" not in msg
     assert "step 2 phase 0" in msg

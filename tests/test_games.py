@@ -140,9 +140,12 @@ def test_lp_nash_has_zero_gap_on_random_game(method):
     assert gap(P, x) <= 1e-7
 
 
-@pytest.mark.parametrize("kind,n,seed", [("uniform", 3, s) for s in range(4)]
-                         + [("uniform", 4, s) for s in range(4)]
-                         + [("bt-cyclic", 4, 0), ("uniform", 5, 7)])
+@pytest.mark.parametrize(
+    "kind,n,seed",
+    [("uniform", 3, s) for s in range(4)]
+    + [("uniform", 4, s) for s in range(4)]
+    + [("bt-cyclic", 4, 0), ("uniform", 5, 7)],
+)
 def test_lp_nash_matches_support_enumeration(kind, n, seed):
     P = generate(kind, n, seed)
     ne = _support_enumeration(P)
@@ -190,8 +193,9 @@ def test_regularized_nash_with_one_hot_mu_is_that_action():
     np.testing.assert_array_equal(solve_regularized(P, 0.1, np.eye(5)[2]), np.eye(5)[2])
 
 
-@pytest.mark.parametrize("kind,beta,dirichlet", [("transitive", 1e-3, None),
-                                                  ("uniform", 2e-4, 0.3)])
+@pytest.mark.parametrize(
+    "kind,beta,dirichlet", [("transitive", 1e-3, None), ("uniform", 2e-4, 0.3)]
+)
 def test_regularized_nash_hard_cases(kind, beta, dirichlet):
     """Near-pure solutions and tiny β: where plain damped Newton from μ crawls."""
     n = 150
@@ -295,8 +299,10 @@ def test_regularized_gap_matches_brute_force_max_min(beta):
             assert J(other, pi) <= J(best, pi) + 1e-12
             assert J(pi, other) >= J(pi, worst) - 1e-12
         # And the written formula agrees (naive evaluation).
-        naive = 2 * (beta * logsumexp(np.log(mu) + P @ pi / beta)
-                     + beta * np.sum(pi * np.log(pi / mu))) - 1
+        naive = (
+            2 * (beta * logsumexp(np.log(mu) + P @ pi / beta) + beta * np.sum(pi * np.log(pi / mu)))
+            - 1
+        )
         assert abs(naive - brute) <= 1e-12
 
 
@@ -319,9 +325,14 @@ def test_measures_torch_batched_match_numpy_loop():
         brute = _brute_regularized_gap(Ps[b], pis[b], betas[b], mus[b])[0]
         assert abs(rg[b].item() - brute) <= 1e-12
         uniform = np.full(n, 1 / n)
-        assert abs(rg_scalar[b].item() - _brute_regularized_gap(Ps[0], pis[b], 0.1,
-                                                                uniform)[0]) <= 1e-12
-        assert abs(k[b].item() - sum(p * np.log(p / q) for p, q in zip(pis[b], mus[b], strict=True))) <= 1e-14
+        assert (
+            abs(rg_scalar[b].item() - _brute_regularized_gap(Ps[0], pis[b], 0.1, uniform)[0])
+            <= 1e-12
+        )
+        assert (
+            abs(k[b].item() - sum(p * np.log(p / q) for p, q in zip(pis[b], mus[b], strict=True)))
+            <= 1e-14
+        )
     # numpy batched input gives a numpy array of the same values
     np.testing.assert_allclose(regularized_gap(Ps, pis, betas, mus), rg.numpy(), atol=0)
 

@@ -27,8 +27,15 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = ["runtime.steps=2", "rollout.prompts_per_step=4", "rollout.k=2", "rollout.opponents_k=2",
-        "learner.updates_per_phase=2", "model.tiny.hidden=8", "model.tiny.layers=1"]
+TINY = [
+    "runtime.steps=2",
+    "rollout.prompts_per_step=4",
+    "rollout.k=2",
+    "rollout.opponents_k=2",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+]
 
 
 def free_port() -> int:
@@ -38,16 +45,32 @@ def free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI",
-                     "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RAY_ADDRESS",
+            "RAY_API_SERVER_ADDRESS",
+            "MLFLOW_TRACKING_URI",
+            "RAY_AUTH_MODE",
+            "RAY_AUTH_TOKEN",
+            "RAY_AUTH_TOKEN_PATH",
+        )
+    }
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
 
 
 def selfplay(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120):
-    return subprocess.run([str(BIN / "selfplay"), *args], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "selfplay"), *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +81,37 @@ def head():
     # Short temp dir: Ray's unix socket paths must stay under ~100 characters.
     tmp = tempfile.mkdtemp(prefix="sp-ray-", dir="/tmp")
     dash = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--port", str(free_port()), "--ray-client-server-port", str(free_port()),
-           "--dashboard-agent-listen-port", str(free_port()), "--num-cpus", "2",
-           "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", tmp]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--port",
+        str(free_port()),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--num-cpus",
+        "2",
+        "--include-dashboard",
+        "true",
+        "--disable-usage-stats",
+        "--temp-dir",
+        tmp,
+    ]
     # No SIGTERM drain: the test's node has nothing to hand over.
     env = _env(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **auth)
     log = open(Path(tmp) / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{dash}"
     try:
         _wait_up(url, token, proc, Path(tmp) / "head.log")
@@ -79,8 +123,7 @@ def head():
 
 
 def _wait_up(url: str, token: str, proc, log: Path) -> None:
-    req = urllib.request.Request(f"{url}/api/version",
-                                 headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
     wait_http_ok(req, proc, log, "ray head", every=0.5)
 
 
@@ -89,8 +132,18 @@ def test_submit_wait_runs_to_mlflow(head, tmp_path):
 
     url, env = head
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = selfplay("submit", "conf/quickstart.yaml", *TINY, f"tracking.uri={store}",
-                 "tracking.experiment=jobs", "--address", url, "--wait", env=env, timeout=150)
+    r = selfplay(
+        "submit",
+        "conf/quickstart.yaml",
+        *TINY,
+        f"tracking.uri={store}",
+        "tracking.experiment=jobs",
+        "--address",
+        url,
+        "--wait",
+        env=env,
+        timeout=150,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_")
@@ -115,8 +168,15 @@ def test_submit_wait_runs_to_mlflow(head, tmp_path):
 
 def test_stop_then_follow_exits_nonzero(head, tmp_path):
     url, env = head
-    r = selfplay("submit", "conf/quickstart.yaml", "runtime.steps=100000",
-                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--address", url, env=env)
+    r = selfplay(
+        "submit",
+        "conf/quickstart.yaml",
+        "runtime.steps=100000",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--address",
+        url,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (job_id,) = r.stdout.split()  # without --wait, stdout is the job id alone
     stop = selfplay("stop", job_id, "--address", url, env=env)
@@ -133,19 +193,26 @@ def test_missing_token_is_one_line(head):
     assert "rejected the request" in r.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.yaml"], "config file not found: missing.yaml"),
-    (["c.yaml", "algo.name=ppo"], "config: algo.name: Input should be"),
-    (["c.yaml", "rollout.prompts_per_step=0"], "config: rollout.prompts_per_step: Input should "
-                                               "be greater than or equal to 1"),
-    (["c.yaml", "judge.batch_size=-4"], "config: judge.batch_size: Input should be greater"),
-    (["c.yaml", "runtime.max_staleness=-1"], "config: runtime.max_staleness: Input should be "
-                                             "greater than or equal to 0"),
-    (["c.yaml", "--working-dir", "sub"], "config c.yaml is outside the working dir"),
-    (["c.yaml", "--address", "127.0.0.1:6379"], "--address must be the Ray job server URL"),
-    (["runs/c.yaml"], "config runs/c.yaml is under runs/, which is not uploaded"),
-    (["c.yaml"], "cannot reach the Ray job server at http://127.0.0.1:"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.yaml"], "config file not found: missing.yaml"),
+        (["c.yaml", "algo.name=ppo"], "config: algo.name: Input should be"),
+        (
+            ["c.yaml", "rollout.prompts_per_step=0"],
+            "config: rollout.prompts_per_step: Input should be greater than or equal to 1",
+        ),
+        (["c.yaml", "judge.batch_size=-4"], "config: judge.batch_size: Input should be greater"),
+        (
+            ["c.yaml", "runtime.max_staleness=-1"],
+            "config: runtime.max_staleness: Input should be greater than or equal to 0",
+        ),
+        (["c.yaml", "--working-dir", "sub"], "config c.yaml is outside the working dir"),
+        (["c.yaml", "--address", "127.0.0.1:6379"], "--address must be the Ray job server URL"),
+        (["runs/c.yaml"], "config runs/c.yaml is under runs/, which is not uploaded"),
+        (["c.yaml"], "cannot reach the Ray job server at http://127.0.0.1:"),
+    ],
+)
 def test_submit_bad_input_is_one_line_exit_2(tmp_path, args, message):
     """Checked before any job exists: the address below is closed, so reaching it would fail
     differently; and nothing is written in the caller's directory."""
@@ -155,8 +222,9 @@ def test_submit_bad_input_is_one_line_exit_2(tmp_path, args, message):
     (tmp_path / "runs" / "c.yaml").write_text((tmp_path / "c.yaml").read_text())
     before = sorted(p.name for p in tmp_path.rglob("*"))
     closed = f"http://127.0.0.1:{free_port()}"
-    r = selfplay("submit", *args, *([] if "--address" in args else ["--address", closed]),
-                 cwd=tmp_path)
+    r = selfplay(
+        "submit", *args, *([] if "--address" in args else ["--address", closed]), cwd=tmp_path
+    )
     assert r.returncode == 2, r.stderr
     assert r.stdout == ""
     (line,) = r.stderr.splitlines()
@@ -199,8 +267,9 @@ def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     sub = build_submission("conf/c.yaml", ["runtime.steps=3"], pip=["vllm>=0.6"])
-    assert sub.entrypoint == ("selfplay train conf/c.yaml runtime.steps=3 runtime.address=auto "
-                              "--no-progress")
+    assert sub.entrypoint == (
+        "selfplay train conf/c.yaml runtime.steps=3 runtime.address=auto --no-progress"
+    )
     env = sub.runtime_env
     assert env["working_dir"] == str(tmp_path) and env["pip"] == ["vllm>=0.6"]
     assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}
@@ -211,8 +280,7 @@ def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypat
     assert f"tracking.uri=sqlite:///{tmp_path}/m.db runtime.address=auto" in sub.entrypoint
     assert "pip" not in sub.runtime_env
     # Resuming a job's run: the run dir is a path on the cluster, passed to `train --resume`.
-    sub = build_submission("conf/c.yaml", ["output_dir=/shared/runs"],
-                           resume="/shared/runs/omwu-1")
+    sub = build_submission("conf/c.yaml", ["output_dir=/shared/runs"], resume="/shared/runs/omwu-1")
     assert sub.entrypoint.endswith("--no-progress --resume /shared/runs/omwu-1")
     assert sub.output_dir == "/shared/runs"
     with pytest.raises(InputError, match="absolute path on the cluster"):

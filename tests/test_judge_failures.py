@@ -37,9 +37,18 @@ def game_judge():
 class Flaky:
     """The game judge, misbehaving during its first `*_calls` calls (counted from 1)."""
 
-    def __init__(self, *, raise_calls: int = 0, sleep_calls: int = 0, sleep_s: float = 0.0,
-                 short_calls: int = 0, bad_calls: int = 0, value: float = np.nan,
-                 bad_pairs: frozenset = BAD, bad_prompts: frozenset = frozenset()) -> None:
+    def __init__(
+        self,
+        *,
+        raise_calls: int = 0,
+        sleep_calls: int = 0,
+        sleep_s: float = 0.0,
+        short_calls: int = 0,
+        bad_calls: int = 0,
+        value: float = np.nan,
+        bad_pairs: frozenset = BAD,
+        bad_prompts: frozenset = frozenset(),
+    ) -> None:
         self.inner, self.calls = game_judge(), 0
         self.raise_calls, self.sleep_calls, self.sleep_s = raise_calls, sleep_calls, sleep_s
         self.short_calls, self.bad_calls, self.value = short_calls, bad_calls, value
@@ -54,8 +63,10 @@ class Flaky:
             raise RuntimeError("judge server down\n(connection reset)")
         p = self.inner.prob(prompts, a, b)
         if c <= self.bad_calls:
-            sel = [(x, y) in self.bad_pairs or q in self.bad_prompts
-                   for q, x, y in zip(prompts, a, b, strict=True)]
+            sel = [
+                (x, y) in self.bad_pairs or q in self.bad_prompts
+                for q, x, y in zip(prompts, a, b, strict=True)
+            ]
             p[np.array(sel, dtype=bool)] = self.value
         return p[:-1] if c <= self.short_calls else p
 
@@ -64,18 +75,36 @@ def samples(texts: list[list[str]], prompts: tuple[str, ...] = ("p0", "p1", "p2"
     """One row per text, prompt-major; token = move index + 3 (one token per response)."""
     k, flat = len(texts[0]), [t for row in texts for t in row]
     tokens = np.array([[MOVES.index(t) + 3] for t in flat], dtype=np.int64)
-    return Samples(prompt_ids=np.arange(len(texts), dtype=np.int64), prompt_texts=list(prompts),
-                   tokens=tokens, lengths=np.ones(len(flat), dtype=np.int64),
-                   logprobs=np.zeros(tokens.shape, dtype=np.float32), texts=flat,
-                   version=Version(0, "main"), k=k, prompt_tokens=[[1, 2]] * len(texts))
+    return Samples(
+        prompt_ids=np.arange(len(texts), dtype=np.int64),
+        prompt_texts=list(prompts),
+        tokens=tokens,
+        lengths=np.ones(len(flat), dtype=np.int64),
+        logprobs=np.zeros(tokens.shape, dtype=np.float32),
+        texts=flat,
+        version=Version(0, "main"),
+        k=k,
+        prompt_tokens=[[1, 2]] * len(texts),
+    )
 
 
 # Row 0 (scissors) meets only paper in source A: it has no valid opponent there and is dropped.
-TRAINED = samples([["scissors", "rock", "paper"], ["paper", "scissors", "rock"],
-                   ["rock", "rock", "scissors"]])
-SOURCES = [(samples([["paper", "paper"], ["rock", "paper"], ["scissors", "paper"]]), 0.6),
-           (samples([["rock", "scissors", "paper"], ["paper", "paper", "scissors"],
-                     ["rock", "paper", "scissors"]]), 0.4)]
+TRAINED = samples(
+    [["scissors", "rock", "paper"], ["paper", "scissors", "rock"], ["rock", "rock", "scissors"]]
+)
+SOURCES = [
+    (samples([["paper", "paper"], ["rock", "paper"], ["scissors", "paper"]]), 0.6),
+    (
+        samples(
+            [
+                ["rock", "scissors", "paper"],
+                ["paper", "paper", "scissors"],
+                ["rock", "paper", "scissors"],
+            ]
+        ),
+        0.4,
+    ),
+]
 PAIRS = [len(TRAINED) * opp.k for opp, _ in SOURCES]  # comparisons per source: 9·2, 9·3
 
 
@@ -100,14 +129,21 @@ def oracle(bad_pairs=BAD) -> tuple[list[float | None], list[int]]:
     return g, masked
 
 
-@pytest.mark.parametrize(("flaky", "kind", "failed"), [
-    (dict(bad_calls=99), "(NaN)", 4),
-    (dict(bad_calls=99, value=1.3), "(outside [0, 1])", 4),
-    (dict(bad_calls=99, value=-np.inf), "(inf)", 4),
-    (dict(raise_calls=99), "(exception RuntimeError: judge server down (connection reset))", 18),
-    (dict(sleep_calls=99, sleep_s=0.4), "(timeout after 0.2s)", 18),
-    (dict(short_calls=99), "(wrong shape (17,) for 18 comparisons)", 18),
-])
+@pytest.mark.parametrize(
+    ("flaky", "kind", "failed"),
+    [
+        (dict(bad_calls=99), "(NaN)", 4),
+        (dict(bad_calls=99, value=1.3), "(outside [0, 1])", 4),
+        (dict(bad_calls=99, value=-np.inf), "(inf)", 4),
+        (
+            dict(raise_calls=99),
+            "(exception RuntimeError: judge server down (connection reset))",
+            18,
+        ),
+        (dict(sleep_calls=99, sleep_s=0.4), "(timeout after 0.2s)", 18),
+        (dict(short_calls=99), "(wrong shape (17,) for 18 comparisons)", 18),
+    ],
+)
 def test_raise_names_the_failure_on_one_line(flaky, kind, failed):
     _, masked = oracle()
     assert failed in (masked[0], PAIRS[0])  # source A fails first: its count is reported
@@ -141,13 +177,16 @@ def test_call_failing_every_retry_is_masked_whole():
     assert not est.keep.any() and np.isnan(est.g).all() and est.judge_retries == 2
 
 
-@pytest.mark.parametrize(("flaky", "retries"), [
-    (dict(raise_calls=1), 1),
-    (dict(bad_calls=2), 2),  # NaN on the first call and on its first retry
-    (dict(bad_calls=1, value=1.3), 1),
-    (dict(short_calls=1), 1),
-    (dict(sleep_calls=1, sleep_s=0.6), 1),  # the abandoned call finishes in the background
-])
+@pytest.mark.parametrize(
+    ("flaky", "retries"),
+    [
+        (dict(raise_calls=1), 1),
+        (dict(bad_calls=2), 2),  # NaN on the first call and on its first retry
+        (dict(bad_calls=1, value=1.3), 1),
+        (dict(short_calls=1), 1),
+        (dict(sleep_calls=1, sleep_s=0.6), 1),  # the abandoned call finishes in the background
+    ],
+)
 def test_transient_failures_recover_exactly(flaky, retries):
     clean = estimate_g(game_judge(), TRAINED, SOURCES)
     g_ref, _ = oracle(bad_pairs=frozenset())
@@ -162,8 +201,15 @@ def test_transient_failures_recover_exactly(flaky, retries):
 def test_dropped_row_leaves_its_group_in_the_batch():
     g_ref, _ = oracle()
     est = estimate_g(Flaky(bad_calls=99), TRAINED, SOURCES, JudgePolicy(on_failure="mask"))
-    judged = Judged(samples=TRAINED, g=est.g, queries=est.queries, judge_s=0.0, keep=est.keep,
-                    masked_pairs=est.masked_pairs, masked_rows=est.masked_rows)
+    judged = Judged(
+        samples=TRAINED,
+        g=est.g,
+        queries=est.queries,
+        judge_s=0.0,
+        keep=est.keep,
+        masked_pairs=est.masked_pairs,
+        masked_rows=est.masked_rows,
+    )
     batch = to_train_batch([judged])
     kept = [i for i, x in enumerate(g_ref) if x is not None]
     assert len(batch) == len(kept) == 8
@@ -190,22 +236,31 @@ def cluster():
 @pytest.mark.ray
 def test_judge_actor_retries_a_timeout_and_raises_past_retries(cluster):
     # First call hangs past the timeout; every comparison on the prompt "poison" is NaN.
-    judge_fn = functools.partial(Flaky, sleep_calls=1, sleep_s=1.0, bad_calls=99,
-                                 bad_pairs=frozenset(), bad_prompts=frozenset({"poison"}))
+    judge_fn = functools.partial(
+        Flaky,
+        sleep_calls=1,
+        sleep_s=1.0,
+        bad_calls=99,
+        bad_pairs=frozenset(),
+        bad_prompts=frozenset({"poison"}),
+    )
     actor = JudgeActor.options(num_cpus=0).remote(judge_fn, JudgePolicy(retries=1, timeout_s=0.3))
     assert ray.get(actor.pid.remote()) != os.getpid()
     opps, weights = [s for s, _ in SOURCES], [w for _, w in SOURCES]
     batch_ref, info_ref = assemble.options(num_returns=2).remote(
-        None, actor.judge_chunk.remote(TRAINED, weights, *opps))
+        None, actor.judge_chunk.remote(TRAINED, weights, *opps)
+    )
     batch, info = ray.get([batch_ref, info_ref])
     clean = estimate_g(game_judge(), TRAINED, SOURCES)
     np.testing.assert_array_equal(batch.g, clean.g)
     assert (info.judge_retries, info.masked_pairs, info.masked_rows) == (1, 0, 0)
     assert info.rows == len(TRAINED) and info.queries == sum(PAIRS) + PAIRS[0]
 
-    poisoned = [samples([s.texts[:s.k]], prompts=("poison",)) for s in (TRAINED, *opps)]
+    poisoned = [samples([s.texts[: s.k]], prompts=("poison",)) for s in (TRAINED, *opps)]
     with pytest.raises(ray.exceptions.RayTaskError) as err:
         ray.get(actor.judge_chunk.remote(poisoned[0], weights, *poisoned[1:]))
     # The driver gets the actor's RunError as the cause: one line, ready for the CLI.
     assert isinstance(err.value.cause, RunError)
-    assert str(err.value.cause).startswith("judge failed on 6 of 6 comparisons after 1 retries (NaN)")
+    assert str(err.value.cause).startswith(
+        "judge failed on 6 of 6 comparisons after 1 retries (NaN)"
+    )

@@ -27,10 +27,30 @@ def spec(seed: int) -> ModelSpec:
     return ModelSpec(words=WORDS, hidden=16, layers=1, heads=2, seed=seed, init_std=0.5)
 
 
-PROMPTS = ["choose a move", "choose", "a very good move", "move", "choose a move", "bad",
-           "choose a move", "good move", "a", "very very bad"]
-A = ["rock", "paper", "very good", "scissors", "rock", "bad bad bad", " paper ", "good", "move",
-     "zebra"]
+PROMPTS = [
+    "choose a move",
+    "choose",
+    "a very good move",
+    "move",
+    "choose a move",
+    "bad",
+    "choose a move",
+    "good move",
+    "a",
+    "very very bad",
+]
+A = [
+    "rock",
+    "paper",
+    "very good",
+    "scissors",
+    "rock",
+    "bad bad bad",
+    " paper ",
+    "good",
+    "move",
+    "zebra",
+]
 B = ["paper", "paper", "good", "rock", "scissors", "a", "scissors", "good move", "very", "rock"]
 SAME = [a.strip() == b.strip() for a, b in zip(A, B, strict=True)]
 
@@ -71,7 +91,9 @@ def test_game_judge_matches_matrix(judges):
     got = j.prob(PROMPTS, A, B)
     for k, (a, b) in enumerate(zip(A, B, strict=True)):
         ia, ib = idx.get(a.strip(), -1), idx.get(b.strip(), -1)
-        want = RPS[ia, ib] if ia >= 0 and ib >= 0 else (0.5 if ia < 0 and ib < 0 else float(ia >= 0))
+        want = (
+            RPS[ia, ib] if ia >= 0 and ib >= 0 else (0.5 if ia < 0 and ib < 0 else float(ia >= 0))
+        )
         assert got[k] == pytest.approx(want, abs=1e-15)
     assert got[-1] == 0.0 and got[5] == 0.5  # invalid loses to valid; two invalid tie
     with pytest.raises(InputError, match="constant-sum"):
@@ -109,7 +131,12 @@ def test_pairwise_judge_symmetrises_direct_forward(judges):
     want = [0.5 * (p(q, a, b) + 1 - p(q, b, a)) for q, a, b in zip(PROMPTS, A, B, strict=True)]
     np.testing.assert_allclose(j.prob(PROMPTS, A, B), want, atol=1e-6, rtol=0)
     np.testing.assert_allclose(j.raw(PROMPTS, A, B), raw, atol=1e-6, rtol=0)
-    assert np.abs(raw + np.array([p(q, b, a) for q, a, b in zip(PROMPTS, A, B, strict=True)]) - 1).max() > 1e-3
+    assert (
+        np.abs(
+            raw + np.array([p(q, b, a) for q, a, b in zip(PROMPTS, A, B, strict=True)]) - 1
+        ).max()
+        > 1e-3
+    )
 
 
 def test_llm_judge_reads_answer_logits(judges):
@@ -117,8 +144,10 @@ def test_llm_judge_reads_answer_logits(judges):
     assert j.answer_ids == (VOCAB.index("A"), VOCAB.index("B"))
 
     def p(prompt: str, a: str, b: str) -> float:
-        text = (f"<bos><user> Question: {prompt} Answer A: {a} Answer B: {b} "
-                f"Which is better? A or B <assistant>")
+        text = (
+            f"<bos><user> Question: {prompt} Answer A: {a} Answer B: {b} "
+            f"Which is better? A or B <assistant>"
+        )
         ids = _ids(j.tokenizer, text)
         assert (ids != VOCAB.index("<unk>")).all() or "zebra" in text
         with torch.no_grad():
@@ -186,10 +215,13 @@ def test_pool_with_deferred_results_and_mixed_judges(judges):
         def call(prompts, a, b):
             order.append(("dispatch", name))
             return lambda: judge.prob(prompts, a, b)
+
         return call
 
-    pool = JudgePool([deferred(judges["game"], "g"), deferred(judges["reward"], "r")],
-                     gather=lambda thunks: [order.append(("get", None)) or t() for t in thunks])
+    pool = JudgePool(
+        [deferred(judges["game"], "g"), deferred(judges["reward"], "r")],
+        gather=lambda thunks: [order.append(("get", None)) or t() for t in thunks],
+    )
     got = pool.prob(PROMPTS, A, B)
     np.testing.assert_allclose(got[:5], judges["game"].prob(PROMPTS[:5], A[:5], B[:5]))
     np.testing.assert_allclose(got[5:], judges["reward"].prob(PROMPTS[5:], A[5:], B[5:]))
@@ -199,16 +231,25 @@ def test_pool_with_deferred_results_and_mixed_judges(judges):
 @pytest.mark.parametrize("kind", KINDS)
 def test_make_judge(judges, kind):
     s = {"reward": spec(0), "pairwise": spec(1), "llm": spec(2)}.get(kind)
-    js = JudgeSpec(kind=kind, batch_size=4, model=s.name() if s else None,
-                   matrix=RPS if kind == "game" else None, moves=MOVES if kind == "game" else None)
+    js = JudgeSpec(
+        kind=kind,
+        batch_size=4,
+        model=s.name() if s else None,
+        matrix=RPS if kind == "game" else None,
+        moves=MOVES if kind == "game" else None,
+    )
     built = make_judge(js)
-    np.testing.assert_allclose(built.prob(PROMPTS, A, B), judges[kind].prob(PROMPTS, A, B),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        built.prob(PROMPTS, A, B), judges[kind].prob(PROMPTS, A, B), atol=1e-6
+    )
 
 
 def test_make_judge_errors():
-    for bad in (JudgeSpec(kind="game", batch_size=1), JudgeSpec(kind="reward", batch_size=1),
-                JudgeSpec(kind="llm", batch_size=0, model=spec(0).name()),
-                JudgeSpec(kind="oracle", batch_size=1, model="x")):
+    for bad in (
+        JudgeSpec(kind="game", batch_size=1),
+        JudgeSpec(kind="reward", batch_size=1),
+        JudgeSpec(kind="llm", batch_size=0, model=spec(0).name()),
+        JudgeSpec(kind="oracle", batch_size=1, model="x"),
+    ):
         with pytest.raises(InputError):
             make_judge(bad)

@@ -27,12 +27,22 @@ MOVES = [8, 9, 10, 11]  # the single-token response space
 PROMPT = [2, 5, 4, 6]  # <bos> <user> <system> <assistant>: any fixed prefix works
 G = np.array([0.2, 0.55, 0.7, 0.35])
 
-model_fn = functools.partial(tiny_causal_lm, VOCAB, seed=0, hidden=16, layers=1, heads=2,
-                             init_std=0.3)
-ref_fn = functools.partial(tiny_causal_lm, VOCAB, seed=1, hidden=16, layers=1, heads=2,
-                           init_std=0.3)
-PHASE = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-              a=0.6, b=0.4, c=1.5, output="main")
+model_fn = functools.partial(
+    tiny_causal_lm, VOCAB, seed=0, hidden=16, layers=1, heads=2, init_std=0.3
+)
+ref_fn = functools.partial(
+    tiny_causal_lm, VOCAB, seed=1, hidden=16, layers=1, heads=2, init_std=0.3
+)
+PHASE = Phase(
+    sample="main",
+    opponents=(("main", 1.0),),
+    anchor="main",
+    mu="ref",
+    a=0.6,
+    b=0.4,
+    c=1.5,
+    output="main",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,13 +58,19 @@ def move_batch(repeats: int = 1, sampler_logprobs: float | None = None, seed: in
     """`repeats` prompts, each answered once with every move (all responses enumerated)."""
     rng = np.random.default_rng(seed)
     n = len(MOVES) * repeats
-    lp = (rng.normal(0, 50, (n, 1)) if sampler_logprobs is None
-          else np.full((n, 1), sampler_logprobs)).astype(np.float32)
-    samples = Samples(prompt_ids=np.arange(repeats), prompt_texts=["p"] * repeats,
-                      tokens=np.tile(MOVES, repeats)[:, None].astype(np.int64),
-                      lengths=np.ones(n, dtype=np.int64), logprobs=lp,
-                      texts=[str(m) for m in np.tile(MOVES, repeats)],
-                      version=Version(0, "main"), k=len(MOVES))
+    lp = (
+        rng.normal(0, 50, (n, 1)) if sampler_logprobs is None else np.full((n, 1), sampler_logprobs)
+    ).astype(np.float32)
+    samples = Samples(
+        prompt_ids=np.arange(repeats),
+        prompt_texts=["p"] * repeats,
+        tokens=np.tile(MOVES, repeats)[:, None].astype(np.int64),
+        lengths=np.ones(n, dtype=np.int64),
+        logprobs=lp,
+        texts=[str(m) for m in np.tile(MOVES, repeats)],
+        version=Version(0, "main"),
+        k=len(MOVES),
+    )
     return build_train_batch(samples, [PROMPT] * repeats, np.tile(G, repeats))
 
 
@@ -82,16 +98,27 @@ def test_anchor_logprobs_come_from_role_weights_not_sampler():
     assert np.array_equal(outs[0][1].buffer, outs[1][1].buffer)
     # Oracle for the first loss: anchor/μ log-probs from plain forwards of fresh models.
     lp0, lp_ref = move_logprobs(model_fn()).float(), move_logprobs(ref_fn()).float()
-    expected = phase_loss(PHASE, "regression", lp0, lp0, lp_ref,
-                          torch.tensor(G, dtype=torch.float32), all_pairs(np.zeros(4)))
+    expected = phase_loss(
+        PHASE,
+        "regression",
+        lp0,
+        lp0,
+        lp_ref,
+        torch.tensor(G, dtype=torch.float32),
+        all_pairs(np.zeros(4)),
+    )
     assert outs[0][0].loss_initial == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_many_updates_reach_closed_form_target():
     learner = make_learner(lr=0.03)
     metrics = learner.train_phase(PHASE, move_batch(), updates=400)
-    target = torch.softmax(PHASE.a * move_logprobs(model_fn()) + PHASE.b * move_logprobs(ref_fn())
-                           + PHASE.c * torch.tensor(G), 0)
+    target = torch.softmax(
+        PHASE.a * move_logprobs(model_fn())
+        + PHASE.b * move_logprobs(ref_fn())
+        + PHASE.c * torch.tensor(G),
+        0,
+    )
     trained = model_fn()
     load_flat(trained, learner.publish())
     got = torch.softmax(move_logprobs(trained), 0)
@@ -154,7 +181,7 @@ def test_publish_and_set_role_round_trip():
     b = move_batch()
     got = learner.policy_logprobs(b.input_ids, b.attention_mask, b.response_mask, role="ref")
     assert np.allclose(got[:, len(PROMPT)], move_logprobs(ref_fn()).numpy(), atol=1e-5)
-    assert np.array_equal(got[:, :len(PROMPT)], np.zeros((4, len(PROMPT))))
+    assert np.array_equal(got[:, : len(PROMPT)], np.zeros((4, len(PROMPT))))
     ref_flat = flatten_state_dict(ref_fn())
     learner.set_role("prev", ref_flat)
     assert np.array_equal(learner.publish("prev").buffer, ref_flat.buffer)

@@ -46,8 +46,14 @@ def test_chat_template_and_encoding():
     vocab = tiny_vocab(WORDS)
     text = format_prompt(tok, "choose a move")
     assert text == "<bos><user> choose a move <assistant>"
-    expect = [BOS_ID, vocab.index("<user>"), vocab.index("choose"), vocab.index("a"),
-              vocab.index("move"), vocab.index("<assistant>")]
+    expect = [
+        BOS_ID,
+        vocab.index("<user>"),
+        vocab.index("choose"),
+        vocab.index("a"),
+        vocab.index("move"),
+        vocab.index("<assistant>"),
+    ]
     # The template carries <bos>; encoding must not add a second one.
     assert encode_prompts(tok, ["choose a move"]) == [expect]
     tok.chat_template = None

@@ -35,21 +35,41 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "conf" / "quickstart.yaml"
 SELFPLAY = str(Path(sys.executable).with_name("selfplay"))
 P, K = 4, 4
-SMALL = ["tracking.enabled=false", f"rollout.prompts_per_step={P}", f"rollout.k={K}",
-         "rollout.opponents_k=8", "learner.updates_per_phase=2", "model.tiny.hidden=8",
-         "model.tiny.layers=1", "runtime.checkpoint_every=2", "--no-progress"]
+SMALL = [
+    "tracking.enabled=false",
+    f"rollout.prompts_per_step={P}",
+    f"rollout.k={K}",
+    "rollout.opponents_k=8",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+    "runtime.checkpoint_every=2",
+    "--no-progress",
+]
 ENV = {**os.environ, "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([SELFPLAY, "train", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=ENV)
+    return subprocess.run(
+        [SELFPLAY, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=ENV,
+    )
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([SELFPLAY, "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [SELFPLAY, "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        start_new_session=True,
+    )
 
 
 def the_run_dir(out: Path) -> Path:
@@ -63,8 +83,9 @@ def wait_for_checkpoint(out: Path, proc: subprocess.Popen, step: int) -> Path:
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         dirs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
-        if dirs and any(int(c.name.split("-")[1]) >= step
-                        for c in list_checkpoints(dirs[0] / "checkpoints")):
+        if dirs and any(
+            int(c.name.split("-")[1]) >= step for c in list_checkpoints(dirs[0] / "checkpoints")
+        ):
             return dirs[0]
         time.sleep(0.02)
     raise AssertionError("no checkpoint appeared")
@@ -119,8 +140,14 @@ def test_driver_sigkill_then_resume_is_bitwise_at_staleness_0(tmp_path):
 
 def test_async_resume_trains_every_prompt_exactly_once(tmp_path):
     steps = 14
-    over = [str(QUICKSTART), "algo.name=omwu", "algo.eta=1", "runtime.max_staleness=1",
-            f"runtime.steps={steps}", *SMALL]
+    over = [
+        str(QUICKSTART),
+        "algo.name=omwu",
+        "algo.eta=1",
+        "runtime.max_staleness=1",
+        f"runtime.steps={steps}",
+        *SMALL,
+    ]
     out = tmp_path / "run"
     proc = start(*over, f"output_dir={out}")
     run_dir = wait_for_checkpoint(out, proc, 4)
@@ -182,16 +209,19 @@ def test_learner_death_fails_cleanly_and_resume_finishes(tmp_path):
     res = run("--resume", str(run_dir))
     assert res.returncode == 0, res.stderr[-3000:]
     records = json.loads((run_dir / "records.json").read_text())
-    assert [(r["step"], r["phase"]) for r in records] == \
-        [(t, p) for t in range(steps) for p in (0, 1)]
+    assert [(r["step"], r["phase"]) for r in records] == [
+        (t, p) for t in range(steps) for p in (0, 1)
+    ]
     ids = np.sort(np.concatenate([r["prompt_ids"] for r in records]))
     np.testing.assert_array_equal(ids, np.arange(2 * steps * P))
 
 
 def test_bad_resume_is_one_line_exit_2_and_writes_nothing(tmp_path):
     res = run("--resume", str(tmp_path / "nope"))
-    assert res.returncode == 2 and res.stderr.strip() == \
-        f"error: --resume {tmp_path / 'nope'}: no such run directory"
+    assert (
+        res.returncode == 2
+        and res.stderr.strip() == f"error: --resume {tmp_path / 'nope'}: no such run directory"
+    )
     # A run dir of another config: rejected before anything starts or is written.
     d = tmp_path / "other"
     d.mkdir()

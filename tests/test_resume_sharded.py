@@ -22,11 +22,22 @@ from selfplay.runtime.trainer import train
 pytestmark = pytest.mark.ray
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "conf" / "quickstart.yaml"
-SMALL = ["tracking.enabled=false", "rollout.prompts_per_step=4", "rollout.k=4",
-         "rollout.opponents_k=8", "learner.updates_per_phase=2", "model.tiny.hidden=8",
-         "model.tiny.layers=1", "learner.shards=2", "learner.strategy=fsdp2",
-         "learner.num_cpus=0.5", "rollout.num_cpus=0.25", "judge.num_cpus=0.25",
-         "algo.name=omwu", "algo.eta=1"]
+SMALL = [
+    "tracking.enabled=false",
+    "rollout.prompts_per_step=4",
+    "rollout.k=4",
+    "rollout.opponents_k=8",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+    "learner.shards=2",
+    "learner.strategy=fsdp2",
+    "learner.num_cpus=0.5",
+    "rollout.num_cpus=0.25",
+    "judge.num_cpus=0.25",
+    "algo.name=omwu",
+    "algo.eta=1",
+]
 
 
 def _final(run_dir: Path) -> list[dict[str, torch.Tensor]]:
@@ -35,10 +46,14 @@ def _final(run_dir: Path) -> list[dict[str, torch.Tensor]]:
 
 
 def test_fsdp2_resume_is_bitwise(cluster, tmp_path):
-    full = train(load_config(QUICKSTART, [*SMALL, "runtime.steps=4", f"output_dir={tmp_path / 'a'}"]),
-                 progress=False)
-    half = train(load_config(QUICKSTART, [*SMALL, "runtime.steps=2", f"output_dir={tmp_path / 'b'}"]),
-                 progress=False)
+    full = train(
+        load_config(QUICKSTART, [*SMALL, "runtime.steps=4", f"output_dir={tmp_path / 'a'}"]),
+        progress=False,
+    )
+    half = train(
+        load_config(QUICKSTART, [*SMALL, "runtime.steps=2", f"output_dir={tmp_path / 'b'}"]),
+        progress=False,
+    )
     cfg, ckpt = check_resume(None, ["runtime.steps=4"], half.run_dir)
     assert ckpt.step == 2 and cfg.runtime.steps == 4
     rest = train(cfg, progress=False, resume=ckpt)

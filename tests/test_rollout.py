@@ -24,8 +24,10 @@ VOCAB = tiny_vocab(ModelSpec(words=WORDS).vocab_words)
 MOVE_IDS = [VOCAB.index(m) for m in MOVES]
 V0, V1 = Version(0, "main"), Version(1, "main")
 # init_std large enough that the two versions' distributions are far from uniform.
-SPECS = {v: ModelSpec(words=WORDS, hidden=16, layers=2, heads=2, seed=s, init_std=0.3)
-         for v, s in ((V0, 0), (V1, 1))}
+SPECS = {
+    v: ModelSpec(words=WORDS, hidden=16, layers=2, heads=2, seed=s, init_std=0.3)
+    for v, s in ((V0, 0), (V1, 1))
+}
 PROMPTS = Prompts(ids=np.array([10, 11, 12]), texts=["choose a move", "now", "choose a move now"])
 
 
@@ -68,8 +70,9 @@ def check_against_oracle(be, models, samples, version, temperature, allowed):
     for i in range(len(samples)):
         n = samples.lengths[i]
         resp = samples.tokens[i, :n].tolist()
-        want = oracle_logprobs(models.__getitem__, version, prompt_ids[i // samples.k], resp,
-                               temperature, allowed)
+        want = oracle_logprobs(
+            models.__getitem__, version, prompt_ids[i // samples.k], resp, temperature, allowed
+        )
         np.testing.assert_allclose(samples.logprobs[i, :n], want, atol=2e-5, rtol=0)
 
 
@@ -80,8 +83,15 @@ def test_backend_satisfies_protocol(backend):
 
 def test_shapes_padding_and_eos(backend):
     allowed = [*MOVE_IDS, EOS_ID]  # eos has mass 1/4-ish, so rows end at different lengths
-    s = backend.generate(PROMPTS, version=V0, k=4, max_new_tokens=8, temperature=1.0, seed=0,
-                         allowed_token_ids=allowed)
+    s = backend.generate(
+        PROMPTS,
+        version=V0,
+        k=4,
+        max_new_tokens=8,
+        temperature=1.0,
+        seed=0,
+        allowed_token_ids=allowed,
+    )
     n = 3 * 4
     assert s.tokens.shape == s.logprobs.shape == (n, 8) and s.lengths.shape == (n,)
     assert s.tokens.dtype == np.int64 and s.logprobs.dtype == np.float32
@@ -103,8 +113,15 @@ def test_shapes_padding_and_eos(backend):
 
 @pytest.mark.parametrize("temperature,allowed", [(1.0, None), (0.7, None), (1.3, MOVE_IDS)])
 def test_logprobs_match_plain_forward(backend, models, temperature, allowed):
-    s = backend.generate(PROMPTS, version=V1, k=3, max_new_tokens=6, temperature=temperature,
-                         seed=1, allowed_token_ids=allowed)
+    s = backend.generate(
+        PROMPTS,
+        version=V1,
+        k=3,
+        max_new_tokens=6,
+        temperature=temperature,
+        seed=1,
+        allowed_token_ids=allowed,
+    )
     check_against_oracle(backend, models, s, V1, temperature, allowed)
     if allowed is not None:
         assert set(s.tokens.ravel().tolist()) <= set(allowed)
@@ -136,8 +153,14 @@ def test_cache_has_drop_and_missing_version(models):
     with pytest.raises(VersionNotLoaded):
         be.generate(PROMPTS, version=V0, k=1, max_new_tokens=1, temperature=1.0, seed=0)
     with pytest.raises(VersionNotLoaded):
-        be.generate(PROMPTS, version=MixtureVersion(V0, V1, 0.5), k=1, max_new_tokens=1,
-                    temperature=1.0, seed=0)
+        be.generate(
+            PROMPTS,
+            version=MixtureVersion(V0, V1, 0.5),
+            k=1,
+            max_new_tokens=1,
+            temperature=1.0,
+            seed=0,
+        )
     be.drop(V1)
     assert be.versions() == []
     with pytest.raises(ValueError, match="do not match"):
@@ -146,8 +169,13 @@ def test_cache_has_drop_and_missing_version(models):
 
 def test_bad_arguments(backend):
     kw = dict(version=V0, k=1, max_new_tokens=2, temperature=1.0, seed=0)
-    for bad in (dict(k=0), dict(temperature=0.0), dict(allowed_token_ids=[]),
-                dict(allowed_token_ids=[len(VOCAB)]), dict(version=MixtureVersion(V0, V1, 1.5))):
+    for bad in (
+        dict(k=0),
+        dict(temperature=0.0),
+        dict(allowed_token_ids=[]),
+        dict(allowed_token_ids=[len(VOCAB)]),
+        dict(version=MixtureVersion(V0, V1, 1.5)),
+    ):
         with pytest.raises(InputError):
             backend.generate(PROMPTS, **{**kw, **bad})
     with pytest.raises(InputError):
@@ -161,8 +189,9 @@ def test_mixture_logprobs_closed_form(backend, models, lam):
     assert s.version == mix
     check_against_oracle(backend, models, s, mix, 0.8, None)
     if lam in (0.0, 1.0):  # the ends of the mixture are the versions themselves
-        end = backend.generate(PROMPTS, version=V0 if lam == 0 else V1, k=2, max_new_tokens=5,
-                               temperature=0.8, seed=2)
+        end = backend.generate(
+            PROMPTS, version=V0 if lam == 0 else V1, k=2, max_new_tokens=5, temperature=0.8, seed=2
+        )
         np.testing.assert_allclose(s.logprobs, end.logprobs, atol=1e-5)
 
 
@@ -170,17 +199,26 @@ def test_mixture_logprobs_closed_form(backend, models, lam):
 def test_move_frequencies_match_probabilities(backend, models, version):
     n = 6000
     prompt = Prompts(ids=np.array([0]), texts=["choose a move"])
-    s = backend.generate(prompt, version=version, k=n, max_new_tokens=1, temperature=1.0,
-                         seed=11, allowed_token_ids=MOVE_IDS)
+    s = backend.generate(
+        prompt,
+        version=version,
+        k=n,
+        max_new_tokens=1,
+        temperature=1.0,
+        seed=11,
+        allowed_token_ids=MOVE_IDS,
+    )
     counts = np.array([(s.tokens[:, 0] == m).sum() for m in MOVE_IDS])
     ids = encode_prompts(backend.tokenizer, prompt.texts)[0]
-    probs = np.exp([oracle_logprobs(models.__getitem__, version, ids, [m], 1.0, MOVE_IDS)[0]
-                    for m in MOVE_IDS])
+    probs = np.exp(
+        [oracle_logprobs(models.__getitem__, version, ids, [m], 1.0, MOVE_IDS)[0] for m in MOVE_IDS]
+    )
     assert abs(probs.sum() - 1) < 1e-9 and probs.min() > 0.005 and probs.max() < 0.95
     assert chisquare(counts, probs * n).pvalue > 1e-3
     # The reported log-prob of each row is the log-probability of its move.
-    np.testing.assert_allclose(np.exp(s.logprobs[:, 0]),
-                               probs[[MOVE_IDS.index(t) for t in s.tokens[:, 0]]], atol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(s.logprobs[:, 0]), probs[[MOVE_IDS.index(t) for t in s.tokens[:, 0]]], atol=1e-5
+    )
 
 
 def test_vllm_module_imports_without_vllm():
@@ -202,8 +240,15 @@ def test_vllm_backend_matches_oracle_and_swaps_weights(models):
     for v, m in models.items():
         be.load_weights(v, flatten_state_dict(m))
     for v in (V0, V1, V0):  # swapping in place, and back
-        s = be.generate(PROMPTS, version=v, k=2, max_new_tokens=4, temperature=0.9, seed=0,
-                        allowed_token_ids=MOVE_IDS)
+        s = be.generate(
+            PROMPTS,
+            version=v,
+            k=2,
+            max_new_tokens=4,
+            temperature=0.9,
+            seed=0,
+            allowed_token_ids=MOVE_IDS,
+        )
         assert s.version == v and set(s.tokens[:, :4].ravel()) <= set(MOVE_IDS)
         check_against_oracle(be, models, s, v, 0.9, MOVE_IDS)
 
@@ -220,8 +265,10 @@ def test_load_flat_model_matches_backend_version(models):
 def test_tied_embedding_model_generates_from_pushed_weights():
     from selfplay.models.tiny import tiny_causal_lm
 
-    tied = [tiny_causal_lm(len(VOCAB), seed=s, hidden=16, layers=1, init_std=0.3,
-                           tie_embeddings=True) for s in (0, 1)]
+    tied = [
+        tiny_causal_lm(len(VOCAB), seed=s, hidden=16, layers=1, init_std=0.3, tie_embeddings=True)
+        for s in (0, 1)
+    ]
     be = HFBackend(tied[0], SPECS[V0].tokenizer())
     be.load_weights(V1, flatten_state_dict(tied[1]))
     s = be.generate(PROMPTS, version=V1, k=2, max_new_tokens=4, temperature=1.0, seed=0)

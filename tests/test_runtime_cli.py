@@ -27,18 +27,25 @@ SELFPLAY = [str(Path(sys.executable).with_name("selfplay"))]  # the console scri
 
 def selfplay(*args: str, timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([*SELFPLAY, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [*SELFPLAY, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
 
 
-@pytest.mark.parametrize("args, names", [
-    ([str(QUICKSTART), "algo.name=foo"], "algo.name"),
-    ([str(QUICKSTART), "rollout.prompts_per_step=0"], "rollout.prompts_per_step"),
-    ([str(QUICKSTART), "runtime.max_staleness=-1"], "runtime.max_staleness"),
-    ([str(ROOT / "conf" / "no-such-config.yaml")], "no-such-config.yaml"),
-    ([str(QUICKSTART), "runtime.address=127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
-    ([str(QUICKSTART), "runtime.address=http://127.0.0.1:8265"], "not the job server URL"),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        ([str(QUICKSTART), "algo.name=foo"], "algo.name"),
+        ([str(QUICKSTART), "rollout.prompts_per_step=0"], "rollout.prompts_per_step"),
+        ([str(QUICKSTART), "runtime.max_staleness=-1"], "runtime.max_staleness"),
+        ([str(ROOT / "conf" / "no-such-config.yaml")], "no-such-config.yaml"),
+        (
+            [str(QUICKSTART), "runtime.address=127.0.0.1:1"],
+            "cannot reach the Ray cluster at 127.0.0.1:1",
+        ),
+        ([str(QUICKSTART), "runtime.address=http://127.0.0.1:8265"], "not the job server URL"),
+    ],
+)
 def test_bad_input_exits_2_with_one_error_line(args, names):
     p = selfplay("train", *args, "tracking.enabled=false")
     assert p.returncode == 2, p.stderr
@@ -51,9 +58,15 @@ def test_bad_input_exits_2_with_one_error_line(args, names):
 @pytest.mark.ray
 def test_json_summary_is_the_last_stdout_line(tmp_path):
     prompts, k, opp, steps = 4, 4, 8, 2
-    over = [f"runtime.steps={steps}", f"rollout.prompts_per_step={prompts}", f"rollout.k={k}",
-            f"rollout.opponents_k={opp}", "learner.updates_per_phase=2",
-            "tracking.enabled=false", f"output_dir={tmp_path}"]
+    over = [
+        f"runtime.steps={steps}",
+        f"rollout.prompts_per_step={prompts}",
+        f"rollout.k={k}",
+        f"rollout.opponents_k={opp}",
+        "learner.updates_per_phase=2",
+        "tracking.enabled=false",
+        f"output_dir={tmp_path}",
+    ]
     p = selfplay("train", str(QUICKSTART), *over, "--json", "--no-progress", timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads(p.stdout.strip().splitlines()[-1])

@@ -47,16 +47,19 @@ ALGO_SETTINGS = {
     "omwu": (["algo.eta=2.4", "runtime.steps=30", "rollout.opponents_k=1024"], "gap"),
     # MPO: α ≈ λ keeps the inner MMD loop stable; ηα = 2; magnet every 4 steps.
     # Seeds 0-4: 0.013, 0.017, 0.026, 0.030, 0.014.
-    "mpo": (["algo.alpha=0.2", "algo.eta=10", "algo.magnet_every=4", "runtime.steps=40"],
-            "gap"),
+    "mpo": (["algo.alpha=0.2", "algo.eta=10", "algo.magnet_every=4", "runtime.steps=40"], "gap"),
     # Nash-MP (η = 2, β = 0.1) shrinks the regularized gap ~1.5x per step; small batches
     # and one rollout worker suffice. Seeds 0-2: 0.0002, 0.0007, 0.0018.
-    "nash-mp": (["runtime.steps=15", "rollout.workers=1", "rollout.opponents_k=256"],
-                "regularized_gap"),
+    "nash-mp": (
+        ["runtime.steps=15", "rollout.workers=1", "rollout.opponents_k=256"],
+        "regularized_gap",
+    ),
     # EGPO's default η = 5/3 gives exactly Nash-MP's coefficients (a = 1/(1+2β) = 1 − 5β/3);
     # η = 2.5 makes it a different (and faster) run. Seeds 0-2: 0.0006, 0.0020, 0.0001.
-    "egpo": (["algo.eta=2.5", "runtime.steps=12", "rollout.workers=1",
-              "rollout.opponents_k=128"], "regularized_gap"),
+    "egpo": (
+        ["algo.eta=2.5", "runtime.steps=12", "rollout.workers=1", "rollout.opponents_k=128"],
+        "regularized_gap",
+    ),
 }
 
 
@@ -93,8 +96,16 @@ def test_game_has_full_support_nash():
 @pytest.mark.parametrize("algo", list(ALGO_SETTINGS))
 def test_last_iterate_converges(cluster, tmp_path, algo):
     overrides, which = ALGO_SETTINGS[algo]
-    cfg = load_config(CONF, [f"algo.name={algo}", f"task.matrix={MATRIX}",
-                             f"output_dir={tmp_path}", "tracking.enabled=false", *overrides])
+    cfg = load_config(
+        CONF,
+        [
+            f"algo.name={algo}",
+            f"task.matrix={MATRIX}",
+            f"output_dir={tmp_path}",
+            "tracking.enabled=false",
+            *overrides,
+        ],
+    )
     result = train(cfg, progress=False)
     s, hist = result.summary, result.history
     P = games.load(MATRIX)

@@ -27,9 +27,15 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "tests" / "converge.yaml"
 # Small batches: these tests are about bookkeeping, not convergence.
-SMALL = ["tracking.enabled=false", f"task.matrix={CONF.with_name('weighted_rps.csv')}",
-         "rollout.workers=1", "rollout.prompts_per_step=4", "rollout.k=4",
-         "rollout.opponents_k=8", "learner.updates_per_phase=2"]
+SMALL = [
+    "tracking.enabled=false",
+    f"task.matrix={CONF.with_name('weighted_rps.csv')}",
+    "rollout.workers=1",
+    "rollout.prompts_per_step=4",
+    "rollout.k=4",
+    "rollout.opponents_k=8",
+    "learner.updates_per_phase=2",
+]
 
 
 def run(tmp_path: Path, *overrides: str):
@@ -83,10 +89,19 @@ def test_nash_mp_versions_and_bitwise_reproducible_sync_runs(cluster, tmp_path):
     check_nash_mp_versions(b.records, steps)
     assert a.summary["max_staleness_seen"] == 0
     assert a.summary["policy"] == b.summary["policy"]  # exact float equality
-    keys = ("gap", "regularized_gap", "policy", "loss", "loss_initial", "grad_norm",
-            "kl_anchor", "kl_ref")
+    keys = (
+        "gap",
+        "regularized_gap",
+        "policy",
+        "loss",
+        "loss_initial",
+        "grad_norm",
+        "kl_anchor",
+        "kl_ref",
+    )
     # repr: exact, and NaN equals NaN
-    assert [repr([h.get(k) for k in keys]) for h in a.history] == \
-        [repr([h.get(k) for k in keys]) for h in b.history]
+    assert [repr([h.get(k) for k in keys]) for h in a.history] == [
+        repr([h.get(k) for k in keys]) for h in b.history
+    ]
     # ... and the run moved at all (a frozen policy would be trivially reproducible).
     assert not np.allclose(a.history[0]["policy"], a.summary["policy"], atol=1e-4)

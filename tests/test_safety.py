@@ -24,8 +24,14 @@ from selfplay.models.load import load_classifier, load_policy
 from selfplay.models.tiny import ModelSpec
 from selfplay.rollout import BACKENDS, make_backend
 
-SPEC = ModelSpec(words=("rock", "paper", "scissors", "choose"), hidden=16, layers=1, heads=2,
-                 seed=3, init_std=0.5)
+SPEC = ModelSpec(
+    words=("rock", "paper", "scissors", "choose"),
+    hidden=16,
+    layers=1,
+    heads=2,
+    seed=3,
+    init_std=0.5,
+)
 PACKAGE = Path(__file__).resolve().parents[1] / "selfplay"
 
 
@@ -46,6 +52,7 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 
 # ---- (a) model loading -----------------------------------------------------------------
+
 
 def _fixed_input(tok) -> dict[str, torch.Tensor]:
     return tok(["choose rock paper", "choose scissors"], return_tensors="pt", padding=True)
@@ -90,8 +97,9 @@ def test_pickle_only_dir_is_refused(tmp_path, loader):
     d = _pickle_only_dir(tmp_path / "ckpt", marker)
     with pytest.raises(InputError) as e:
         loader(str(d))
-    assert _one_line(e) == (f"no safetensors weights in {d} "
-                            "(pickle .bin checkpoints are not loaded)")
+    assert _one_line(e) == (
+        f"no safetensors weights in {d} (pickle .bin checkpoints are not loaded)"
+    )
     assert not marker.exists()
 
 
@@ -111,8 +119,10 @@ def test_remote_code_is_not_run(tmp_path):
     SPEC.causal_lm().save_pretrained(d)
     SPEC.tokenizer().save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig",
-                                            "AutoModelForCausalLM": "evil.EvilModel"})
+    cfg.update(
+        model_type="evil",
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "evil.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
     with pytest.raises(InputError) as e:
@@ -164,8 +174,13 @@ def _bad_call(call: ast.Call, rel: str) -> str | None:
     head, _, last = name.rpartition(".")
     if name in BUILTINS:
         return f"{name}()"
-    if head in UNPICKLERS or name in ("torch.load", "yaml.load", "yaml.unsafe_load",
-                                      "yaml.full_load", "yaml.load_all"):
+    if head in UNPICKLERS or name in (
+        "torch.load",
+        "yaml.load",
+        "yaml.unsafe_load",
+        "yaml.full_load",
+        "yaml.load_all",
+    ):
         return f"{name}()"
     if name in ("np.load", "numpy.load") and not _is_const(_kw(call, "allow_pickle"), False):
         return f"{name}() without allow_pickle=False"
@@ -193,7 +208,8 @@ def _bad_import(node: ast.AST, rel: str) -> str | None:
     elif isinstance(node, ast.ImportFrom):
         mods = [(node.module or "").split(".")[0]]
         if mods[0] in ("torch", "numpy", "yaml") and any(
-                a.name in ("load", "unsafe_load", "full_load") for a in node.names):
+            a.name in ("load", "unsafe_load", "full_load") for a in node.names
+        ):
             return f"from {node.module} import load"
     else:
         return None
@@ -209,37 +225,57 @@ def scan_source(src: str, rel: str) -> list[str]:
     """Findings `rel:line: what` for forbidden constructs (code only; comments and strings don't count)."""
     out = []
     for node in ast.walk(ast.parse(src)):
-        what = (_bad_call(node, rel) if isinstance(node, ast.Call) else _bad_import(node, rel))
+        what = _bad_call(node, rel) if isinstance(node, ast.Call) else _bad_import(node, rel)
         if what:
             out.append(f"{rel}:{node.lineno}: {what}")
     return out
 
 
-@pytest.mark.parametrize("snippet", [
-    "import pickle\npickle.loads(b'')", "import torch\ntorch.load('x')", "np.load('x.npy')",
-    "np.load('x.npy', allow_pickle=True)", "eval('1')", "exec('1')", "__import__('os')",
-    "import importlib\nimportlib.import_module('os')", "from importlib import import_module",
-    "M.from_pretrained('x', trust_remote_code=True)", "yaml.load(s, Loader=yaml.Loader)",
-    "AutoModelForCausalLM.from_pretrained('x')", "m.save_pretrained(d, safe_serialization=False)",
-    "import dill", "from torch import load",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import pickle\npickle.loads(b'')",
+        "import torch\ntorch.load('x')",
+        "np.load('x.npy')",
+        "np.load('x.npy', allow_pickle=True)",
+        "eval('1')",
+        "exec('1')",
+        "__import__('os')",
+        "import importlib\nimportlib.import_module('os')",
+        "from importlib import import_module",
+        "M.from_pretrained('x', trust_remote_code=True)",
+        "yaml.load(s, Loader=yaml.Loader)",
+        "AutoModelForCausalLM.from_pretrained('x')",
+        "m.save_pretrained(d, safe_serialization=False)",
+        "import dill",
+        "from torch import load",
+    ],
+)
 def test_scanner_flags_forbidden_code(snippet):
     assert scan_source(snippet, "selfplay/x.py")
 
 
-@pytest.mark.parametrize("snippet", [
-    '"""We never call eval() or pickle.load here; torch.load is refused."""',
-    "# importlib.import_module(name); exec(code); trust_remote_code=True",
-    "np.load(p, allow_pickle=False)", "AutoTokenizer.from_pretrained(name)",
-    "x = 'yaml.load(s)'", "re.compile('a+')", "model.eval()",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        '"""We never call eval() or pickle.load here; torch.load is refused."""',
+        "# importlib.import_module(name); exec(code); trust_remote_code=True",
+        "np.load(p, allow_pickle=False)",
+        "AutoTokenizer.from_pretrained(name)",
+        "x = 'yaml.load(s)'",
+        "re.compile('a+')",
+        "model.eval()",
+    ],
+)
 def test_scanner_ignores_comments_strings_and_safe_calls(snippet):
     assert scan_source(snippet, "selfplay/x.py") == []
 
 
 def test_scanner_load_py_rules():
-    ok = ("AutoModel.from_pretrained(n, use_safetensors=True, trust_remote_code=False)\n"
-          "AutoTokenizer.from_pretrained(n, trust_remote_code=False)\n")
+    ok = (
+        "AutoModel.from_pretrained(n, use_safetensors=True, trust_remote_code=False)\n"
+        "AutoTokenizer.from_pretrained(n, trust_remote_code=False)\n"
+    )
     assert scan_source(ok, "selfplay/models/load.py") == []
     assert scan_source("AutoTokenizer.from_pretrained(n)", "selfplay/models/load.py")
     assert scan_source("importlib.import_module(m)", "selfplay/cli.py") == []
@@ -257,6 +293,7 @@ def test_package_has_no_forbidden_calls():
 
 # ---- (c) config files are data ---------------------------------------------------------
 
+
 def test_yaml_python_tag_is_rejected_and_not_run(tmp_path):
     marker = tmp_path / "ran"
     cfg = tmp_path / "evil.yaml"
@@ -271,6 +308,7 @@ def test_yaml_python_tag_is_rejected_and_not_run(tmp_path):
 
 # ---- (d) names resolve through explicit tables ------------------------------------------
 
+
 def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(InputError) as e:
         make_judge(JudgeSpec(kind="os.system", batch_size=1, model="x"))
@@ -283,8 +321,12 @@ def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(InputError) as e:
         get_algo("os.system")
     assert all(n in _one_line(e) for n in ALGO_NAMES)
-    for key, bad in (("judge.kind", "os.system"), ("rollout.backend", "os.system"),
-                     ("algo.loss", "os.system"), ("algo.name", "os.system")):
+    for key, bad in (
+        ("judge.kind", "os.system"),
+        ("rollout.backend", "os.system"),
+        ("algo.loss", "os.system"),
+        ("algo.name", "os.system"),
+    ):
         with pytest.raises(InputError) as e:
             load_config(None, [f"{key}={bad}"])
         assert key in _one_line(e)

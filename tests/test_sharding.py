@@ -22,12 +22,22 @@ from selfplay.runtime.train_batch import all_pairs, build_train_batch, shard, sh
 from selfplay.runtime.types import Samples, Version
 
 VOCAB = 14
-model_fn = functools.partial(tiny_causal_lm, VOCAB, seed=3, hidden=16, layers=2, heads=2,
-                             init_std=0.2)
-ref_fn = functools.partial(tiny_causal_lm, VOCAB, seed=4, hidden=16, layers=2, heads=2,
-                           init_std=0.2)
-PHASE = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-              a=0.7, b=0.3, c=2.0, output="main")
+model_fn = functools.partial(
+    tiny_causal_lm, VOCAB, seed=3, hidden=16, layers=2, heads=2, init_std=0.2
+)
+ref_fn = functools.partial(
+    tiny_causal_lm, VOCAB, seed=4, hidden=16, layers=2, heads=2, init_std=0.2
+)
+PHASE = Phase(
+    sample="main",
+    opponents=(("main", 1.0),),
+    anchor="main",
+    mu="ref",
+    a=0.7,
+    b=0.3,
+    c=2.0,
+    output="main",
+)
 CONFIG = dict(lr=0.02, grad_clip=1.0, weight_decay=0.01)
 
 
@@ -40,14 +50,27 @@ def ragged_batch(group_sizes: list[int], seed: int = 0):
         tokens = np.zeros((k, 3), dtype=np.int64)
         for r, n in enumerate(lengths):
             tokens[r, :n] = rng.integers(7, VOCAB, size=n)
-        parts.append(Samples(prompt_ids=np.array([i]), prompt_texts=["p"], tokens=tokens,
-                             lengths=lengths, logprobs=np.zeros((k, 3), np.float32),
-                             texts=[""] * k, version=Version(0, "main"), k=k))
+        parts.append(
+            Samples(
+                prompt_ids=np.array([i]),
+                prompt_texts=["p"],
+                tokens=tokens,
+                lengths=lengths,
+                logprobs=np.zeros((k, 3), np.float32),
+                texts=[""] * k,
+                version=Version(0, "main"),
+                k=k,
+            )
+        )
         prompts.append([2, *rng.integers(4, 7, size=int(rng.integers(1, 4)))])
     from selfplay.runtime.train_batch import concat_batches
 
-    return concat_batches([build_train_batch(s, [p], rng.uniform(0, 1, len(s)))
-                           for s, p in zip(parts, prompts, strict=True)])
+    return concat_batches(
+        [
+            build_train_batch(s, [p], rng.uniform(0, 1, len(s)))
+            for s, p in zip(parts, prompts, strict=True)
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +80,16 @@ def ray_cluster():
     ray.shutdown()
 
 
-LEAD = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-             a=0.7, b=0.3, c=2.0, output="lead")
+LEAD = Phase(
+    sample="main",
+    opponents=(("main", 1.0),),
+    anchor="main",
+    mu="ref",
+    a=0.7,
+    b=0.3,
+    c=2.0,
+    output="lead",
+)
 
 
 def two_phase_step(learner, batches, kw):
@@ -110,8 +141,7 @@ def test_two_shards_match_one(ray_cluster, strategy):
 
 def test_all_pairs_matches_loop():
     group = np.array([3, 1, 3, 3, 7, 1, 5])
-    want = [(i, j) for i, j in itertools.combinations(range(len(group)), 2)
-            if group[i] == group[j]]
+    want = [(i, j) for i, j in itertools.combinations(range(len(group)), 2) if group[i] == group[j]]
     assert all_pairs(group).tolist() == [list(p) for p in want]
     assert all_pairs(np.array([0, 1, 2])).shape == (0, 2)
 
@@ -129,17 +159,35 @@ def test_shard_splits_whole_groups(world):
 
 
 def test_build_train_batch_layout():
-    s = Samples(prompt_ids=np.array([10, 11]), prompt_texts=["a", "b"],
-                tokens=np.array([[7, 8], [9, 0], [7, 0], [8, 9]]), lengths=np.array([2, 1, 1, 2]),
-                logprobs=np.array([[-1, -2], [-3, 0], [-4, 0], [-5, -6]], np.float32),
-                texts=[""] * 4, version=Version(2, "lead"), k=2)
+    s = Samples(
+        prompt_ids=np.array([10, 11]),
+        prompt_texts=["a", "b"],
+        tokens=np.array([[7, 8], [9, 0], [7, 0], [8, 9]]),
+        lengths=np.array([2, 1, 1, 2]),
+        logprobs=np.array([[-1, -2], [-3, 0], [-4, 0], [-5, -6]], np.float32),
+        texts=[""] * 4,
+        version=Version(2, "lead"),
+        k=2,
+    )
     b = build_train_batch(s, [[2, 5], [2, 4, 6]], np.array([0.1, 0.2, 0.3, 0.4]))
-    assert b.input_ids.tolist() == [[2, 5, 7, 8, 0], [2, 5, 9, 0, 0],
-                                    [2, 4, 6, 7, 0], [2, 4, 6, 8, 9]]
-    assert b.attention_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0],
-                                         [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
-    assert b.response_mask.tolist() == [[0, 0, 1, 1, 0], [0, 0, 1, 0, 0],
-                                        [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+    assert b.input_ids.tolist() == [
+        [2, 5, 7, 8, 0],
+        [2, 5, 9, 0, 0],
+        [2, 4, 6, 7, 0],
+        [2, 4, 6, 8, 9],
+    ]
+    assert b.attention_mask.tolist() == [
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1],
+    ]
+    assert b.response_mask.tolist() == [
+        [0, 0, 1, 1, 0],
+        [0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
     assert b.sampler_logprobs[3].tolist() == [0, 0, 0, -5, -6]
     assert b.group.tolist() == [0, 0, 1, 1] and b.prompt_ids.tolist() == [10, 10, 11, 11]
     assert b.versions == (Version(2, "lead"),) * 4 and b.num_pairs == 2

@@ -25,9 +25,15 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "conf" / "quickstart.yaml"
 STEPS = 3
-TINY = [f"runtime.steps={STEPS}", "rollout.prompts_per_step=4", "rollout.k=2",
-        "rollout.opponents_k=2", "learner.updates_per_phase=2", "model.tiny.hidden=8",
-        "model.tiny.layers=1"]
+TINY = [
+    f"runtime.steps={STEPS}",
+    "rollout.prompts_per_step=4",
+    "rollout.k=2",
+    "rollout.opponents_k=2",
+    "learner.updates_per_phase=2",
+    "model.tiny.hidden=8",
+    "model.tiny.layers=1",
+]
 
 
 def free_port() -> int:
@@ -50,10 +56,20 @@ def mlflow_server(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(d / "server.log", "w")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{d / 'db.sqlite'}",
-           "--artifacts-destination", str(d / "art")]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{d / 'db.sqlite'}",
+        "--artifacts-destination",
+        str(d / "art"),
+    ]
     # Own session: teardown signals this server's process group and nothing else.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -90,8 +106,13 @@ def _game_matrix() -> np.ndarray:
 def test_train_logs_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    _train([f"tracking.uri={mlflow_server}", "tracking.experiment=test-server",
-            f"output_dir={tmp_path / 'runs'}"])
+    _train(
+        [
+            f"tracking.uri={mlflow_server}",
+            "tracking.experiment=test-server",
+            f"output_dir={tmp_path / 'runs'}",
+        ]
+    )
     client = MlflowClient(mlflow_server)
     run = _only_run(client, "test-server")
     assert run.info.status == "FINISHED"
@@ -104,8 +125,14 @@ def test_train_logs_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
         assert [m.step for m in hist] == list(range(1, STEPS + 1)), key
         return [m.value for m in hist]
 
-    for key in ("loss", "kl_anchor", "kl_ref", "staleness", "train_samples_per_s",
-                "train_tokens_per_s"):
+    for key in (
+        "loss",
+        "kl_anchor",
+        "kl_ref",
+        "staleness",
+        "train_samples_per_s",
+        "train_tokens_per_s",
+    ):
         assert all(np.isfinite(series(key))), key
     assert series("policy_version") == [float(t) for t in range(1, STEPS + 1)]
     assert series("staleness") == [0.0] * STEPS  # quickstart is synchronous
@@ -119,15 +146,15 @@ def test_train_logs_to_mlflow_server(ray_cluster, mlflow_server, tmp_path):
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in final.iterdir())
     for f in final.iterdir():
         assert (got / f.name).read_bytes() == f.read_bytes(), f.name
-    hist = json.loads(Path(client.download_artifacts(run.info.run_id, "history.json",
-                                                     str(tmp_path))).read_text())
+    hist = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "history.json", str(tmp_path))).read_text()
+    )
     # Oracle: gap = 2·max_y (Pπ)_y − 1 and P(π ≻ π_ref) = πᵀ P π_ref, in plain numpy.
     P = _game_matrix()
     pi_ref = np.array(hist[0]["policy"])
     pis = [np.array(h["policy"]) for h in hist[1:]]
     np.testing.assert_allclose(series("gap"), [2 * (P @ pi).max() - 1 for pi in pis], atol=1e-9)
-    np.testing.assert_allclose(series("win_rate_ref"), [pi @ P @ pi_ref for pi in pis],
-                               atol=1e-9)
+    np.testing.assert_allclose(series("win_rate_ref"), [pi @ P @ pi_ref for pi in pis], atol=1e-9)
 
 
 def test_default_store_is_local_mlflow_db(ray_cluster, tmp_path, monkeypatch):
@@ -153,8 +180,11 @@ def test_resume_continues_the_same_mlflow_run(ray_cluster, mlflow_server, tmp_pa
     from selfplay.runtime.resume import check_resume
     from selfplay.runtime.trainer import train
 
-    over = [f"tracking.uri={mlflow_server}", "tracking.experiment=test-resume",
-            f"output_dir={tmp_path / 'runs'}"]
+    over = [
+        f"tracking.uri={mlflow_server}",
+        "tracking.experiment=test-resume",
+        f"output_dir={tmp_path / 'runs'}",
+    ]
     first = _train(over)
     more = load_config(QUICKSTART, [*TINY, *over, f"runtime.steps={STEPS + 2}"])
     cfg, ckpt = check_resume(more, [], first.run_dir)

@@ -1,9 +1,9 @@
 """Algorithms: tabular updates, LLM losses and step plans (pure torch; no ray/transformers).
 
-    from selfplay import algos
-    algos.NAMES                      # CLI names
-    algos.get("nash-mp")             # Algorithm: name, paper, objective, default_hyper, plan
-    algos.run("omwu", P, iterations=1000)   # batched exact tabular run -> Trace
+from selfplay import algos
+algos.NAMES                      # CLI names
+algos.get("nash-mp")             # Algorithm: name, paper, objective, default_hyper, plan
+algos.run("omwu", P, iterations=1000)   # batched exact tabular run -> Trace
 """
 
 from __future__ import annotations
@@ -38,7 +38,22 @@ def get(name: str) -> Algorithm:
 
 
 __all__ = [
-    "NAMES", "Algorithm", "Hyper", "InputError", "Mixture", "Phase", "Refresh", "StepPlan",
-    "Trace", "g_hat", "get", "ipo_loss", "pg_loss", "phase_loss", "run", "sequence_logprob",
-    "step", "target_regression_loss",
+    "NAMES",
+    "Algorithm",
+    "Hyper",
+    "InputError",
+    "Mixture",
+    "Phase",
+    "Refresh",
+    "StepPlan",
+    "Trace",
+    "g_hat",
+    "get",
+    "ipo_loss",
+    "pg_loss",
+    "phase_loss",
+    "run",
+    "sequence_logprob",
+    "step",
+    "target_regression_loss",
 ]

@@ -50,15 +50,36 @@ def resolve(h: Hyper) -> Hyper:
 def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
     eb = h.eta * h.beta
-    lead = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-                 a=1.0 - eb, b=eb, c=h.eta, output="lead")
-    upd = Phase(sample="lead", opponents=(("lead", 1.0),), anchor="main", mu="ref",
-                a=1.0 - eb, b=eb, c=h.eta, output="main")
+    lead = Phase(
+        sample="main",
+        opponents=(("main", 1.0),),
+        anchor="main",
+        mu="ref",
+        a=1.0 - eb,
+        b=eb,
+        c=h.eta,
+        output="lead",
+    )
+    upd = Phase(
+        sample="lead",
+        opponents=(("lead", 1.0),),
+        anchor="main",
+        mu="ref",
+        a=1.0 - eb,
+        b=eb,
+        c=h.eta,
+        output="main",
+    )
     return StepPlan(phases=(lead, upd))
 
 
 ALGORITHM = Algorithm(
-    name="egpo", paper="Zhou, Fazel, Du 2025, Extragradient Preference Optimization (EGPO), "
-    "arXiv 2503.08942; code zhourunlong/EGPO", objective="regularized",
-    default_hyper=default_hyper, plan=plan, resolve=resolve,
-    summary="extragradient on the online-IPO loss")
+    name="egpo",
+    paper="Zhou, Fazel, Du 2025, Extragradient Preference Optimization (EGPO), "
+    "arXiv 2503.08942; code zhourunlong/EGPO",
+    objective="regularized",
+    default_hyper=default_hyper,
+    plan=plan,
+    resolve=resolve,
+    summary="extragradient on the online-IPO loss",
+)

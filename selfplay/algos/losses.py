@@ -43,8 +43,9 @@ Reduction = Literal["mean", "sum"]
 Form = Literal["regression", "ipo", "pg"]
 
 
-def sequence_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor,
-                     normalize: bool = False) -> torch.Tensor:
+def sequence_logprob(
+    token_logprobs: torch.Tensor, mask: torch.Tensor, normalize: bool = False
+) -> torch.Tensor:
     """[N, T] token log-probs and 0/1 mask → [N] sum (or mean over unmasked tokens)."""
     m = mask.to(token_logprobs.dtype)
     s = (token_logprobs * m).sum(dim=-1)
@@ -63,9 +64,17 @@ def _pair_diff(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     return x[pairs[:, 0]] - x[pairs[:, 1]]
 
 
-def target_regression_loss(logp: torch.Tensor, logp_anchor: torch.Tensor,
-                           logp_mu: torch.Tensor | None, g: torch.Tensor, pairs: torch.Tensor,
-                           a, b, c, reduction: Reduction = "mean") -> torch.Tensor:
+def target_regression_loss(
+    logp: torch.Tensor,
+    logp_anchor: torch.Tensor,
+    logp_mu: torch.Tensor | None,
+    g: torch.Tensor,
+    pairs: torch.Tensor,
+    a,
+    b,
+    c,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Σ/mean over pairs (i, j) of ((logp_i − logp_j) − target_ij)², see module doc.
 
     logp, logp_anchor, logp_mu, g: [N] (logp_mu may be None when b = 0);
@@ -79,17 +88,30 @@ def target_regression_loss(logp: torch.Tensor, logp_anchor: torch.Tensor,
     return _reduce((_pair_diff(logp, pairs) - target) ** 2, reduction)
 
 
-def ipo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, g: torch.Tensor, pairs: torch.Tensor,
-             beta, reduction: Reduction = "mean") -> torch.Tensor:
+def ipo_loss(
+    logp: torch.Tensor,
+    logp_ref: torch.Tensor,
+    g: torch.Tensor,
+    pairs: torch.Tensor,
+    beta,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """Online-IPO loss: ((h_i − h_j) − (g_i − g_j)/β)², h = logp − logp_ref."""
     h = logp - logp_ref.detach()
     target = _pair_diff(g.detach(), pairs) / beta
     return _reduce((_pair_diff(h, pairs) - target) ** 2, reduction)
 
 
-def pg_loss(logp: torch.Tensor, g: torch.Tensor, *, logp_mu: torch.Tensor | None = None,
-            kl_mu: float = 0.0, logp_anchor: torch.Tensor | None = None,
-            kl_anchor: float = 0.0, reduction: Reduction = "mean") -> torch.Tensor:
+def pg_loss(
+    logp: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    logp_mu: torch.Tensor | None = None,
+    kl_mu: float = 0.0,
+    logp_anchor: torch.Tensor | None = None,
+    kl_anchor: float = 0.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """REINFORCE with baseline ½ plus k2 KL penalties; samples must come from π_θ.
 
     loss_i = −(g_i − ½)·logp_i + kl_mu·½(logp_i − logp_mu_i)² + kl_anchor·½(logp_i − logp_anc_i)²
@@ -105,9 +127,16 @@ def pg_loss(logp: torch.Tensor, g: torch.Tensor, *, logp_mu: torch.Tensor | None
     return _reduce(loss, reduction)
 
 
-def phase_loss(phase: Phase, form: Form, logp: torch.Tensor, logp_anchor: torch.Tensor,
-               logp_mu: torch.Tensor | None, g: torch.Tensor, pairs: torch.Tensor | None,
-               reduction: Reduction = "mean") -> torch.Tensor:
+def phase_loss(
+    phase: Phase,
+    form: Form,
+    logp: torch.Tensor,
+    logp_anchor: torch.Tensor,
+    logp_mu: torch.Tensor | None,
+    g: torch.Tensor,
+    pairs: torch.Tensor | None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
     """The loss of one plan phase in the chosen form (the learner's entry point).
 
     regression: target_regression_loss with the phase's (a, b, c).
@@ -117,21 +146,31 @@ def phase_loss(phase: Phase, form: Form, logp: torch.Tensor, logp_anchor: torch.
                 `pairs` unused).
     """
     if form == "regression":
-        return target_regression_loss(logp, logp_anchor, logp_mu, g, pairs,
-                                      phase.a, phase.b, phase.c, reduction)
+        return target_regression_loss(
+            logp, logp_anchor, logp_mu, g, pairs, phase.a, phase.b, phase.c, reduction
+        )
     if form == "ipo":
         if logp_mu is None or phase.mu is None:
             raise ValueError("the IPO form needs a reference (phase.mu)")
         return ipo_loss(logp, logp_mu, g, pairs, phase.b / phase.c, reduction)
     if form == "pg":
-        return pg_loss(logp, g, logp_mu=logp_mu, kl_mu=phase.b / phase.c if phase.mu else 0.0,
-                       logp_anchor=logp_anchor, kl_anchor=phase.a / phase.c,
-                       reduction=reduction)
+        return pg_loss(
+            logp,
+            g,
+            logp_mu=logp_mu,
+            kl_mu=phase.b / phase.c if phase.mu else 0.0,
+            logp_anchor=logp_anchor,
+            kl_anchor=phase.a / phase.c,
+            reduction=reduction,
+        )
     raise ValueError(f"loss form must be 'regression', 'ipo' or 'pg', got {form!r}")
 
 
-def g_hat(pref: torch.Tensor | Sequence[torch.Tensor], weights: Sequence[float],
-          mask: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+def g_hat(
+    pref: torch.Tensor | Sequence[torch.Tensor],
+    weights: Sequence[float],
+    mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """ĝ(y_i) = Σ_k w_k · mean_j pref_k[i, j]  → [N].
 
     pref: [N, S, K] (S opponent sources, K judged opponents each) or a sequence

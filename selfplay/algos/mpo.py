@@ -60,15 +60,34 @@ def adapt(h: Hyper, lip) -> Hyper:
 
 def plan(h: Hyper) -> StepPlan:
     ea = h.eta * h.alpha
-    ph = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="magnet",
-               a=1.0 / (1.0 + ea), b=ea / (1.0 + ea), c=h.eta / (1.0 + ea), output="main")
-    rf = Refresh(dst="magnet", src="main", when="after", every=h.magnet_every,
-                 tol=h.magnet_tol, tol_beta=h.alpha if h.magnet_tol is not None else None)
+    ph = Phase(
+        sample="main",
+        opponents=(("main", 1.0),),
+        anchor="main",
+        mu="magnet",
+        a=1.0 / (1.0 + ea),
+        b=ea / (1.0 + ea),
+        c=h.eta / (1.0 + ea),
+        output="main",
+    )
+    rf = Refresh(
+        dst="magnet",
+        src="main",
+        when="after",
+        every=h.magnet_every,
+        tol=h.magnet_tol,
+        tol_beta=h.alpha if h.magnet_tol is not None else None,
+    )
     return StepPlan(phases=(ph,), refresh=(rf,))
 
 
 ALGORITHM = Algorithm(
-    name="mpo", paper="Wang et al. 2024, Magnetic Preference Optimization, arXiv 2410.16714; "
-    "MMD: Sokota et al. 2022, arXiv 2206.05825", objective="nash",
-    default_hyper=default_hyper, plan=plan,
-    summary="magnetic mirror descent with a periodically refreshed magnet", adapt=adapt)
+    name="mpo",
+    paper="Wang et al. 2024, Magnetic Preference Optimization, arXiv 2410.16714; "
+    "MMD: Sokota et al. 2022, arXiv 2206.05825",
+    objective="nash",
+    default_hyper=default_hyper,
+    plan=plan,
+    summary="magnetic mirror descent with a periodically refreshed magnet",
+    adapt=adapt,
+)

@@ -33,11 +33,27 @@ def default_hyper(n: int) -> Hyper:
 
 
 def plan(h: Hyper) -> StepPlan:
-    return StepPlan(phases=(Phase(sample="main", opponents=(("main", 1.0),), anchor="main",
-                                  mu=None, a=1.0, b=0.0, c=h.eta, output="main"),))
+    return StepPlan(
+        phases=(
+            Phase(
+                sample="main",
+                opponents=(("main", 1.0),),
+                anchor="main",
+                mu=None,
+                a=1.0,
+                b=0.0,
+                c=h.eta,
+                output="main",
+            ),
+        )
+    )
 
 
 ALGORITHM = Algorithm(
-    name="mwu", paper="Freund & Schapire 1999; tabular SPPO (Wu et al. 2024, arXiv 2405.00675)",
-    objective="nash", default_hyper=default_hyper, plan=plan,
-    summary="π_{t+1} ∝ π_t·exp(η·P(·≻π_t)); average iterate converges, last iterate cycles")
+    name="mwu",
+    paper="Freund & Schapire 1999; tabular SPPO (Wu et al. 2024, arXiv 2405.00675)",
+    objective="nash",
+    default_hyper=default_hyper,
+    plan=plan,
+    summary="π_{t+1} ∝ π_t·exp(η·P(·≻π_t)); average iterate converges, last iterate cycles",
+)

@@ -43,12 +43,25 @@ def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
     eb = h.eta * h.beta
     mix = Mixture(a="main", b="ref", lam=eb)
-    ph = Phase(sample=mix, opponents=((mix, 1.0),), anchor="main", mu="ref",
-               a=1.0 - eb, b=eb, c=h.eta, output="main")
+    ph = Phase(
+        sample=mix,
+        opponents=((mix, 1.0),),
+        anchor="main",
+        mu="ref",
+        a=1.0 - eb,
+        b=eb,
+        c=h.eta,
+        output="main",
+    )
     return StepPlan(phases=(ph,))
 
 
 ALGORITHM = Algorithm(
-    name="nash-md", paper="Munos et al. 2023, Nash Learning from Human Feedback, arXiv 2312.00886",
-    objective="regularized", default_hyper=default_hyper, plan=plan, resolve=resolve,
-    summary="mirror descent against the geometric mixture of π_t and μ")
+    name="nash-md",
+    paper="Munos et al. 2023, Nash Learning from Human Feedback, arXiv 2312.00886",
+    objective="regularized",
+    default_hyper=default_hyper,
+    plan=plan,
+    resolve=resolve,
+    summary="mirror descent against the geometric mixture of π_t and μ",
+)

@@ -45,14 +45,35 @@ def default_hyper(n: int) -> Hyper:
 def plan(h: Hyper) -> StepPlan:
     eb = h.eta * h.beta
     a, b, c = 1.0 / (1.0 + eb), eb / (1.0 + eb), h.eta / (1.0 + eb)
-    lead = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-                 a=a, b=b, c=c, output="lead")
-    upd = Phase(sample="lead", opponents=(("lead", 1.0),), anchor="main", mu="ref",
-                a=a, b=b, c=c, output="main")
+    lead = Phase(
+        sample="main",
+        opponents=(("main", 1.0),),
+        anchor="main",
+        mu="ref",
+        a=a,
+        b=b,
+        c=c,
+        output="lead",
+    )
+    upd = Phase(
+        sample="lead",
+        opponents=(("lead", 1.0),),
+        anchor="main",
+        mu="ref",
+        a=a,
+        b=b,
+        c=c,
+        output="main",
+    )
     return StepPlan(phases=(lead, upd))
 
 
 ALGORITHM = Algorithm(
-    name="nash-mp", paper="Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback "
-    "via Mirror Prox, arXiv 2505.19731", objective="regularized",
-    default_hyper=default_hyper, plan=plan, summary="mirror prox on the β-regularized game")
+    name="nash-mp",
+    paper="Tiapkin et al. 2025, Accelerating Nash Learning from Human Feedback "
+    "via Mirror Prox, arXiv 2505.19731",
+    objective="regularized",
+    default_hyper=default_hyper,
+    plan=plan,
+    summary="mirror prox on the β-regularized game",
+)

@@ -56,12 +56,25 @@ def adapt(h: Hyper, lip) -> Hyper:
 
 
 def plan(h: Hyper) -> StepPlan:
-    ph = Phase(sample="main", opponents=(("main", 2.0), ("prev", -1.0)), anchor="main",
-               mu=None, a=1.0, b=0.0, c=h.eta, output="main")
+    ph = Phase(
+        sample="main",
+        opponents=(("main", 2.0), ("prev", -1.0)),
+        anchor="main",
+        mu=None,
+        a=1.0,
+        b=0.0,
+        c=h.eta,
+        output="main",
+    )
     return StepPlan(phases=(ph,), refresh=(Refresh(dst="prev", src="main", when="before"),))
 
 
 ALGORITHM = Algorithm(
-    name="omwu", paper="Wei et al. 2021 (ICLR), arXiv 2006.09517; NLHF: Chen et al. 2025, "
-    "arXiv 2512.24818", objective="nash", default_hyper=default_hyper, plan=plan,
-    summary="π_{t+1} ∝ π_t·exp(η(2q_t − q_{t−1}))", adapt=adapt)
+    name="omwu",
+    paper="Wei et al. 2021 (ICLR), arXiv 2006.09517; NLHF: Chen et al. 2025, arXiv 2512.24818",
+    objective="nash",
+    default_hyper=default_hyper,
+    plan=plan,
+    summary="π_{t+1} ∝ π_t·exp(η(2q_t − q_{t−1}))",
+    adapt=adapt,
+)

@@ -43,12 +43,26 @@ def resolve(h: Hyper) -> Hyper:
 def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
     eb = h.eta * h.beta
-    ph = Phase(sample="main", opponents=(("main", 1.0),), anchor="main", mu="ref",
-               a=1.0 - eb, b=eb, c=h.eta, output="main")
+    ph = Phase(
+        sample="main",
+        opponents=(("main", 1.0),),
+        anchor="main",
+        mu="ref",
+        a=1.0 - eb,
+        b=eb,
+        c=h.eta,
+        output="main",
+    )
     return StepPlan(phases=(ph,))
 
 
 ALGORITHM = Algorithm(
-    name="online-ipo", paper="Calandriello et al. 2024, Human Alignment of Large Language Models "
-    "through Online Preference Optimisation, arXiv 2403.08635", objective="regularized",
-    default_hyper=default_hyper, plan=plan, resolve=resolve, summary="one online-IPO gradient step per iteration")
+    name="online-ipo",
+    paper="Calandriello et al. 2024, Human Alignment of Large Language Models "
+    "through Online Preference Optimisation, arXiv 2403.08635",
+    objective="regularized",
+    default_hyper=default_hyper,
+    plan=plan,
+    resolve=resolve,
+    summary="one online-IPO gradient step per iteration",
+)

@@ -96,8 +96,12 @@ class StepPlan:
         """Roles that must survive between steps (and go in a checkpoint)."""
         kept: list[Role] = ["main"]
         for ph in self.phases:
-            for r in (ph.anchor, ph.mu, *_source_roles(ph.sample),
-                      *(r for s, _ in ph.opponents for r in _source_roles(s))):
+            for r in (
+                ph.anchor,
+                ph.mu,
+                *_source_roles(ph.sample),
+                *(r for s, _ in ph.opponents for r in _source_roles(s)),
+            ):
                 if r is not None and r not in kept and r != "lead":
                     kept.append(r)
         for rf in self.refresh:

@@ -33,11 +33,27 @@ def default_hyper(n: int) -> Hyper:
 
 
 def plan(h: Hyper) -> StepPlan:
-    return StepPlan(phases=(Phase(sample="main", opponents=(("main", 1.0),), anchor="main",
-                                  mu=None, a=1.0, b=0.0, c=1.0 / h.beta, output="main"),))
+    return StepPlan(
+        phases=(
+            Phase(
+                sample="main",
+                opponents=(("main", 1.0),),
+                anchor="main",
+                mu=None,
+                a=1.0,
+                b=0.0,
+                c=1.0 / h.beta,
+                output="main",
+            ),
+        )
+    )
 
 
 ALGORITHM = Algorithm(
-    name="sppo", paper="Wu et al. 2024, Self-Play Preference Optimization, arXiv 2405.00675",
-    objective="nash", default_hyper=default_hyper, plan=plan,
-    summary="MWU with η = 1/β")
+    name="sppo",
+    paper="Wu et al. 2024, Self-Play Preference Optimization, arXiv 2405.00675",
+    objective="nash",
+    default_hyper=default_hyper,
+    plan=plan,
+    summary="MWU with η = 1/β",
+)

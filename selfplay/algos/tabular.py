@@ -155,8 +155,13 @@ class Executor:
     copies a role shares its tensor, so its payoff is never queried twice.
     """
 
-    def __init__(self, plan: StepPlan, payoffs: Payoffs, state: dict[str, torch.Tensor],
-                 adapt: Callable[[torch.Tensor], StepPlan] | None = None):
+    def __init__(
+        self,
+        plan: StepPlan,
+        payoffs: Payoffs,
+        state: dict[str, torch.Tensor],
+        adapt: Callable[[torch.Tensor], StepPlan] | None = None,
+    ):
         self.plan, self.payoffs, self.state, self.adapt = plan, payoffs, state, adapt
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         B = next(iter(state.values())).shape[0]
@@ -216,8 +221,11 @@ class Executor:
             start = inner
         due = inner <= rf.tol * start
         # after a refresh the new inner problem starts at ρ = π: its gap is `inner_at_rho`
-        inner_at_rho = 2 * alpha * (lp.exp() * (lp - torch.log_softmax(lp + q / alpha, -1))
-                                    ).sum(-1, keepdim=True)
+        inner_at_rho = (
+            2
+            * alpha
+            * (lp.exp() * (lp - torch.log_softmax(lp + q / alpha, -1))).sum(-1, keepdim=True)
+        )
         self._inner_start[rf.dst] = torch.where(due, inner_at_rho, start)
         return due
 
@@ -263,8 +271,14 @@ def _as_games(P) -> torch.Tensor:
     return P
 
 
-def step(algo: str | Algorithm, P, state: dict[str, torch.Tensor], *, hyper: Hyper | None = None,
-         t: int = 0) -> dict[str, torch.Tensor]:
+def step(
+    algo: str | Algorithm,
+    P,
+    state: dict[str, torch.Tensor],
+    *,
+    hyper: Hyper | None = None,
+    t: int = 0,
+) -> dict[str, torch.Tensor]:
     """One exact step of the plan from an explicit state (role → log-probs [B, n]).
 
     Roles the plan reads must be present; returns the new state (refreshes
@@ -274,8 +288,9 @@ def step(algo: str | Algorithm, P, state: dict[str, torch.Tensor], *, hyper: Hyp
 
     A = algos.get(algo) if isinstance(algo, str) else algo
     P = _as_games(P)
-    h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]),
-                              P.shape[0]))
+    h = A.resolve(
+        batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), P.shape[0])
+    )
     ex = Executor(A.plan(h), Payoffs(P, None, torch.Generator()), dict(state))
     ex.step(t)
     return ex.state
@@ -302,8 +317,9 @@ class _Planner:
 class _Recorder:
     """Gaps of the last iterate at recorded iterations (oracle: selfplay.games)."""
 
-    def __init__(self, P: torch.Tensor, beta: torch.Tensor | None, mu: torch.Tensor,
-                 tol: float | None):
+    def __init__(
+        self, P: torch.Tensor, beta: torch.Tensor | None, mu: torch.Tensor, tol: float | None
+    ):
         self.P, self.beta, self.mu, self.tol = P, beta, mu, tol
         self.iters: list[int] = []
         self.gaps: list[torch.Tensor] = []
@@ -322,9 +338,19 @@ class _Recorder:
         return self.tol is not None and bool((target <= self.tol).all())
 
 
-def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int,
-        queries: int | None = None, seed: int = 0, record_every: int = 1, mu=None,
-        init=None, tol: float | None = None) -> Trace:
+def run(
+    algo: str | Algorithm,
+    P,
+    *,
+    hyper: Hyper | None = None,
+    iterations: int,
+    queries: int | None = None,
+    seed: int = 0,
+    record_every: int = 1,
+    mu=None,
+    init=None,
+    tol: float | None = None,
+) -> Trace:
     """Run `iterations` steps of an algorithm on every game of `P` ([B, n, n] or [n, n]).
 
     mu:   reference policy ([n] or [B, n]); uniform if None.
@@ -345,8 +371,11 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
     payoffs = Payoffs(P, queries, torch.Generator().manual_seed(int(seed)))
     planner = _Planner(A, h) if h.adaptive and A.adapt is not None else None
     ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), planner)
-    beta = torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B) \
-        if A.objective == "regularized" else None
+    beta = (
+        torch.as_tensor(h.beta, dtype=torch.float64).reshape(-1).expand(B)
+        if A.objective == "regularized"
+        else None
+    )
     record = _Recorder(P, beta, mu_t, tol)
 
     t0 = time.perf_counter()
@@ -362,11 +391,17 @@ def run(algo: str | Algorithm, P, *, hyper: Hyper | None = None, iterations: int
         record(t, ex.state["main"])
     has_magnet = any(rf.dst == "magnet" for rf in ex.plan.refresh)
     return Trace(
-        algo=A.name, policy=ex.state["main"].exp(), average=total / max(t, 1),
-        recorded=torch.tensor(record.iters), gap=torch.stack(record.gaps),
-        regularized_gap=torch.stack(record.rgaps) if beta is not None else None, beta=beta,
+        algo=A.name,
+        policy=ex.state["main"].exp(),
+        average=total / max(t, 1),
+        recorded=torch.tensor(record.iters),
+        gap=torch.stack(record.gaps),
+        regularized_gap=torch.stack(record.rgaps) if beta is not None else None,
+        beta=beta,
         iterations=t,
         preference_queries=torch.full((B,), payoffs.calls * payoffs.queries_per_call(n)),
-        oracle_calls=payoffs.calls, seconds=time.perf_counter() - t0,
+        oracle_calls=payoffs.calls,
+        seconds=time.perf_counter() - t0,
         hyper=planner.current if planner is not None else h,
-        magnet_refreshes=ex.refreshes if has_magnet else None)
+        magnet_refreshes=ex.refreshes if has_magnet else None,
+    )

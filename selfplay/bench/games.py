@@ -28,8 +28,13 @@ def lp_race(n: int, budget: float, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     x = games.solve_nash(P)
     lp_s = time.perf_counter() - t0
-    out = {"n": n, "lp_seconds": lp_s, "lp_gap": float(games.gap(P, x)),
-           "lp_support": int((x > 1e-9).sum()), "algos": []}
+    out = {
+        "n": n,
+        "lp_seconds": lp_s,
+        "lp_gap": float(games.gap(P, x)),
+        "lp_support": int((x > 1e-9).sum()),
+        "algos": [],
+    }
     Pt = torch.as_tensor(P, dtype=torch.float64)
     for name in RACE:
         probe = algos.run(name, Pt, iterations=20, record_every=20)
@@ -38,12 +43,18 @@ def lp_race(n: int, budget: float, seed: int = 0) -> dict:
         tr = algos.run(name, Pt, iterations=cap, record_every=25, tol=TARGET)
         reg = tr.regularized_gap is not None  # its own target: the regularized NE
         final = float((tr.regularized_gap if reg else tr.gap)[-1, 0])
-        out["algos"].append({
-            "algo": name, "iterations": int(tr.iterations), "seconds": float(tr.seconds),
-            "final_gap": float(tr.gap[-1, 0]), "target": "regularized_gap" if reg else "gap",
-            "reached": final <= TARGET,
-            "regularized_gap": float(tr.regularized_gap[-1, 0]) if reg else None,
-            "vs_lp": float(tr.seconds) / lp_s})
+        out["algos"].append(
+            {
+                "algo": name,
+                "iterations": int(tr.iterations),
+                "seconds": float(tr.seconds),
+                "final_gap": float(tr.gap[-1, 0]),
+                "target": "regularized_gap" if reg else "gap",
+                "reached": final <= TARGET,
+                "regularized_gap": float(tr.regularized_gap[-1, 0]) if reg else None,
+                "vs_lp": float(tr.seconds) / lp_s,
+            }
+        )
     return out
 
 
@@ -71,28 +82,38 @@ def sweep(games_count: int = 256, n: int = 100, iters: int = 200, eta: float = 0
     pis = [_omwu_loop(Ps[i], eta, iters) for i in range(loop_games)]
     loop_s = (time.perf_counter() - t0) * games_count / loop_games
     err = float(np.abs(tr.policy[:loop_games].numpy() - np.stack(pis)).max())
-    return {"games": games_count, "n": n, "iterations": iters,
-            "batched_games_iters_per_s": games_count * iters / batched_s,
-            "loop_games_iters_per_s": games_count * iters / loop_s,
-            "speedup": loop_s / batched_s, "max_abs_diff": err}
+    return {
+        "games": games_count,
+        "n": n,
+        "iterations": iters,
+        "batched_games_iters_per_s": games_count * iters / batched_s,
+        "loop_games_iters_per_s": games_count * iters / loop_s,
+        "speedup": loop_s / batched_s,
+        "max_abs_diff": err,
+    }
 
 
 def run(n: int = 1000, budget: float = 60.0) -> dict:
-    return {"race": lp_race(n, budget), "sweep": sweep(),
-            "threads": torch.get_num_threads()}
+    return {"race": lp_race(n, budget), "sweep": sweep(), "threads": torch.get_num_threads()}
 
 
 def format_report(r: dict) -> str:
     race, sw = r["race"], r["sweep"]
-    lines = [f"LP (HiGHS IPM), n={race['n']}: {race['lp_seconds']:.2f}s, gap {race['lp_gap']:.1e},"
-             f" support {race['lp_support']}"]
+    lines = [
+        f"LP (HiGHS IPM), n={race['n']}: {race['lp_seconds']:.2f}s, gap {race['lp_gap']:.1e},"
+        f" support {race['lp_support']}"
+    ]
     for a in race["algos"]:
-        status = (f"{a['target']} <= 1e-6" if a["reached"] else "budget spent")
+        status = f"{a['target']} <= 1e-6" if a["reached"] else "budget spent"
         reg = f", reg. gap {a['regularized_gap']:.1e}" if a["regularized_gap"] is not None else ""
-        lines.append(f"  {a['algo']:<8} {status}: {a['iterations']} iters, {a['seconds']:.2f}s "
-                     f"({a['vs_lp']:.2f}x LP), gap {a['final_gap']:.1e}{reg}")
-    lines.append(f"sweep {sw['games']} games x n={sw['n']} x {sw['iterations']} iters: batched "
-                 f"{sw['batched_games_iters_per_s']:.0f} games·iters/s, NumPy loop "
-                 f"{sw['loop_games_iters_per_s']:.0f}; speedup {sw['speedup']:.1f}x "
-                 f"(max |Δπ| {sw['max_abs_diff']:.1e})")
+        lines.append(
+            f"  {a['algo']:<8} {status}: {a['iterations']} iters, {a['seconds']:.2f}s "
+            f"({a['vs_lp']:.2f}x LP), gap {a['final_gap']:.1e}{reg}"
+        )
+    lines.append(
+        f"sweep {sw['games']} games x n={sw['n']} x {sw['iterations']} iters: batched "
+        f"{sw['batched_games_iters_per_s']:.0f} games·iters/s, NumPy loop "
+        f"{sw['loop_games_iters_per_s']:.0f}; speedup {sw['speedup']:.1f}x "
+        f"(max |Δπ| {sw['max_abs_diff']:.1e})"
+    )
     return "\n".join(lines)

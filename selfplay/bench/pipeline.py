@@ -26,10 +26,19 @@ from selfplay.config import load_config
 
 # 64 prompts × 8 responses per step; `rollout.opponents_k` is swept by `run`.
 PIPELINE_OVERRIDES = [
-    "algo.name=mpo", "algo.eta=2", "algo.alpha=0.5", "task.generate=rps", "task.n=5",
-    "model.tiny.hidden=64", "model.tiny.layers=2", "rollout.prompts_per_step=64",
-    "rollout.k=8", "learner.updates_per_phase=1",
-    "learner.micro_batch=512", "tracking.enabled=false", "runtime.num_cpus=2",
+    "algo.name=mpo",
+    "algo.eta=2",
+    "algo.alpha=0.5",
+    "task.generate=rps",
+    "task.n=5",
+    "model.tiny.hidden=64",
+    "model.tiny.layers=2",
+    "rollout.prompts_per_step=64",
+    "rollout.k=8",
+    "learner.updates_per_phase=1",
+    "learner.micro_batch=512",
+    "tracking.enabled=false",
+    "runtime.num_cpus=2",
 ]
 
 
@@ -48,12 +57,24 @@ class _Getter:
 def throughput(max_staleness: int, steps: int, opponents: int) -> dict:
     from selfplay.runtime.trainer import train
 
-    cfg = load_config(None, [*PIPELINE_OVERRIDES, f"runtime.max_staleness={max_staleness}",
-                             f"runtime.steps={steps}", f"rollout.opponents_k={opponents}"])
+    cfg = load_config(
+        None,
+        [
+            *PIPELINE_OVERRIDES,
+            f"runtime.max_staleness={max_staleness}",
+            f"runtime.steps={steps}",
+            f"rollout.opponents_k={opponents}",
+        ],
+    )
     res = train(cfg, progress=False).summary
-    return {"max_staleness": max_staleness, "opponents": opponents, "samples_per_s": res["samples_per_s"],
-            "seconds": res["seconds"], "samples": res["samples"],
-            "max_staleness_seen": res["max_staleness_seen"]}
+    return {
+        "max_staleness": max_staleness,
+        "opponents": opponents,
+        "samples_per_s": res["samples_per_s"],
+        "seconds": res["seconds"],
+        "samples": res["samples"],
+        "max_staleness_seen": res["max_staleness_seen"],
+    }
 
 
 def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
@@ -94,15 +115,26 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     return {"bytes": nbytes, "publish_pull_s": o, "raw_put_get_s": r, "ratio": o / r}
 
 
-def run(steps: int = 12, repeats: int = 5, hidden: int = 512, layers: int = 8,
-        opponents: tuple[int, ...] = (32, 1024)) -> dict:
+def run(
+    steps: int = 12,
+    repeats: int = 5,
+    hidden: int = 512,
+    layers: int = 8,
+    opponents: tuple[int, ...] = (32, 1024),
+) -> dict:
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
     for m in opponents:
         sync, asyn = throughput(0, steps, m), throughput(1, steps, m)
-        rows.append({"opponents": m, "sync": sync, "async": asyn,
-                     "async_speedup": asyn["samples_per_s"] / sync["samples_per_s"]})
+        rows.append(
+            {
+                "opponents": m,
+                "sync": sync,
+                "async": asyn,
+                "async_speedup": asyn["samples_per_s"] / sync["samples_per_s"],
+            }
+        )
     pp = publish_pull(hidden, layers, repeats)
     return {"throughput": rows, "publish": pp}
 
@@ -115,9 +147,11 @@ def format_report(r: dict) -> str:
             f"{row['opponents']:>5} opponents/prompt: max_staleness=0 {s['samples_per_s']:.1f} "
             f"samples/s ({s['seconds']:.1f}s), max_staleness=1 {a['samples_per_s']:.1f} "
             f"samples/s ({a['seconds']:.1f}s, max staleness seen {a['max_staleness_seen']}): "
-            f"async speedup {row['async_speedup']:.2f}x (target >= 1.6x)")
+            f"async speedup {row['async_speedup']:.2f}x (target >= 1.6x)"
+        )
     p = r["publish"]
     lines.append(
         f"publish+pull of {p['bytes'] / 1e6:.1f} MB: {p['publish_pull_s'] * 1e3:.1f} ms; raw "
-        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.5)")
+        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.5)"
+    )
     return "\n".join(lines)

@@ -16,8 +16,12 @@ def bench() -> None:
 @bench.command("pipeline")
 @click.option("--steps", default=12, show_default=True, help="Steps per throughput run.")
 @click.option("--repeats", default=5, show_default=True, help="Publish+pull repetitions.")
-@click.option("--opponents", default="32,1024", show_default=True,
-              help="Comma-separated opponent counts per prompt (stage balance) to measure.")
+@click.option(
+    "--opponents",
+    default="32,1024",
+    show_default=True,
+    help="Comma-separated opponent counts per prompt (stage balance) to measure.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
     """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
@@ -29,7 +33,9 @@ def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
     try:
         counts = tuple(int(x) for x in opponents.split(","))
     except ValueError:
-        raise InputError(f"--opponents must be comma-separated integers, got {opponents!r}") from None
+        raise InputError(
+            f"--opponents must be comma-separated integers, got {opponents!r}"
+        ) from None
     if not counts or min(counts) < 1:
         raise InputError(f"--opponents must be positive, got {opponents!r}")
     r = p.run(steps=steps, repeats=repeats, opponents=counts)

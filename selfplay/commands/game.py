@@ -20,22 +20,37 @@ def _positive(name: str, v: float | int | None) -> None:
 
 @click.command("game")
 @click.option("--matrix", type=str, default=None, help="Preference matrix, .npy or .csv.")
-@click.option("--generate", "kind", type=str, default=None,
-              help="Generate a game: uniform, bt-cyclic, rps, transitive.")
+@click.option(
+    "--generate",
+    "kind",
+    type=str,
+    default=None,
+    help="Generate a game: uniform, bt-cyclic, rps, transitive.",
+)
 @click.option("--n", type=int, default=None, help="Number of actions (with --generate).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--algos", "algo_spec", default=DEFAULT_ALGOS, show_default=True)
 @click.option("--iterations", type=int, default=2000, show_default=True)
 @click.option("--beta", type=float, default=None, help="Regularization β (default per algorithm).")
 @click.option("--eta", type=float, default=None, help="Step size η (default per algorithm).")
-@click.option("--queries", type=int, default=None,
-              help="Estimate P(·≻π) from this many sampled preference queries per action.")
+@click.option(
+    "--queries",
+    type=int,
+    default=None,
+    help="Estimate P(·≻π) from this many sampled preference queries per action.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
-@click.option("--plot", type=click.Path(dir_okay=False), default="runs/game/gap.png",
-              show_default=True, help="Where to write the gap-vs-iteration PNG.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default="runs/game/gap.png",
+    show_default=True,
+    help="Where to write the gap-vs-iteration PNG.",
+)
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
-def game(matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, as_json, plot,
-         no_mlflow) -> None:
+def game(
+    matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, as_json, plot, no_mlflow
+) -> None:
     """Run algorithms on a matrix game; report last-iterate gaps, plot, log to MLflow."""
     from selfplay import games, lab
 
@@ -49,23 +64,44 @@ def game(matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, as_js
     else:
         P = games.load(matrix)
         source = str(matrix)
-    for name, v in (("--iterations", iterations), ("--beta", beta), ("--eta", eta),
-                    ("--queries", queries)):
+    for name, v in (
+        ("--iterations", iterations),
+        ("--beta", beta),
+        ("--eta", eta),
+        ("--queries", queries),
+    ):
         _positive(name, v)
     names = lab.parse_algos(algo_spec)
 
     from tqdm import tqdm
 
     results = []
-    bar = tqdm(names, desc="algorithms", file=sys.stderr, disable=as_json and not sys.stderr.isatty())
+    bar = tqdm(
+        names, desc="algorithms", file=sys.stderr, disable=as_json and not sys.stderr.isatty()
+    )
     for name in bar:
         bar.set_postfix_str(name)
-        results.append(lab.run_algo(name, P, iterations=iterations, beta=beta, eta=eta,
-                                    queries=queries, seed=seed))
+        results.append(
+            lab.run_algo(
+                name, P, iterations=iterations, beta=beta, eta=eta, queries=queries, seed=seed
+            )
+        )
     plot_path = lab.plot_gaps(results, Path(plot), f"{source} (n={P.shape[0]})")
     if not no_mlflow:
-        _log(results, P, source, plot_path, dict(iterations=iterations, beta=beta, eta=eta,
-                                                 queries=queries, seed=seed, algos=algo_spec))
+        _log(
+            results,
+            P,
+            source,
+            plot_path,
+            dict(
+                iterations=iterations,
+                beta=beta,
+                eta=eta,
+                queries=queries,
+                seed=seed,
+                algos=algo_spec,
+            ),
+        )
     if as_json:
         click.echo(json.dumps({"n": int(P.shape[0]), "results": [r.summary() for r in results]}))
     else:
@@ -76,15 +112,20 @@ def game(matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, as_js
 def _log(results, P, source, plot_path, params) -> None:
     from selfplay.tracking import mlflow_run
 
-    with mlflow_run("game", {**params, "n": P.shape[0], "game": source},
-                    tags={"selfplay.command": "game"}) as tr:
+    with mlflow_run(
+        "game", {**params, "n": P.shape[0], "game": source}, tags={"selfplay.command": "game"}
+    ) as tr:
         for r in results:
             tr.log_curve(f"{r.algo}.gap", r.curve_iters, [max(g, 0.0) for g in r.curve_gap])
-            final = {f"{r.algo}.final_gap": r.gap, f"{r.algo}.seconds": r.seconds,
-                     f"{r.algo}.preference_queries": r.preference_queries}
+            final = {
+                f"{r.algo}.final_gap": r.gap,
+                f"{r.algo}.seconds": r.seconds,
+                f"{r.algo}.preference_queries": r.preference_queries,
+            }
             if r.regularized_gap is not None:
                 final[f"{r.algo}.final_regularized_gap"] = r.regularized_gap
             tr.log_metrics(final)
         tr.log_artifact(plot_path)
-        tr.log_dict({"n": int(P.shape[0]), "results": [r.summary() for r in results]},
-                    "results.json")
+        tr.log_dict(
+            {"n": int(P.shape[0]), "results": [r.summary() for r in results]}, "results.json"
+        )

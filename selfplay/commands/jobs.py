@@ -16,10 +16,14 @@ import sys
 
 import click
 
-_ADDRESS = click.option("--address", default=None, metavar="URL",
-                        help="Job server, e.g. http://HEAD:8265 (default "
-                             "$RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else "
-                             "http://127.0.0.1:8265).")
+_ADDRESS = click.option(
+    "--address",
+    default=None,
+    metavar="URL",
+    help="Job server, e.g. http://HEAD:8265 (default "
+    "$RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else "
+    "http://127.0.0.1:8265).",
+)
 
 
 def _echo_err(msg: str) -> None:
@@ -32,8 +36,9 @@ def _follow(client, job_id: str) -> None:
     try:
         st = jobs.follow(client, job_id, lambda s: click.echo(s, nl=False))
     except KeyboardInterrupt:
-        _echo_err(f"stopped following; job {job_id} keeps running "
-                  f"(selfplay stop {job_id} to end it)")
+        _echo_err(
+            f"stopped following; job {job_id} keeps running (selfplay stop {job_id} to end it)"
+        )
         sys.exit(130)
     _echo_err(f"job {job_id} {st.status}" + (f": {st.message}" if st.message else ""))
     if st.status != "SUCCEEDED":
@@ -44,31 +49,56 @@ def _follow(client, job_id: str) -> None:
 @click.argument("config", type=str)
 @click.argument("overrides", nargs=-1, type=str)
 @_ADDRESS
-@click.option("--working-dir", default=None, metavar="DIR",
-              help="Directory uploaded as the job's working dir (default: the current dir); "
-                   "CONFIG must lie inside it.")
-@click.option("--pip", "pip", multiple=True, metavar="REQ",
-              help="A pip requirement installed in the job's env (repeatable), e.g. 'vllm>=0.6'.")
-@click.option("--wait", is_flag=True, help="Follow the job's logs to its end; exit 0 only if "
-                                           "it succeeded.")
-@click.option("--resume", default=None, metavar="RUN_DIR",
-              help="Continue the run in RUN_DIR (an absolute path on the cluster's storage).")
-def submit(config: str, overrides: tuple[str, ...], address: str | None,
-           working_dir: str | None, pip: tuple[str, ...], wait: bool,
-           resume: str | None) -> None:
+@click.option(
+    "--working-dir",
+    default=None,
+    metavar="DIR",
+    help="Directory uploaded as the job's working dir (default: the current dir); "
+    "CONFIG must lie inside it.",
+)
+@click.option(
+    "--pip",
+    "pip",
+    multiple=True,
+    metavar="REQ",
+    help="A pip requirement installed in the job's env (repeatable), e.g. 'vllm>=0.6'.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the job's logs to its end; exit 0 only if it succeeded."
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue the run in RUN_DIR (an absolute path on the cluster's storage).",
+)
+def submit(
+    config: str,
+    overrides: tuple[str, ...],
+    address: str | None,
+    working_dir: str | None,
+    pip: tuple[str, ...],
+    wait: bool,
+    resume: str | None,
+) -> None:
     """Submit `selfplay train CONFIG [key=value ...]` as a Ray job."""
     from selfplay import jobs
 
-    sub = jobs.build_submission(config, list(overrides), working_dir=working_dir, pip=list(pip),
-                                resume=resume)
+    sub = jobs.build_submission(
+        config, list(overrides), working_dir=working_dir, pip=list(pip), resume=resume
+    )
     client = jobs.connect(address)  # unreachable or unauthorised: one line, exit 2
     if sub.tracking_uri is None:
-        _echo_err("note: no tracking.uri or MLFLOW_TRACKING_URI; the run logs to mlflow.db in "
-                  "the job's temporary working dir on the cluster")
+        _echo_err(
+            "note: no tracking.uri or MLFLOW_TRACKING_URI; the run logs to mlflow.db in "
+            "the job's temporary working dir on the cluster"
+        )
     if not sub.output_dir.startswith("/"):
-        _echo_err(f"note: output_dir {sub.output_dir!r} is relative: the run dir and its "
-                  f"checkpoints stay in the job's temporary working dir; to resume a job later, "
-                  f"set output_dir to storage the cluster keeps (e.g. a shared mount)")
+        _echo_err(
+            f"note: output_dir {sub.output_dir!r} is relative: the run dir and its "
+            f"checkpoints stay in the job's temporary working dir; to resume a job later, "
+            f"set output_dir to storage the cluster keeps (e.g. a shared mount)"
+        )
     job_id = jobs.submit(client, sub)
     click.echo(job_id)
     _echo_err(f"submitted {job_id} to {client.get_address()}: {sub.entrypoint}")
@@ -91,8 +121,12 @@ def status(job_id: str, address: str | None) -> None:
 @click.command("logs")
 @click.argument("job_id", type=str)
 @_ADDRESS
-@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends; exit 0 "
-                                                   "only if it succeeded.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep streaming until the job ends; exit 0 only if it succeeded.",
+)
 def logs(job_id: str, address: str | None, follow: bool) -> None:
     """Print a job's logs."""
     from selfplay import jobs

@@ -26,17 +26,29 @@ def _client_env() -> None:
     the token when there is one (a wrong token still costs those ~20 s).
     """
     if "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or (Path.home() / ".ray" / "auth_token").is_file()
+    ):
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @click.command("scale")
 @click.argument("run", type=str)
-@click.option("--rollout-workers", "workers", type=int, required=True, metavar="N",
-              help="Desired number of rollout workers (>= 1).")
-@click.option("--address", default=None, metavar="HOST:PORT",
-              help="Ray GCS address (default $RAY_ADDRESS, else 'auto': the local cluster).")
+@click.option(
+    "--rollout-workers",
+    "workers",
+    type=int,
+    required=True,
+    metavar="N",
+    help="Desired number of rollout workers (>= 1).",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Ray GCS address (default $RAY_ADDRESS, else 'auto': the local cluster).",
+)
 def scale(run: str, workers: int, address: str | None) -> None:
     """Set a running job's rollout-worker count; applied at its next phase boundary."""
     from selfplay.errors import InputError
@@ -49,5 +61,7 @@ def scale(run: str, workers: int, address: str | None) -> None:
     control.connect(address)
     before, st = control.scale(run, workers)
     note = f"; autoscale keeps it in [{st.autoscale[0]}, {st.autoscale[1]}]" if st.autoscale else ""
-    click.echo(f"{run}: rollout workers {before} -> {st.target} (serving {st.active}, "
-               f"starting {st.starting}, retiring {st.retiring}){note}")
+    click.echo(
+        f"{run}: rollout workers {before} -> {st.target} (serving {st.active}, "
+        f"starting {st.starting}, retiring {st.retiring}){note}"
+    )

@@ -11,12 +11,23 @@ import click
 @click.command("train", context_settings={"ignore_unknown_options": True})
 @click.argument("config", type=str, required=False)
 @click.argument("overrides", nargs=-1, type=str)
-@click.option("--resume", "resume", type=str, default=None, metavar="RUN_DIR",
-              help="Continue the run in RUN_DIR from its newest intact checkpoint.")
+@click.option(
+    "--resume",
+    "resume",
+    type=str,
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue the run in RUN_DIR from its newest intact checkpoint.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(config: str | None, overrides: tuple[str, ...], resume: str | None, as_json: bool,
-          no_progress: bool) -> None:
+def train(
+    config: str | None,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
     """Train on a Ray cluster from a YAML CONFIG with dotted key=value overrides.
 
     With --resume RUN_DIR, CONFIG may be left out (the run's own config.yaml is
@@ -36,8 +47,9 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None, as
     if resume is not None:
         from selfplay.runtime.resume import check_resume  # imports no Ray
 
-        cfg, ckpt = check_resume(cfg, overrides, resume,
-                                 warn=lambda m: click.echo(f"warning: {m}", err=True))
+        cfg, ckpt = check_resume(
+            cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
+        )
     if cfg.runtime.address and cfg.runtime.address != "auto":
         from selfplay.runtime.control import check_reachable
 

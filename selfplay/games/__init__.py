@@ -14,6 +14,14 @@ from selfplay.games.measures import gap, kl, regularized_gap
 from selfplay.games.solvers import solve_nash, solve_regularized
 
 __all__ = [
-    "validate", "load", "generate", "save", "KINDS",
-    "solve_nash", "solve_regularized", "gap", "regularized_gap", "kl",
+    "validate",
+    "load",
+    "generate",
+    "save",
+    "KINDS",
+    "solve_nash",
+    "solve_regularized",
+    "gap",
+    "regularized_gap",
+    "kl",
 ]

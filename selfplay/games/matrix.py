@@ -93,9 +93,7 @@ def validate(P, *, source: str = "matrix") -> np.ndarray:
     worst = float(viol.max())
     if worst > SYMMETRY_TOL:
         i, j = np.unravel_index(int(viol.argmax()), viol.shape)
-        raise InputError(
-            f"{source}: P + Pᵀ must equal 1 (max violation {worst:.3g} at ({i}, {j}))"
-        )
+        raise InputError(f"{source}: P + Pᵀ must equal 1 (max violation {worst:.3g} at ({i}, {j}))")
     if worst > 0:
         P = _from_lower(np.tril((P - P.T + 1.0) / 2.0, -1))
     return P

@@ -113,8 +113,7 @@ def _to_torch(*xs):
         elif isinstance(x, torch.Tensor):
             out.append(x.to(dtype=dtype, device=device))
         else:
-            out.append(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype,
-                                       device=device))
+            out.append(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device))
     return (_identity if ref is not None else _to_numpy), out
 
 

@@ -55,16 +55,18 @@ def solve_nash(P, *, method: str = "highs-ipm") -> np.ndarray:
     a_ub = np.hstack([-A.T, np.ones((n, 1))])  # v − (Aᵀx)_j ≤ 0
     a_eq = np.hstack([np.ones((1, n)), np.zeros((1, 1))])
     bounds = [(0.0, None)] * n + [(-1.0, 1.0)]
-    res = scipy.optimize.linprog(c, A_ub=a_ub, b_ub=np.zeros(n), A_eq=a_eq, b_eq=[1.0],
-                                 bounds=bounds, method=method)
+    res = scipy.optimize.linprog(
+        c, A_ub=a_ub, b_ub=np.zeros(n), A_eq=a_eq, b_eq=[1.0], bounds=bounds, method=method
+    )
     if res.status != 0:
         raise RuntimeError(f"NE linear program failed: {res.message}")
     x = np.clip(res.x[:n], 0.0, None)
     return x / x.sum()
 
 
-def solve_regularized(P, beta: float, mu=None, *, tol: float = 1e-12,
-                      max_iter: int = 500) -> np.ndarray:
+def solve_regularized(
+    P, beta: float, mu=None, *, tol: float = 1e-12, max_iter: int = 500
+) -> np.ndarray:
     """The unique NE π*_β of the β-regularized game, to ``regularized_gap ≤ tol``.
 
     Method: Newton's method on the log-space fixed-point residual
@@ -117,8 +119,7 @@ def solve_regularized(P, beta: float, mu=None, *, tol: float = 1e-12,
     z = logmu.copy()
     for stage in _stages(beta):
         last = stage == beta
-        z, ok = _newton(sub, stage, logmu, z, tol if last else 1e-2 * stage, max_iter,
-                        polish=last)
+        z, ok = _newton(sub, stage, logmu, z, tol if last else 1e-2 * stage, max_iter, polish=last)
         if not ok:
             raise RuntimeError(f"solve_regularized: Newton did not converge at beta={stage:g}")
     pi[support] = np.exp(z)
@@ -138,8 +139,16 @@ def _stages(beta: float) -> list[float]:
     return stages + [beta]
 
 
-def _newton(P: np.ndarray, beta: float, logmu: np.ndarray, z: np.ndarray, tol: float,
-            max_iter: int, *, polish: bool) -> tuple[np.ndarray, bool]:
+def _newton(
+    P: np.ndarray,
+    beta: float,
+    logmu: np.ndarray,
+    z: np.ndarray,
+    tol: float,
+    max_iter: int,
+    *,
+    polish: bool,
+) -> tuple[np.ndarray, bool]:
     """Damped Newton on the log-space residual; returns (normalised z, converged)."""
     mu = np.exp(logmu)
     z, pi, r = _residual(P, beta, logmu, z)

@@ -32,8 +32,9 @@ class Judge(Protocol):
 
 def check_batch(prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> int:
     if not len(prompts) == len(a) == len(b):
-        raise ValueError(f"judge batch lengths differ: {len(prompts)} prompts, "
-                         f"{len(a)} a, {len(b)} b")
+        raise ValueError(
+            f"judge batch lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b"
+        )
     return len(prompts)
 
 
@@ -68,13 +69,16 @@ def batched(fn: Callable[[slice], np.ndarray], n: int, batch_size: int) -> np.nd
     """Concatenate fn(slice) over consecutive slices of at most batch_size rows."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    parts = [np.asarray(fn(slice(i, min(i + batch_size, n))), dtype=np.float64)
-             for i in range(0, n, batch_size)]
+    parts = [
+        np.asarray(fn(slice(i, min(i + batch_size, n))), dtype=np.float64)
+        for i in range(0, n, batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
 
-def encode_right_padded(tokenizer, texts: list[str], *, add_special_tokens: bool,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_right_padded(
+    tokenizer, texts: list[str], *, add_special_tokens: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids [B, T], attention mask [B, T], lengths [B]) right-padded with the pad id.
 
     Right padding keeps every real token at its unpadded position, so a causal
@@ -86,8 +90,8 @@ def encode_right_padded(tokenizer, texts: list[str], *, add_special_tokens: bool
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        attn[i, :len(r)] = 1
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
     lengths = attn.sum(-1)
     return ids.to(device), attn.to(device), lengths.to(device)
 

@@ -86,7 +86,10 @@ def _llm(spec: JudgeSpec) -> Judge:
 
 # The allow-list: every judge kind selfplay can build, and nothing else.
 JUDGE_KINDS: dict[str, Callable[[JudgeSpec], Judge]] = {
-    "game": _game, "reward": _reward, "pairwise": _pairwise, "llm": _llm,
+    "game": _game,
+    "reward": _reward,
+    "pairwise": _pairwise,
+    "llm": _llm,
 }
 
 
@@ -94,6 +97,7 @@ def make_judge(spec: JudgeSpec) -> Judge:
     """The judge `spec` describes (InputError for an unknown kind or missing fields)."""
     build = JUDGE_KINDS.get(spec.kind) if isinstance(spec.kind, str) else None
     if build is None:
-        raise InputError(f"unknown judge kind {spec.kind!r}; expected one of "
-                         f"{', '.join(JUDGE_KINDS)}")
+        raise InputError(
+            f"unknown judge kind {spec.kind!r}; expected one of {', '.join(JUDGE_KINDS)}"
+        )
     return build(spec)

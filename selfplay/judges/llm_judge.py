@@ -32,22 +32,34 @@ def answer_token_id(tokenizer, text: str) -> int:
 
 
 class LLMJudge:
-    def __init__(self, model, tokenizer, *, batch_size: int, device: str = "cpu",
-                 template: str = DEFAULT_TEMPLATE, answers: tuple[str, str] = ("A", "B")) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        template: str = DEFAULT_TEMPLATE,
+        answers: tuple[str, str] = ("A", "B"),
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.template = template
-        self.answer_ids = (answer_token_id(tokenizer, answers[0]),
-                           answer_token_id(tokenizer, answers[1]))
+        self.answer_ids = (
+            answer_token_id(tokenizer, answers[0]),
+            answer_token_id(tokenizer, answers[1]),
+        )
         if self.answer_ids[0] == self.answer_ids[1]:
             raise InputError(f"LLM judge: answers {answers} map to the same token")
         self.prob = symmetrized(self.raw)
 
     def judge_texts(self, prompts: list[str], a: list[str], b: list[str]) -> list[str]:
-        return [format_prompt(self.tokenizer, self.template.format(prompt=p, a=x, b=y))
-                for p, x, y in zip(prompts, a, b, strict=True)]
+        return [
+            format_prompt(self.tokenizer, self.template.format(prompt=p, a=x, b=y))
+            for p, x, y in zip(prompts, a, b, strict=True)
+        ]
 
     def raw(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
         """[N] σ(ℓ_A − ℓ_B) at the position after the judge prompt (not symmetrised)."""
@@ -56,9 +68,9 @@ class LLMJudge:
         ia, ib = self.answer_ids
 
         def run(s: slice) -> np.ndarray:
-            ids, attn, lengths = encode_right_padded(self.tokenizer, texts[s],
-                                                     add_special_tokens=add_special,
-                                                     device=self.device)
+            ids, attn, lengths = encode_right_padded(
+                self.tokenizer, texts[s], add_special_tokens=add_special, device=self.device
+            )
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=attn).logits
             last = logits[torch.arange(len(ids), device=self.device), lengths - 1].double()

@@ -22,8 +22,15 @@ DEFAULT_TEMPLATE = "{prompt} [SEP] A: {a} [SEP] B: {b}"
 
 
 class PairwiseJudge:
-    def __init__(self, model, tokenizer, *, batch_size: int, device: str = "cpu",
-                 template: str = DEFAULT_TEMPLATE) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int,
+        device: str = "cpu",
+        template: str = DEFAULT_TEMPLATE,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -33,12 +40,14 @@ class PairwiseJudge:
 
     def raw(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
         """[N] σ(logit) for the order given (not symmetrised)."""
-        texts = [self.template.format(prompt=p, a=x, b=y)
-                 for p, x, y in zip(prompts, a, b, strict=True)]
+        texts = [
+            self.template.format(prompt=p, a=x, b=y) for p, x, y in zip(prompts, a, b, strict=True)
+        ]
 
         def run(s: slice) -> np.ndarray:
-            ids, attn, _ = encode_right_padded(self.tokenizer, texts[s], add_special_tokens=True,
-                                               device=self.device)
+            ids, attn, _ = encode_right_padded(
+                self.tokenizer, texts[s], add_special_tokens=True, device=self.device
+            )
             with torch.inference_mode():
                 logit = self.model(input_ids=ids, attention_mask=attn).logits[:, 0]
             return torch.sigmoid(logit.double()).cpu().numpy()

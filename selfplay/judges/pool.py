@@ -31,8 +31,12 @@ def split_even(n: int, parts: int) -> list[slice]:
 
 
 class JudgePool:
-    def __init__(self, servers: Sequence[Callable[[list[str], list[str], list[str]], Any]], *,
-                 gather: Callable[[list[Any]], list[np.ndarray]] | None = None) -> None:
+    def __init__(
+        self,
+        servers: Sequence[Callable[[list[str], list[str], list[str]], Any]],
+        *,
+        gather: Callable[[list[Any]], list[np.ndarray]] | None = None,
+    ) -> None:
         if not servers:
             raise ValueError("JudgePool needs at least one server")
         self.servers = list(servers)
@@ -41,10 +45,14 @@ class JudgePool:
     def prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
         n = check_batch(prompts, a, b)
         chunks = split_even(n, len(self.servers))
-        pending = [server(list(prompts[s]), list(a[s]), list(b[s]))
-                   for server, s in zip(self.servers, chunks, strict=False)]
+        pending = [
+            server(list(prompts[s]), list(a[s]), list(b[s]))
+            for server, s in zip(self.servers, chunks, strict=False)
+        ]
         parts = [np.asarray(p, dtype=np.float64) for p in self.gather(pending)]
         for s, p in zip(chunks, parts, strict=True):
             if p.shape != (s.stop - s.start,):
-                raise ValueError(f"judge server returned shape {p.shape} for {s.stop - s.start} rows")
+                raise ValueError(
+                    f"judge server returned shape {p.shape} for {s.stop - s.start} rows"
+                )
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)

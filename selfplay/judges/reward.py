@@ -33,13 +33,18 @@ class RewardJudge:
 
     def rewards(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """[N] float64 r(prompt_i, response_i), in batches of batch_size."""
-        pairs = [conversation_text(self.tokenizer, p, r) for p, r in zip(prompts, responses,
-                                                                         strict=True)]
+        pairs = [
+            conversation_text(self.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)
+        ]
         add_special = pairs[0][1] if pairs else True
 
         def run(s: slice) -> np.ndarray:
-            ids, attn, _ = encode_right_padded(self.tokenizer, [t for t, _ in pairs[s]],
-                                               add_special_tokens=add_special, device=self.device)
+            ids, attn, _ = encode_right_padded(
+                self.tokenizer,
+                [t for t, _ in pairs[s]],
+                add_special_tokens=add_special,
+                device=self.device,
+            )
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=attn).logits
             return logits[:, 0].double().cpu().numpy()

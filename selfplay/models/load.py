@@ -89,38 +89,46 @@ def _from_pretrained(auto_cls, name: str, what: str):
     return model, load_tokenizer(name)
 
 
-def load_policy(name_or_path: str | ModelSpec, *, dtype: str = "float32",
-                device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_policy(
+    name_or_path: str | ModelSpec, *, dtype: str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(causal LM in eval mode, tokenizer) from a path, hub name, `tiny:<spec>` or ModelSpec."""
     if isinstance(name_or_path, ModelSpec) or name_or_path.startswith(ModelSpec.PREFIX):
-        spec = (name_or_path if isinstance(name_or_path, ModelSpec)
-                else ModelSpec.parse(name_or_path))
+        spec = (
+            name_or_path if isinstance(name_or_path, ModelSpec) else ModelSpec.parse(name_or_path)
+        )
         return _finish(spec.causal_lm(), spec.tokenizer(), dtype, device)
     model, tok = _from_pretrained(AutoModelForCausalLM, name_or_path, "policy")
     return _finish(model, tok, dtype, device)
 
 
-def load_classifier(name_or_path: str | ModelSpec, *, dtype: str = "float32",
-                    device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_classifier(
+    name_or_path: str | ModelSpec, *, dtype: str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(one-logit sequence classifier in eval mode, tokenizer), for reward/pairwise judges."""
     if isinstance(name_or_path, ModelSpec) or name_or_path.startswith(ModelSpec.PREFIX):
-        spec = (name_or_path if isinstance(name_or_path, ModelSpec)
-                else ModelSpec.parse(name_or_path))
+        spec = (
+            name_or_path if isinstance(name_or_path, ModelSpec) else ModelSpec.parse(name_or_path)
+        )
         model, tok = spec.sequence_classifier(), spec.tokenizer()
     else:
-        model, tok = _from_pretrained(AutoModelForSequenceClassification, name_or_path,
-                                      "classifier")
+        model, tok = _from_pretrained(
+            AutoModelForSequenceClassification, name_or_path, "classifier"
+        )
     if model.config.num_labels != 1:
-        raise InputError(f"judge model {name_or_path!s} has {model.config.num_labels} labels; "
-                         "a reward or pairwise judge needs exactly one logit")
+        raise InputError(
+            f"judge model {name_or_path!s} has {model.config.num_labels} labels; "
+            "a reward or pairwise judge needs exactly one logit"
+        )
     return _finish(model, tok, dtype, device)
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     """One user turn through the chat template with the generation prompt; raw text without one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                             tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return text
 
 
@@ -129,7 +137,9 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list
     templated = bool(getattr(tokenizer, "chat_template", None))
     out = []
     for text in texts:
-        ids = tokenizer(format_prompt(tokenizer, text), add_special_tokens=not templated)["input_ids"]
+        ids = tokenizer(format_prompt(tokenizer, text), add_special_tokens=not templated)[
+            "input_ids"
+        ]
         if not ids:
             start = tokenizer.bos_token_id
             ids = [start if start is not None else tokenizer.eos_token_id]

@@ -76,9 +76,16 @@ def tiny_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokenizerFas
     return hf
 
 
-def _llama_config(vocab_size: int, hidden: int, layers: int, heads: int,
-                  max_positions: int, init_std: float, tie: bool = False,
-                  **extra) -> LlamaConfig:
+def _llama_config(
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    max_positions: int,
+    init_std: float,
+    tie: bool = False,
+    **extra,
+) -> LlamaConfig:
     if hidden % heads:
         raise InputError(f"tiny model: hidden={hidden} is not divisible by heads={heads}")
     return LlamaConfig(
@@ -106,25 +113,43 @@ def _seeded_build(cls, config: LlamaConfig, seed: int) -> torch.nn.Module:
     return model.float().eval()
 
 
-def tiny_causal_lm(vocab_size: int, *, seed: int, hidden: int = 32, layers: int = 2,
-                   heads: int = 2, max_positions: int = 256, init_std: float = 0.02,
-                   tie_embeddings: bool = False) -> LlamaForCausalLM:
+def tiny_causal_lm(
+    vocab_size: int,
+    *,
+    seed: int,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 256,
+    init_std: float = 0.02,
+    tie_embeddings: bool = False,
+) -> LlamaForCausalLM:
     """Random-init Llama causal LM; identical weights for identical arguments.
 
     tie_embeddings=True shares lm_head with the input embedding (as many small
     HF models do), which exercises the tied-weight paths of weights and backends.
     """
-    cfg = _llama_config(vocab_size, hidden, layers, heads, max_positions, init_std,
-                        tie=tie_embeddings)
+    cfg = _llama_config(
+        vocab_size, hidden, layers, heads, max_positions, init_std, tie=tie_embeddings
+    )
     return _seeded_build(LlamaForCausalLM, cfg, seed)
 
 
-def tiny_sequence_classifier(vocab_size: int, *, seed: int, hidden: int = 32, layers: int = 2,
-                             heads: int = 2, max_positions: int = 256, init_std: float = 0.02,
-                             num_labels: int = 1) -> LlamaForSequenceClassification:
+def tiny_sequence_classifier(
+    vocab_size: int,
+    *,
+    seed: int,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    max_positions: int = 256,
+    init_std: float = 0.02,
+    num_labels: int = 1,
+) -> LlamaForSequenceClassification:
     """Random-init Llama sequence classifier (one logit by default: a reward model)."""
-    cfg = _llama_config(vocab_size, hidden, layers, heads, max_positions, init_std,
-                        num_labels=num_labels)
+    cfg = _llama_config(
+        vocab_size, hidden, layers, heads, max_positions, init_std, num_labels=num_labels
+    )
     return _seeded_build(LlamaForSequenceClassification, cfg, seed)
 
 
@@ -153,7 +178,7 @@ class ModelSpec:
         if not name.startswith(cls.PREFIX):
             raise InputError(f"tiny model name {name!r} must start with {cls.PREFIX!r}")
         kw: dict[str, object] = {}
-        body = name[len(cls.PREFIX):].strip()
+        body = name[len(cls.PREFIX) :].strip()
         for part in filter(None, (p.strip() for p in body.split(";"))):
             key, sep, val = part.partition("=")
             key = key.strip()
@@ -167,8 +192,10 @@ class ModelSpec:
                 elif key == "init_std":
                     kw[key] = float(val)
                 else:
-                    raise InputError(f"tiny model spec: unknown key {key!r} "
-                                     "(known: words, hidden, layers, heads, seed, init_std)")
+                    raise InputError(
+                        f"tiny model spec: unknown key {key!r} "
+                        "(known: words, hidden, layers, heads, seed, init_std)"
+                    )
             except ValueError as e:
                 if isinstance(e, InputError):
                     raise
@@ -176,19 +203,31 @@ class ModelSpec:
         return cls(**kw)
 
     def name(self) -> str:
-        return (f"{self.PREFIX}words={','.join(self.words)};hidden={self.hidden};"
-                f"layers={self.layers};heads={self.heads};seed={self.seed};"
-                f"init_std={self.init_std:g}")
+        return (
+            f"{self.PREFIX}words={','.join(self.words)};hidden={self.hidden};"
+            f"layers={self.layers};heads={self.heads};seed={self.seed};"
+            f"init_std={self.init_std:g}"
+        )
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return tiny_tokenizer(self.vocab_words)
 
     def causal_lm(self) -> LlamaForCausalLM:
-        return tiny_causal_lm(len(tiny_vocab(self.vocab_words)), seed=self.seed,
-                              hidden=self.hidden, layers=self.layers, heads=self.heads,
-                              init_std=self.init_std)
+        return tiny_causal_lm(
+            len(tiny_vocab(self.vocab_words)),
+            seed=self.seed,
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            init_std=self.init_std,
+        )
 
     def sequence_classifier(self) -> LlamaForSequenceClassification:
-        return tiny_sequence_classifier(len(tiny_vocab(self.vocab_words)), seed=self.seed,
-                                        hidden=self.hidden, layers=self.layers,
-                                        heads=self.heads, init_std=self.init_std)
+        return tiny_sequence_classifier(
+            len(tiny_vocab(self.vocab_words)),
+            seed=self.seed,
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            init_std=self.init_std,
+        )

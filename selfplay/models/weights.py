@@ -49,7 +49,7 @@ class FlatWeights:
 
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         """A CPU tensor viewing the buffer (no copy). Do not write to it."""
-        raw = self.buffer[entry.offset: entry.offset + entry.nbytes]
+        raw = self.buffer[entry.offset : entry.offset + entry.nbytes]
         with warnings.catch_warnings():
             # Buffers from the Ray object store are read-only; we only read them.
             warnings.simplefilter("ignore", UserWarning)
@@ -64,7 +64,9 @@ class FlatWeights:
         return dict(self.named_tensors())
 
 
-def _state_dict(model_or_sd: torch.nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+def _state_dict(
+    model_or_sd: torch.nn.Module | Mapping[str, torch.Tensor],
+) -> Mapping[str, torch.Tensor]:
     return model_or_sd.state_dict() if isinstance(model_or_sd, torch.nn.Module) else model_or_sd
 
 
@@ -78,8 +80,15 @@ def flatten_state_dict(model_or_sd: torch.nn.Module | Mapping[str, torch.Tensor]
         nbytes = t.numel() * t.element_size()
         key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
         at = shared.get(key) if nbytes else None
-        entries.append(TensorEntry(name, str(t.dtype).removeprefix("torch."), tuple(t.shape),
-                                   offset if at is None else at, nbytes))
+        entries.append(
+            TensorEntry(
+                name,
+                str(t.dtype).removeprefix("torch."),
+                tuple(t.shape),
+                offset if at is None else at,
+                nbytes,
+            )
+        )
         if at is None:
             shared[key] = offset
             offset += -(-nbytes // ALIGN) * ALIGN
@@ -90,7 +99,7 @@ def flatten_state_dict(model_or_sd: torch.nn.Module | Mapping[str, torch.Tensor]
         if e.nbytes and e.offset not in written:
             written.add(e.offset)
             src = t.detach().contiguous().reshape(-1).view(torch.uint8)
-            out[e.offset: e.offset + e.nbytes].copy_(src)
+            out[e.offset : e.offset + e.nbytes].copy_(src)
     return FlatWeights(buffer=buffer, entries=tuple(entries))
 
 
@@ -100,8 +109,9 @@ def load_flat(model: torch.nn.Module, flat: FlatWeights) -> None:
     own = model.state_dict()
     if set(sd) != set(own):
         missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        raise ValueError(f"weights do not match the model: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
+        raise ValueError(
+            f"weights do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
     with torch.no_grad():
         for name, t in sd.items():
             own[name].copy_(t)

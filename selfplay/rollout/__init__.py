@@ -48,8 +48,14 @@ def _vllm(model, device: str, dtype: str, engine_kwargs: dict) -> GenerationBack
 BACKENDS = {"hf": _hf, "vllm": _vllm}
 
 
-def make_backend(kind: BackendKind, model: str | ModelSpec, *, device: str = "cpu",
-                 dtype: str = "float32", **engine_kwargs) -> GenerationBackend:
+def make_backend(
+    kind: BackendKind,
+    model: str | ModelSpec,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    **engine_kwargs,
+) -> GenerationBackend:
     """An empty backend for `model` (a path, hub name, `tiny:<spec>` or ModelSpec).
 
     No version is loaded yet: push weights with `load_weights(version, flat)`.

@@ -40,9 +40,17 @@ class GenerationBackend(Protocol):
 
     def drop(self, version: Version) -> None: ...
 
-    def generate(self, prompts: Prompts, *, version: SamplerVersion, k: int,
-                 max_new_tokens: int, temperature: float, seed: int,
-                 allowed_token_ids: list[int] | None = None) -> Samples: ...
+    def generate(
+        self,
+        prompts: Prompts,
+        *,
+        version: SamplerVersion,
+        k: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        allowed_token_ids: list[int] | None = None,
+    ) -> Samples: ...
 
 
 def needed_versions(version: SamplerVersion) -> tuple[Version, ...]:
@@ -50,8 +58,15 @@ def needed_versions(version: SamplerVersion) -> tuple[Version, ...]:
     return (version.a, version.b) if isinstance(version, MixtureVersion) else (version,)
 
 
-def check_generate_args(prompts: Prompts, *, k: int, max_new_tokens: int, temperature: float,
-                        allowed_token_ids: list[int] | None, vocab_size: int) -> None:
+def check_generate_args(
+    prompts: Prompts,
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    allowed_token_ids: list[int] | None,
+    vocab_size: int,
+) -> None:
     if len(prompts) == 0:
         raise InputError("generate: no prompts")
     if k < 1 or max_new_tokens < 1:
@@ -71,10 +86,19 @@ def check_mixture(version: SamplerVersion) -> None:
         raise InputError(f"mixture weight λ={version.lam} must lie in [0, 1]")
 
 
-def pack_samples(prompts: Prompts, tokens: Sequence[Sequence[int]],
-                 logprobs: Sequence[Sequence[float]], texts: list[str], *,
-                 version: SamplerVersion, k: int, width: int, pad_id: int,
-                 meta: dict[str, float], prompt_tokens: list[list[int]]) -> Samples:
+def pack_samples(
+    prompts: Prompts,
+    tokens: Sequence[Sequence[int]],
+    logprobs: Sequence[Sequence[float]],
+    texts: list[str],
+    *,
+    version: SamplerVersion,
+    k: int,
+    width: int,
+    pad_id: int,
+    meta: dict[str, float],
+    prompt_tokens: list[list[int]],
+) -> Samples:
     """Right-pad per-row token/log-prob lists into `Samples` of width `width`.
 
     prompt_tokens: the encoded prompt ids the sampler conditioned on, one list per prompt.
@@ -85,9 +109,18 @@ def pack_samples(prompts: Prompts, tokens: Sequence[Sequence[int]],
     lengths = np.zeros(n, dtype=np.int64)
     for i, (t, p) in enumerate(zip(tokens, logprobs, strict=True)):
         lengths[i] = len(t)
-        tok[i, :len(t)] = t
-        lp[i, :len(p)] = p
-    return Samples(prompt_ids=np.asarray(prompts.ids, dtype=np.int64),
-                   prompt_texts=list(prompts.texts), tokens=tok, lengths=lengths, logprobs=lp,
-                   texts=texts, version=version, k=k, pad_id=pad_id, meta=meta,
-                   prompt_tokens=[list(p) for p in prompt_tokens])
+        tok[i, : len(t)] = t
+        lp[i, : len(p)] = p
+    return Samples(
+        prompt_ids=np.asarray(prompts.ids, dtype=np.int64),
+        prompt_texts=list(prompts.texts),
+        tokens=tok,
+        lengths=lengths,
+        logprobs=lp,
+        texts=texts,
+        version=version,
+        k=k,
+        pad_id=pad_id,
+        meta=meta,
+        prompt_tokens=[list(p) for p in prompt_tokens],
+    )

@@ -86,8 +86,9 @@ class HFBackend:
                 continue
             dtype, shape = self._own[name]
             if tuple(t.shape) != shape:
-                raise ValueError(f"weights for {version}: {name} has shape {tuple(t.shape)}, "
-                                 f"model has {shape}")
+                raise ValueError(
+                    f"weights for {version}: {name} has shape {tuple(t.shape)}, model has {shape}"
+                )
             tensors[name] = t.to(device=self.device, dtype=dtype)
         self._weights[version] = tensors
 
@@ -101,11 +102,25 @@ class HFBackend:
         self._weights.pop(version, None)
 
     # ---- sampling ------------------------------------------------------------------
-    def generate(self, prompts: Prompts, *, version: SamplerVersion, k: int, max_new_tokens: int,
-                 temperature: float, seed: int,
-                 allowed_token_ids: list[int] | None = None) -> Samples:
-        check_generate_args(prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                            allowed_token_ids=allowed_token_ids, vocab_size=self.vocab_size)
+    def generate(
+        self,
+        prompts: Prompts,
+        *,
+        version: SamplerVersion,
+        k: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        allowed_token_ids: list[int] | None = None,
+    ) -> Samples:
+        check_generate_args(
+            prompts,
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            allowed_token_ids=allowed_token_ids,
+            vocab_size=self.vocab_size,
+        )
         check_mixture(version)
         for v in needed_versions(version):
             if v not in self._weights:
@@ -115,33 +130,55 @@ class HFBackend:
         ids, attn = self._left_pad(prompt_tokens)
         with torch.inference_mode():
             tokens, logprobs, lengths = self._sample_loop(
-                version, ids, attn, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                allowed=allowed_token_ids, seed=seed)
+                version,
+                ids,
+                attn,
+                k=k,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                allowed=allowed_token_ids,
+                seed=seed,
+            )
         tok_rows = [tokens[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         lp_rows = [logprobs[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
         meta = {"gen_s": time.perf_counter() - t0, "new_tokens": float(lengths.sum())}
-        return pack_samples(prompts, tok_rows, lp_rows, texts, version=version, k=k,
-                            width=max_new_tokens, pad_id=self.pad_id, meta=meta,
-                            prompt_tokens=prompt_tokens)
+        return pack_samples(
+            prompts,
+            tok_rows,
+            lp_rows,
+            texts,
+            version=version,
+            k=k,
+            width=max_new_tokens,
+            pad_id=self.pad_id,
+            meta=meta,
+            prompt_tokens=prompt_tokens,
+        )
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            attn[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            attn[i, width - len(r) :] = 1
         return ids.to(self.device), attn.to(self.device)
 
     def _forward(self, version: Version, ids, attn, pos, cache) -> torch.Tensor:
         """Log-softmax of the last position's logits, [N, V] float32."""
-        kwargs = {"input_ids": ids, "attention_mask": attn, "position_ids": pos,
-                  self._cache_kw: cache, "use_cache": True}
+        kwargs = {
+            "input_ids": ids,
+            "attention_mask": attn,
+            "position_ids": pos,
+            self._cache_kw: cache,
+            "use_cache": True,
+        }
         if self._keep_last:
             kwargs["logits_to_keep"] = 1
-        out = functional_call(self.model, self._weights[version], args=(), kwargs=kwargs,
-                              strict=False)
+        out = functional_call(
+            self.model, self._weights[version], args=(), kwargs=kwargs, strict=False
+        )
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
     def _scores(self, version: SamplerVersion, ids, attn, pos, caches) -> torch.Tensor:
@@ -151,8 +188,18 @@ class HFBackend:
             return (1.0 - version.lam) * sa + version.lam * sb
         return self._forward(version, ids, attn, pos, caches[0])
 
-    def _sample_loop(self, version: SamplerVersion, ids, attn, *, k: int, max_new_tokens: int,
-                     temperature: float, allowed: list[int] | None, seed: int):
+    def _sample_loop(
+        self,
+        version: SamplerVersion,
+        ids,
+        attn,
+        *,
+        k: int,
+        max_new_tokens: int,
+        temperature: float,
+        allowed: list[int] | None,
+        seed: int,
+    ):
         """K samples for each of the prompt rows `ids`; rows out are prompt-major."""
         n = ids.shape[0] * k
         gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -189,14 +236,18 @@ class HFBackend:
                 break
             attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=self.device)], 1)
             pos = pos[:, -1:] + 1
-            scores = self._scores(version, tokens[:, t:t + 1], attn, pos, caches)
+            scores = self._scores(version, tokens[:, t : t + 1], attn, pos, caches)
         return tokens.cpu(), logprobs.cpu(), lengths.cpu()
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
-    for src in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)
-                if getattr(model, "generation_config", None) is not None else None):
+    for src in (
+        tokenizer.eos_token_id,
+        getattr(model.generation_config, "eos_token_id", None)
+        if getattr(model, "generation_config", None) is not None
+        else None,
+    ):
         if isinstance(src, int):
             ids.add(src)
         elif src:

@@ -91,31 +91,66 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()
         self._active = version
 
-    def generate(self, prompts: Prompts, *, version: SamplerVersion, k: int, max_new_tokens: int,
-                 temperature: float, seed: int,
-                 allowed_token_ids: list[int] | None = None) -> Samples:
+    def generate(
+        self,
+        prompts: Prompts,
+        *,
+        version: SamplerVersion,
+        k: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        allowed_token_ids: list[int] | None = None,
+    ) -> Samples:
         if isinstance(version, MixtureVersion):
             raise InputError("mixture sampling (Nash-MD) needs the hf rollout backend")
-        check_generate_args(prompts, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                            allowed_token_ids=allowed_token_ids, vocab_size=self.vocab_size)
+        check_generate_args(
+            prompts,
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            allowed_token_ids=allowed_token_ids,
+            vocab_size=self.vocab_size,
+        )
         if version not in self._weights:
             raise VersionNotLoaded(f"version {version} is not loaded on this worker")
         t0 = time.perf_counter()
         self._activate(version)
         ids = encode_prompts(self.tokenizer, prompts.texts)
-        params = [self._vllm.SamplingParams(
-            n=k, temperature=temperature, max_tokens=max_new_tokens, seed=seed + i, logprobs=0,
-            allowed_token_ids=allowed_token_ids) for i in range(len(ids))]
+        params = [
+            self._vllm.SamplingParams(
+                n=k,
+                temperature=temperature,
+                max_tokens=max_new_tokens,
+                seed=seed + i,
+                logprobs=0,
+                allowed_token_ids=allowed_token_ids,
+            )
+            for i in range(len(ids))
+        ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
         tok_rows, lp_rows = [], []
         for out in outs:
             for comp in out.outputs:
                 toks = list(comp.token_ids)
                 tok_rows.append(toks)
-                lp_rows.append([step[t].logprob for t, step in zip(toks, comp.logprobs, strict=True)])
+                lp_rows.append(
+                    [step[t].logprob for t, step in zip(toks, comp.logprobs, strict=True)]
+                )
         texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
-        meta = {"gen_s": time.perf_counter() - t0,
-                "new_tokens": float(sum(len(t) for t in tok_rows))}
-        return pack_samples(prompts, tok_rows, lp_rows, texts, version=version, k=k,
-                            width=max_new_tokens, pad_id=self.tokenizer.pad_token_id or 0, meta=meta,
-                            prompt_tokens=ids)
+        meta = {
+            "gen_s": time.perf_counter() - t0,
+            "new_tokens": float(sum(len(t) for t in tok_rows)),
+        }
+        return pack_samples(
+            prompts,
+            tok_rows,
+            lp_rows,
+            texts,
+            version=version,
+            k=k,
+            width=max_new_tokens,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            meta=meta,
+            prompt_tokens=ids,
+        )

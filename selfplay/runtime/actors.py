@@ -59,12 +59,26 @@ class RolloutActor:
     def drop(self, version: Version) -> None:
         self.backend.drop(version)
 
-    def generate(self, prompts: Prompts, version: SamplerVersion, k: int, max_new_tokens: int,
-                 temperature: float, seed: int, allowed_token_ids: list[int] | None) -> Samples:
+    def generate(
+        self,
+        prompts: Prompts,
+        version: SamplerVersion,
+        k: int,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        allowed_token_ids: list[int] | None,
+    ) -> Samples:
         # The backend records the prompt tokens it saw (Samples.prompt_tokens).
-        return self.backend.generate(prompts, version=version, k=k, max_new_tokens=max_new_tokens,
-                                     temperature=temperature, seed=seed,
-                                     allowed_token_ids=allowed_token_ids)
+        return self.backend.generate(
+            prompts,
+            version=version,
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            allowed_token_ids=allowed_token_ids,
+        )
 
 
 @ray.remote
@@ -84,12 +98,19 @@ class JudgeActor:
     def judge_chunk(self, samples: Samples, weights: list[float], *opponents: Samples) -> Judged:
         """Raises RunError when a comparison keeps failing and policy.on_failure == "raise"."""
         t0 = time.perf_counter()
-        est = estimate_g(self.judge, samples, list(zip(opponents, weights, strict=True)),
-                         self.policy)
-        return Judged(samples=samples, g=est.g, queries=est.queries,
-                      judge_s=time.perf_counter() - t0, keep=est.keep,
-                      masked_pairs=est.masked_pairs, masked_rows=est.masked_rows,
-                      judge_retries=est.judge_retries)
+        est = estimate_g(
+            self.judge, samples, list(zip(opponents, weights, strict=True)), self.policy
+        )
+        return Judged(
+            samples=samples,
+            g=est.g,
+            queries=est.queries,
+            judge_s=time.perf_counter() - t0,
+            keep=est.keep,
+            masked_pairs=est.masked_pairs,
+            masked_rows=est.masked_rows,
+            judge_retries=est.judge_retries,
+        )
 
 
 @dataclass
@@ -115,12 +136,14 @@ def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo
     """
     batch = to_train_batch(list(chunks), pad_id=pad_id)
     info = BatchInfo(
-        rows=len(batch), queries=sum(c.queries for c in chunks),
+        rows=len(batch),
+        queries=sum(c.queries for c in chunks),
         prompt_ids=np.concatenate([np.asarray(c.samples.prompt_ids) for c in chunks]),
         gen_s=sum(c.samples.meta.get("gen_s", 0.0) for c in chunks),
         judge_s=sum(c.judge_s for c in chunks),
         new_tokens=int(sum(int(c.samples.lengths.sum()) for c in chunks)),
         masked_pairs=sum(c.masked_pairs for c in chunks),
         masked_rows=sum(c.masked_rows for c in chunks),
-        judge_retries=sum(c.judge_retries for c in chunks))
+        judge_retries=sum(c.judge_retries for c in chunks),
+    )
     return batch, info

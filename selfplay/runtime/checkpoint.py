@@ -97,8 +97,9 @@ def _own(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
 
 
-def write_checkpoint(root: Path, step: int, meta: dict,
-                     tensors: dict[str, dict[str, torch.Tensor]], keep: int = 2) -> Path:
+def write_checkpoint(
+    root: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]], keep: int = 2
+) -> Path:
     """Write checkpoint `step` atomically under `root`; keep the `keep` newest. Returns its path."""
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
@@ -155,8 +156,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))
+    ]
     return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
 
 
@@ -212,8 +214,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
     man, _ = _read_manifest(path)
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
-        tensors = {fname[: -len(".safetensors")]: load_file(str(path / fname), device="cpu")
-                   for fname in man["files"] if fname.endswith(".safetensors")}
+        tensors = {
+            fname[: -len(".safetensors")]: load_file(str(path / fname), device="cpu")
+            for fname in man["files"]
+            if fname.endswith(".safetensors")
+        }
     except (OSError, UnicodeDecodeError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"checkpoint {path}: {one_line(e)}") from None
     if not isinstance(meta, dict):
@@ -234,8 +239,11 @@ def load_latest(root: Path, warn: Callable[[str], None] | None = None) -> Checkp
         reasons.append(f"{path.name}: {reason}")
         if warn is not None:
             warn(f"checkpoint {path}: {reason}; using an older one")
-    detail = "; ".join(reasons) if reasons else ("directory missing" if not root.is_dir()
-                                                 else "no step-* directories")
+    detail = (
+        "; ".join(reasons)
+        if reasons
+        else ("directory missing" if not root.is_dir() else "no step-* directories")
+    )
     raise CheckpointError(f"no usable checkpoint in {root} ({detail})")
 
 

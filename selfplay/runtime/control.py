@@ -89,8 +89,9 @@ def start_control(name: str, workers: int, bounds: tuple[int, int] | None = None
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     try:
-        return RunControl.options(name=name, namespace=NAMESPACE,
-                                  scheduling_strategy=here).remote(workers, bounds)
+        return RunControl.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
+            workers, bounds
+        )
     except ValueError:
         raise InputError(f"a run named {name} already runs on this Ray cluster") from None
 
@@ -134,8 +135,9 @@ class Autoscaler:
 def check_reachable(address: str) -> None:
     """A GCS that does not answer makes `ray.init` hang for minutes: probe it first."""
     if address.startswith(("http://", "https://")):
-        raise InputError(f"address must be the Ray GCS (HOST:6379) or 'auto', not the job "
-                         f"server URL {address!r}")
+        raise InputError(
+            f"address must be the Ray GCS (HOST:6379) or 'auto', not the job server URL {address!r}"
+        )
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -143,8 +145,7 @@ def check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
     except OSError as e:
-        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") \
-            from None
+        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
 
 
 def connect(address: str | None) -> str:
@@ -154,11 +155,12 @@ def connect(address: str | None) -> str:
         check_reachable(addr)  # also refuses a job-server URL
     if not ray.is_initialized():
         try:
-            ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False,
-                     logging_level="ERROR")
+            ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
         except ConnectionError as e:
-            raise InputError(f"cannot join the Ray cluster at {addr} ({str(e).splitlines()[0]}); "
-                             f"with token authentication set RAY_AUTH_TOKEN") from None
+            raise InputError(
+                f"cannot join the Ray cluster at {addr} ({str(e).splitlines()[0]}); "
+                f"with token authentication set RAY_AUTH_TOKEN"
+            ) from None
     return addr
 
 
@@ -169,8 +171,9 @@ def scale(run: str, workers: int) -> tuple[int, ControlState]:
     try:
         ctl = ray.get_actor(run, namespace=NAMESPACE)
     except ValueError:
-        raise InputError(f"no running run named {run!r} on this Ray cluster "
-                         f"(namespace {NAMESPACE})") from None
+        raise InputError(
+            f"no running run named {run!r} on this Ray cluster (namespace {NAMESPACE})"
+        ) from None
     before = ray.get(ctl.state.remote())
     try:
         ray.get(ctl.set_target.remote(workers))

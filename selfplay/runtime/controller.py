@@ -170,18 +170,26 @@ class Controller:
 
     # ------------------------------------------------------------- requests
     def _seed(self, step: int, phase: int, chunk: int, draw: int) -> int:
-        return int(np.random.SeedSequence([self.settings.seed, step, phase, chunk, draw])
-                   .generate_state(1)[0])
+        return int(
+            np.random.SeedSequence([self.settings.seed, step, phase, chunk, draw]).generate_state(
+                1
+            )[0]
+        )
 
     def request(self, step: int, pi: int) -> Pending:
         """Take the next prompts and the phase's current versions, and issue the batch."""
         phase = self.plan.phases[pi]
-        samplers = [self.store.resolve(src)
-                    for src in (phase.sample, *(o for o, _ in phase.opponents))]
-        used = {r: self.store.roles[r] for src in (phase.sample, *(o for o, _ in phase.opponents))
-                for r in source_roles(src)}
-        pend = Pending(step, pi, self.cursor, used, samplers,
-                       [float(w) for _, w in phase.opponents])
+        samplers = [
+            self.store.resolve(src) for src in (phase.sample, *(o for o, _ in phase.opponents))
+        ]
+        used = {
+            r: self.store.roles[r]
+            for src in (phase.sample, *(o for o, _ in phase.opponents))
+            for r in source_roles(src)
+        }
+        pend = Pending(
+            step, pi, self.cursor, used, samplers, [float(w) for _, w in phase.opponents]
+        )
         self.cursor += self.settings.prompts_per_step
         self._issue(pend)
         return pend
@@ -200,18 +208,29 @@ class Controller:
             w = pool.workers[c]
             pool.ensure_loaded(w, needed, self.store.refs)
             prompts = Prompts(ids=ids[rows], texts=[texts[i] for i in rows])
-            gen = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                       allowed_token_ids=s.allowed_token_ids)
+            gen = dict(
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                allowed_token_ids=s.allowed_token_ids,
+            )
             # Trained-on responses may come from a hotter behaviour policy (target
             # regression is unbiased under any full-support behaviour); opponents may not.
-            smp = w.generate.remote(prompts, sampler, s.k, seed=self._seed(pend.step, pend.phase, c, 0),
-                                    **{**gen, "temperature": s.explore_temperature})
+            smp = w.generate.remote(
+                prompts,
+                sampler,
+                s.k,
+                seed=self._seed(pend.step, pend.phase, c, 0),
+                **{**gen, "temperature": s.explore_temperature},
+            )
             # One seed for every opponent source (common random numbers): each draw
             # is still exact, but OMWU's 2·ĝ(π_t) − ĝ(π_{t−1}) then carries the noise
             # of about one draw instead of five (π_t ≈ π_{t−1} sample alike).
-            opp_refs = [w.generate.remote(prompts, v, s.opponents_k,
-                                          seed=self._seed(pend.step, pend.phase, c, 1), **gen)
-                        for v in opps]
+            opp_refs = [
+                w.generate.remote(
+                    prompts, v, s.opponents_k, seed=self._seed(pend.step, pend.phase, c, 1), **gen
+                )
+                for v in opps
+            ]
             judge = self.judges[c % len(self.judges)]
             judged.append(judge.judge_chunk.remote(smp, pend.weights, *opp_refs))
         pend.batch_ref, pend.info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
@@ -223,16 +242,20 @@ class Controller:
             try:
                 info = ray.get(pend.info_ref)
                 if info.rows == 0:
-                    raise RunError(f"every response of step {pend.step} phase {pend.phase} was "
-                                   f"masked (judge failures); nothing to train on")
+                    raise RunError(
+                        f"every response of step {pend.step} phase {pend.phase} was "
+                        f"masked (judge failures); nothing to train on"
+                    )
                 return info
             except RunError as e:  # judge failures past their retries: one line, not a traceback
                 raise RunError(str(getattr(e, "cause", None) or e)) from None
             except ray.exceptions.RayActorError as e:
                 if pend.reissues >= self.settings.max_reissues:
-                    raise RunError(f"batch of step {pend.step} phase {pend.phase} lost "
-                                   f"{pend.reissues + 1} times (a rollout worker or preference "
-                                   f"server died: {type(e).__name__}); giving up") from None
+                    raise RunError(
+                        f"batch of step {pend.step} phase {pend.phase} lost "
+                        f"{pend.reissues + 1} times (a rollout worker or preference "
+                        f"server died: {type(e).__name__}); giving up"
+                    ) from None
             self.rollout_pool.heal()
             dead = replace_dead(self.judges, self.make_judge)
             self.judges_replaced += len(dead)
@@ -247,8 +270,11 @@ class Controller:
         last = pi == len(self.plan.phases) - 1
         future = self.store.future_roles(phase.output, self.plan.refresh if last else (), step)
         nphase = self.plan.phases[nxt[1]]
-        roles = {r for src in (nphase.sample, *(o for o, _ in nphase.opponents))
-                 for r in source_roles(src)}
+        roles = {
+            r
+            for src in (nphase.sample, *(o for o, _ in nphase.opponents))
+            for r in source_roles(src)
+        }
         if not roles <= self.store.roles.keys():
             return 1 << 30  # e.g. the first `lead`: it does not exist until this phase publishes it
         used = {r: self.store.roles[r] for r in roles}
@@ -260,8 +286,10 @@ class Controller:
         now = self.store.future_roles(None, (), pend.step)
         lag = staleness(pend.used, now, self.store.index)
         if lag > s.max_staleness:  # the one place the bound is enforced
-            raise RuntimeError(f"batch for step {pend.step} phase {pend.phase} is {lag} versions "
-                               f"stale (max_staleness={s.max_staleness})")
+            raise RuntimeError(
+                f"batch for step {pend.step} phase {pend.phase} is {lag} versions "
+                f"stale (max_staleness={s.max_staleness})"
+            )
         last = pend.phase == len(self.plan.phases) - 1
         due = [rf for rf in self.plan.refresh if last and (pend.step + 1) % int(rf.every) == 0]
         pre = {rf.dst: self.store.roles[rf.src] for rf in due if rf.when == "before"}
@@ -272,8 +300,13 @@ class Controller:
         info = self.collect(pend)  # a lost batch is reissued before the learner waits on it
         self.learners.start_phase(phase)
         metrics = self.learners.train_phase(
-            phase, pend.batch_ref, form=s.loss_form, normalize_logprobs=s.normalize_logprobs,
-            updates=s.updates_per_phase, micro_batch=s.micro_batch)
+            phase,
+            pend.batch_ref,
+            form=s.loss_form,
+            normalize_logprobs=s.normalize_logprobs,
+            updates=s.updates_per_phase,
+            micro_batch=s.micro_batch,
+        )
         out = Version(pend.step + 1 if phase.output == "main" else pend.step, phase.output)
         self.store.add(out, self.learners.publish(phase.output))
         self.store.assign(phase.output, out)
@@ -284,10 +317,23 @@ class Controller:
                 self.learners.copy_role(rf.dst, rf.src)
                 self.store.assign(rf.dst, self.store.roles[rf.src])
         self.queries += info.queries
-        rec = PhaseRecord(pend.step, pend.phase, out, lag, info.rows, info.queries,
-                          info.prompt_ids, [pend.samplers[0]], pend.samplers[1:], anchor,
-                          metrics, time.perf_counter() - t0, info, workers=pend.workers,
-                          reissues=pend.reissues)
+        rec = PhaseRecord(
+            pend.step,
+            pend.phase,
+            out,
+            lag,
+            info.rows,
+            info.queries,
+            info.prompt_ids,
+            [pend.samplers[0]],
+            pend.samplers[1:],
+            anchor,
+            metrics,
+            time.perf_counter() - t0,
+            info,
+            workers=pend.workers,
+            reissues=pend.reissues,
+        )
         self.records.append(rec)
         return rec
 
@@ -304,8 +350,10 @@ class Controller:
             pend = self.queue[0]
             if (pend.step, pend.phase) != task:
                 raise RuntimeError(f"queued batch is for {(pend.step, pend.phase)}, not {task}")
-            if i + 1 < len(tasks) and self._predicted_staleness(tasks[i + 1], task) \
-                    <= self.settings.max_staleness:
+            if (
+                i + 1 < len(tasks)
+                and self._predicted_staleness(tasks[i + 1], task) <= self.settings.max_staleness
+            ):
                 self.queue.append(self.request(*tasks[i + 1]))
             step_records.append(self.train(pend))
             self.queue.popleft()  # only once trained: a checkpoint never misses a batch

@@ -69,8 +69,9 @@ class JudgePolicy:
         if not self.timeout_s > 0:
             raise ValueError(f"JudgePolicy.timeout_s must be > 0, got {self.timeout_s}")
         if self.on_failure not in ON_FAILURE:
-            raise ValueError(f"JudgePolicy.on_failure must be one of {ON_FAILURE}, "
-                             f"got {self.on_failure!r}")
+            raise ValueError(
+                f"JudgePolicy.on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}"
+            )
 
 
 @dataclass
@@ -127,8 +128,9 @@ class _CallFailed(Exception):
     """A whole judge call failed (exception, timeout, shape); the message is the reason."""
 
 
-def _call_with_timeout(judge: Judge, args: tuple[list[str], list[str], list[str]],
-                       timeout_s: float) -> np.ndarray:
+def _call_with_timeout(
+    judge: Judge, args: tuple[list[str], list[str], list[str]], timeout_s: float
+) -> np.ndarray:
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -146,8 +148,9 @@ def _call_with_timeout(judge: Judge, args: tuple[list[str], list[str], list[str]
     if "error" in box:
         e = box["error"]
         text = " ".join(str(e).split())[:120]
-        raise _CallFailed(f"exception {type(e).__name__}: {text}" if text
-                          else f"exception {type(e).__name__}")
+        raise _CallFailed(
+            f"exception {type(e).__name__}: {text}" if text else f"exception {type(e).__name__}"
+        )
     p = np.asarray(box["value"], dtype=np.float64)
     if p.shape != (len(args[0]),):
         raise _CallFailed(f"wrong shape {p.shape} for {len(args[0])} comparisons")
@@ -164,8 +167,9 @@ def _pair_reasons(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return good, why
 
 
-def call_judge(judge: Judge, prompts: list[str], a: list[str], b: list[str],
-               policy: JudgePolicy) -> PairResult:
+def call_judge(
+    judge: Judge, prompts: list[str], a: list[str], b: list[str], policy: JudgePolicy
+) -> PairResult:
     """judge.prob on all rows, retrying the failed ones up to policy.retries times."""
     n = len(prompts)
     p = np.full(n, np.nan)
@@ -185,22 +189,35 @@ def call_judge(judge: Judge, prompts: list[str], a: list[str], b: list[str],
             p[pending[good]], ok[pending[good]] = got[good], True
             pending = pending[~good]
         if len(pending):
-            log.warning("judge call %d failed on %d of %d comparisons: %s", calls, len(pending),
-                        n, ", ".join(sorted(set(reason[pending]))))
-    return PairResult(p=p, ok=ok, calls=calls, sent=sent,
-                      reasons=dict(Counter(reason[~ok].tolist())))
+            log.warning(
+                "judge call %d failed on %d of %d comparisons: %s",
+                calls,
+                len(pending),
+                n,
+                ", ".join(sorted(set(reason[pending]))),
+            )
+    return PairResult(
+        p=p, ok=ok, calls=calls, sent=sent, reasons=dict(Counter(reason[~ok].tolist()))
+    )
 
 
 def _failure_message(res: PairResult, policy: JudgePolicy) -> str:
-    kinds = "; ".join(f"{r}: {c}" if len(res.reasons) > 1 else r
-                      for r, c in sorted(res.reasons.items()))
-    return (f"judge failed on {int((~res.ok).sum())} of {len(res.ok)} comparisons after "
-            f"{policy.retries} retries ({kinds}); raise judge.retries or judge.timeout_s, "
-            f"or set judge.on_failure=mask to mask them")
+    kinds = "; ".join(
+        f"{r}: {c}" if len(res.reasons) > 1 else r for r, c in sorted(res.reasons.items())
+    )
+    return (
+        f"judge failed on {int((~res.ok).sum())} of {len(res.ok)} comparisons after "
+        f"{policy.retries} retries ({kinds}); raise judge.retries or judge.timeout_s, "
+        f"or set judge.on_failure=mask to mask them"
+    )
 
 
-def estimate_g(judge: Judge, samples: Samples, opponents: list[tuple[Samples, float]],
-               policy: JudgePolicy = JudgePolicy()) -> Estimate:
+def estimate_g(
+    judge: Judge,
+    samples: Samples,
+    opponents: list[tuple[Samples, float]],
+    policy: JudgePolicy = JudgePolicy(),
+) -> Estimate:
     """ĝ [N] for `samples` against each (opponent samples, weight), masking per `policy`.
 
     Raises RunError (on_failure="raise") when a comparison still fails after the retries.
@@ -216,8 +233,13 @@ def estimate_g(judge: Judge, samples: Samples, opponents: list[tuple[Samples, fl
         # rows (i, j): trained response i against every opponent j of the same prompt
         ii = np.repeat(np.arange(n), m)
         jj = (ii // k) * m + np.tile(np.arange(m), n)
-        res = call_judge(judge, [samples.prompt_texts[i // k] for i in ii],
-                         [samples.texts[i] for i in ii], [opp.texts[j] for j in jj], policy)
+        res = call_judge(
+            judge,
+            [samples.prompt_texts[i // k] for i in ii],
+            [samples.texts[i] for i in ii],
+            [opp.texts[j] for j in jj],
+            policy,
+        )
         queries, retries = queries + res.sent, retries + max(res.calls - 1, 0)
         if not res.ok.all() and policy.on_failure == "raise":
             raise RunError(_failure_message(res, policy))
@@ -229,8 +251,14 @@ def estimate_g(judge: Judge, samples: Samples, opponents: list[tuple[Samples, fl
         g += float(w) * mean
         keep &= valid > 0
     g[~keep] = np.nan
-    return Estimate(g=g, keep=keep, queries=queries, masked_pairs=masked,
-                    masked_rows=int((~keep).sum()), judge_retries=retries)
+    return Estimate(
+        g=g,
+        keep=keep,
+        queries=queries,
+        masked_pairs=masked,
+        masked_rows=int((~keep).sum()),
+        judge_retries=retries,
+    )
 
 
 def to_train_batch(chunks: list[Judged], pad_id: int | None = None) -> TrainBatch:

@@ -91,16 +91,31 @@ class Learner:
     """One learner rank. Under FSDP2 with world > 1 every public method except
     `set_role` bookkeeping is a collective: call it on all ranks in the same order."""
 
-    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig = LearnerConfig(),
-                 *, rank: int = 0, world_size: int = 1, init_method: str | None = None,
-                 backend: str | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], torch.nn.Module],
+        config: LearnerConfig = LearnerConfig(),
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        init_method: str | None = None,
+        backend: str | None = None,
+        device: str | None = None,
+    ) -> None:
         self.config = config
-        self.ctx = DistContext.create(rank, world_size, config.strategy, init_method, backend, device)
+        self.ctx = DistContext.create(
+            rank, world_size, config.strategy, init_method, backend, device
+        )
         self.model = sharding.prepare_model(model_fn().eval(), self.ctx)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
-        self.opt = torch.optim.AdamW(self._params, lr=config.lr, betas=config.betas,
-                                     eps=config.eps, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self._params,
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
         self._roles: dict[str, RoleWeights] = {}
         self.snapshot("main")
 
@@ -119,8 +134,9 @@ class Learner:
         for n, p in zip(self._names, self._params, strict=True):
             full = torch.as_tensor(sd[n]).to(device=self.ctx.device, dtype=p.dtype)
             if tuple(full.shape) != tuple(p.shape):
-                raise ValueError(f"role {role!r}: {n} has shape {tuple(full.shape)}, "
-                                 f"model has {tuple(p.shape)}")
+                raise ValueError(
+                    f"role {role!r}: {n} has shape {tuple(full.shape)}, model has {tuple(p.shape)}"
+                )
             params.append(sharding.local_of_full(full, p).clone())
         self._roles[role] = RoleWeights(params=params)
 
@@ -135,7 +151,8 @@ class Learner:
         r = self._role(src)
         self._roles[dst] = RoleWeights(
             params=[t.clone() for t in r.params],
-            optim=None if r.optim is None else clone_optim(r.optim))
+            optim=None if r.optim is None else clone_optim(r.optim),
+        )
 
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
@@ -147,9 +164,16 @@ class Learner:
                 self.opt.state[self._params[i]] = st
 
     # -------------------------------------------------------------- training
-    def train_phase(self, phase: Phase, batch: TrainBatch, *, form: str = "regression",
-                    normalize_logprobs: bool = False, updates: int = 1,
-                    micro_batch: int = 64) -> PhaseMetrics:
+    def train_phase(
+        self,
+        phase: Phase,
+        batch: TrainBatch,
+        *,
+        form: str = "regression",
+        normalize_logprobs: bool = False,
+        updates: int = 1,
+        micro_batch: int = 64,
+    ) -> PhaseMetrics:
         """`updates` full-batch AdamW steps on this rank's shard of the phase loss.
 
         The model should already hold the anchor (call `start_phase`); anchor and μ
@@ -160,7 +184,8 @@ class Learner:
         mbs = self._micro_batches(batch, micro_batch)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
-            [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())])
+            [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())]
+        )
         # Pair losses average over the global pair count; the per-row pg form over rows.
         denom = rows if form == "pg" else m_global
         if denom == 0:
@@ -180,14 +205,29 @@ class Learner:
             ref = self._role_logprobs("ref", mbs, steps, norm) if has_ref else None
         kl_a, kl_r = self.ctx.all_reduce_sum([_k3(new, anchor), _k3(new, ref)])
         self.snapshot(phase.output)
-        return PhaseMetrics(loss=losses[-1], loss_initial=losses[0], grad_norm=gnorm,
-                            kl_anchor=kl_a / rows, kl_ref=kl_r / rows if has_ref else math.nan,
-                            tokens=int(tokens), rows=int(rows), pairs=int(m_global),
-                            updates=updates)
+        return PhaseMetrics(
+            loss=losses[-1],
+            loss_initial=losses[0],
+            grad_norm=gnorm,
+            kl_anchor=kl_a / rows,
+            kl_ref=kl_r / rows if has_ref else math.nan,
+            tokens=int(tokens),
+            rows=int(rows),
+            pairs=int(m_global),
+            updates=updates,
+        )
 
-    def _update(self, phase: Phase, form: str, mbs: list[_Micro], steps: int,
-                anchor: list[torch.Tensor], mu: list[torch.Tensor] | None,
-                denom: float, normalize: bool) -> tuple[float, float]:
+    def _update(
+        self,
+        phase: Phase,
+        form: str,
+        mbs: list[_Micro],
+        steps: int,
+        anchor: list[torch.Tensor],
+        mu: list[torch.Tensor] | None,
+        denom: float,
+        normalize: bool,
+    ) -> tuple[float, float]:
         """One optimizer step; returns (global mean loss, pre-clip grad norm)."""
         self.opt.zero_grad(set_to_none=True)
         local_loss = 0.0
@@ -197,8 +237,19 @@ class Learner:
                 continue
             mb = mbs[i]
             logp = self._seq_logprobs(mb, normalize)
-            loss = phase_loss(phase, form, logp, anchor[i], None if mu is None else mu[i],
-                              mb.g, mb.pairs, reduction="sum") / denom
+            loss = (
+                phase_loss(
+                    phase,
+                    form,
+                    logp,
+                    anchor[i],
+                    None if mu is None else mu[i],
+                    mb.g,
+                    mb.pairs,
+                    reduction="sum",
+                )
+                / denom
+            )
             loss.backward()
             local_loss += float(loss.detach())
         sharding.sum_grads(self._params, self.ctx)
@@ -210,8 +261,9 @@ class Learner:
         return loss_sum, float(gnorm)
 
     # ------------------------------------------------------------ log-probs
-    def _forward_token_logprobs(self, input_ids: torch.Tensor,
-                                attention_mask: torch.Tensor) -> torch.Tensor:
+    def _forward_token_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -221,8 +273,9 @@ class Learner:
         tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
         return sequence_logprob(tok, mb.target_mask, normalize)
 
-    def _role_logprobs(self, role: str | None, mbs: list[_Micro], steps: int,
-                       normalize: bool) -> list[torch.Tensor]:
+    def _role_logprobs(
+        self, role: str | None, mbs: list[_Micro], steps: int, normalize: bool
+    ) -> list[torch.Tensor]:
         """Sequence log-probs [n] per micro-batch under `role`'s weights (None: current)."""
         out = []
         with self._weights(role), torch.no_grad():
@@ -235,8 +288,13 @@ class Learner:
                 sharding.reshard(self.model)
         return out
 
-    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+    def policy_logprobs(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        response_mask: np.ndarray,
+        role: str | None = None,
+    ) -> np.ndarray:
         """[N, L] float32 token log-probs under the current weights (or `role`'s),
         aligned with input_ids (entry j = log π(ids[j] | ids[:j])), 0 off the response."""
         # torch.tensor copies: arrays from the Ray object store are read-only.
@@ -267,7 +325,7 @@ class Learner:
         _, starts, counts = np.unique(batch.group[order], return_index=True, return_counts=True)
         chunks: list[list[int]] = []
         for s, c in zip(starts, counts, strict=True):
-            rows = order[s:s + c].tolist()
+            rows = order[s : s + c].tolist()
             if chunks and len(chunks[-1]) + c <= micro_batch:
                 chunks[-1].extend(rows)
             else:
@@ -294,10 +352,15 @@ class Learner:
         if role is not None and not self.ctx.sharded:
             if self.ctx.rank != 0:
                 return None
-            by_ptr = {p.data_ptr(): t for p, t in zip(self._params, self._role(role).params,
-                                                      strict=True)}
-            return flatten_state_dict({k: by_ptr.get(v.data_ptr(), v).detach()
-                                       for k, v in self.model.state_dict().items()})
+            by_ptr = {
+                p.data_ptr(): t for p, t in zip(self._params, self._role(role).params, strict=True)
+            }
+            return flatten_state_dict(
+                {
+                    k: by_ptr.get(v.data_ptr(), v).detach()
+                    for k, v in self.model.state_dict().items()
+                }
+            )
         with self._weights(role):
             sd = sharding.full_state_dict(self.model, self.ctx)
             # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
@@ -305,23 +368,36 @@ class Learner:
 
     def state(self) -> LearnerState:
         """This rank's state as plain local tensors (optimizer DTensors → their shards)."""
-        return LearnerState(rank=self.ctx.rank, world=self.ctx.world,
-                            strategy=self.config.strategy, params=self._local_params(),
-                            optim=local_optim(self._optim_state()),
-                            roles={k: RoleWeights([t.clone() for t in v.params],
-                                                  local_optim(v.optim))
-                                   for k, v in self._roles.items()})
+        return LearnerState(
+            rank=self.ctx.rank,
+            world=self.ctx.world,
+            strategy=self.config.strategy,
+            params=self._local_params(),
+            optim=local_optim(self._optim_state()),
+            roles={
+                k: RoleWeights([t.clone() for t in v.params], local_optim(v.optim))
+                for k, v in self._roles.items()
+            },
+        )
 
     def load_state(self, state: LearnerState) -> None:
-        if (state.rank, state.world, state.strategy) != (self.ctx.rank, self.ctx.world,
-                                                         self.config.strategy):
-            raise ValueError(f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
-                             f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}")
+        if (state.rank, state.world, state.strategy) != (
+            self.ctx.rank,
+            self.ctx.world,
+            self.config.strategy,
+        ):
+            raise ValueError(
+                f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
+                f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
+            )
         dev = self.ctx.device
-        self._roles = {k: RoleWeights([t.to(dev) for t in v.params], self._optim_in(v.optim))
-                       for k, v in state.roles.items()}
-        self._roles["__load__"] = RoleWeights([t.to(dev) for t in state.params],
-                                              self._optim_in(state.optim))
+        self._roles = {
+            k: RoleWeights([t.to(dev) for t in v.params], self._optim_in(v.optim))
+            for k, v in state.roles.items()
+        }
+        self._roles["__load__"] = RoleWeights(
+            [t.to(dev) for t in state.params], self._optim_in(state.optim)
+        )
         self.start_phase("__load__")
         del self._roles["__load__"]
 
@@ -343,8 +419,14 @@ class Learner:
                     if hasattr(p, "device_mesh") and v.shape == local(p).shape:
                         from torch.distributed.tensor import DTensor
 
-                        v = DTensor.from_local(v, p.device_mesh, p.placements, run_check=False,
-                                               shape=p.shape, stride=p.stride())
+                        v = DTensor.from_local(
+                            v,
+                            p.device_mesh,
+                            p.placements,
+                            run_check=False,
+                            shape=p.shape,
+                            stride=p.stride(),
+                        )
                 new[k] = v
             out[i] = new
         return out
@@ -363,8 +445,9 @@ class Learner:
                 local(p).copy_(t)
 
     def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
-        return clone_optim({i: self.opt.state[p] for i, p in enumerate(self._params)
-                             if p in self.opt.state})
+        return clone_optim(
+            {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
+        )
 
     @contextmanager
     def _weights(self, role: str | None) -> Iterator[None]:

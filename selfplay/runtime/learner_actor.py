@@ -30,8 +30,14 @@ from selfplay.runtime.train_batch import TrainBatch, shard
 class LearnerActor:
     """One learner rank in its own process."""
 
-    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig,
-                 rank: int, world_size: int, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], torch.nn.Module],
+        config: LearnerConfig,
+        rank: int,
+        world_size: int,
+        device: str | None = None,
+    ) -> None:
         torch.set_num_threads(1)  # CPU actors share the box; no oversubscription
         self._args = (model_fn, config, rank, world_size, device)
         self.learner: Learner | None = None
@@ -44,8 +50,15 @@ class LearnerActor:
 
     def init(self, init_method: str | None, backend: str | None = None) -> int:
         model_fn, config, rank, world, device = self._args
-        self.learner = Learner(model_fn, config, rank=rank, world_size=world,
-                               init_method=init_method, backend=backend, device=device)
+        self.learner = Learner(
+            model_fn,
+            config,
+            rank=rank,
+            world_size=world,
+            init_method=init_method,
+            backend=backend,
+            device=device,
+        )
         return rank
 
     def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
@@ -72,8 +85,13 @@ class LearnerActor:
         flat = self._l().publish(role)
         return [] if flat is None else [ray.put(flat)]
 
-    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+    def policy_logprobs(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        response_mask: np.ndarray,
+        role: str | None = None,
+    ) -> np.ndarray:
         return self._l().policy_logprobs(input_ids, attention_mask, response_mask, role)
 
     def state(self) -> LearnerState:
@@ -95,17 +113,27 @@ class LearnerActor:
 class LearnerGroup:
     """N `LearnerActor`s forming one torch.distributed group; calls go to every rank."""
 
-    def __init__(self, model_fn: Callable[[], torch.nn.Module], config: LearnerConfig,
-                 world_size: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                 resources: dict[str, float] | None = None,
-                 backend: str | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], torch.nn.Module],
+        config: LearnerConfig,
+        world_size: int,
+        *,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        resources: dict[str, float] | None = None,
+        backend: str | None = None,
+        device: str | None = None,
+    ) -> None:
         if world_size < 1:
             raise ValueError(f"learner world_size must be >= 1, got {world_size}")
         self.world_size = world_size
-        opts = LearnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus,
-                                    resources=resources or None)
-        self.actors = [opts.remote(model_fn, config, r, world_size, device)
-                       for r in range(world_size)]
+        opts = LearnerActor.options(
+            num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None
+        )
+        self.actors = [
+            opts.remote(model_fn, config, r, world_size, device) for r in range(world_size)
+        ]
         addr = ray.get(self.actors[0].address.remote()) if world_size > 1 else None
         ray.get([a.init.remote(addr, backend) for a in self.actors])
 
@@ -128,8 +156,9 @@ class LearnerGroup:
     def start_phase(self, phase: Phase | str) -> None:
         self._all("start_phase", phase)
 
-    def train_phase(self, phase: Phase, batch: TrainBatch | ray.ObjectRef,
-                    **kwargs) -> PhaseMetrics:
+    def train_phase(
+        self, phase: Phase, batch: TrainBatch | ray.ObjectRef, **kwargs
+    ) -> PhaseMetrics:
         """Every rank gets the same batch ref and trains on its own whole-group shard."""
         ref = batch if isinstance(batch, ray.ObjectRef) else ray.put(batch)
         return self._all("train_phase", phase, ref, kwargs)[0]
@@ -138,8 +167,13 @@ class LearnerGroup:
         """Object ref of the full FlatWeights, put by rank 0 (weights skip the driver)."""
         return self._all("publish_ref", role)[0][0]
 
-    def policy_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                        response_mask: np.ndarray, role: str | None = None) -> np.ndarray:
+    def policy_logprobs(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        response_mask: np.ndarray,
+        role: str | None = None,
+    ) -> np.ndarray:
         return self._all("policy_logprobs", input_ids, attention_mask, response_mask, role)[0]
 
     def state(self) -> list[LearnerState]:

@@ -39,13 +39,17 @@ class LearnerState:
 
 
 def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
-    return {i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
-            for i, st in state.items()}
+    return {
+        i: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+        for i, st in state.items()
+    }
 
 
 def local_optim(state):
     """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
     if state is None:
         return None
-    return {i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
-            for i, st in state.items()}
+    return {
+        i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
+        for i, st in state.items()
+    }

@@ -25,8 +25,9 @@ from selfplay.runtime.types import MixtureVersion, Version
 _SCALARS = (bool, int, float, str, type(None))
 
 
-def _pack_optim(prefix: str, optim: dict[int, dict[str, Any]],
-                out: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _pack_optim(
+    prefix: str, optim: dict[int, dict[str, Any]], out: dict[str, torch.Tensor]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for i, st in optim.items():
         scalars = {}
@@ -41,11 +42,16 @@ def _pack_optim(prefix: str, optim: dict[int, dict[str, Any]],
     return meta
 
 
-def _unpack_optim(prefix: str, meta: dict[str, Any],
-                  tensors: dict[str, torch.Tensor]) -> dict[int, dict[str, Any]]:
-    return {int(i): {k: e["scalars"][k] if k in e["scalars"] else _get(tensors, f"{prefix}/{i}/{k}")
-                     for k in e["keys"]}
-            for i, e in meta.items()}
+def _unpack_optim(
+    prefix: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[int, dict[str, Any]]:
+    return {
+        int(i): {
+            k: e["scalars"][k] if k in e["scalars"] else _get(tensors, f"{prefix}/{i}/{k}")
+            for k in e["keys"]
+        }
+        for i, e in meta.items()
+    }
 
 
 def _get(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -60,11 +66,21 @@ def pack_learner_state(s: LearnerState) -> tuple[dict[str, torch.Tensor], dict]:
     roles = []
     for j, (name, r) in enumerate(s.roles.items()):
         out.update({f"roles/{j}/params/{i}": p for i, p in enumerate(r.params)})
-        roles.append({"name": name, "params": len(r.params),
-                      "optim": None if r.optim is None
-                      else _pack_optim(f"roles/{j}/optim", r.optim, out)})
-    meta = {"rank": s.rank, "world": s.world, "strategy": s.strategy, "params": len(s.params),
-            "optim": _pack_optim("optim", s.optim, out), "roles": roles}
+        roles.append(
+            {
+                "name": name,
+                "params": len(r.params),
+                "optim": None if r.optim is None else _pack_optim(f"roles/{j}/optim", r.optim, out),
+            }
+        )
+    meta = {
+        "rank": s.rank,
+        "world": s.world,
+        "strategy": s.strategy,
+        "params": len(s.params),
+        "optim": _pack_optim("optim", s.optim, out),
+        "roles": roles,
+    }
     return out, meta
 
 
@@ -74,12 +90,18 @@ def unpack_learner_state(tensors: dict[str, torch.Tensor], meta: dict) -> Learne
         for j, r in enumerate(meta["roles"]):
             roles[r["name"]] = RoleWeights(
                 params=[_get(tensors, f"roles/{j}/params/{i}") for i in range(r["params"])],
-                optim=None if r["optim"] is None
-                else _unpack_optim(f"roles/{j}/optim", r["optim"], tensors))
+                optim=None
+                if r["optim"] is None
+                else _unpack_optim(f"roles/{j}/optim", r["optim"], tensors),
+            )
         return LearnerState(
-            rank=int(meta["rank"]), world=int(meta["world"]), strategy=str(meta["strategy"]),
+            rank=int(meta["rank"]),
+            world=int(meta["world"]),
+            strategy=str(meta["strategy"]),
             params=[_get(tensors, f"params/{i}") for i in range(meta["params"])],
-            optim=_unpack_optim("optim", meta["optim"], tensors), roles=roles)
+            optim=_unpack_optim("optim", meta["optim"], tensors),
+            roles=roles,
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"learner state meta is malformed: {one_line(e)}") from None
 
@@ -97,8 +119,9 @@ def version_from_json(d: dict[str, Any]) -> Version | MixtureVersion:
         if isinstance(d, dict) and d.keys() == {"step", "phase"}:
             return Version(int(d["step"]), d["phase"])
         if isinstance(d, dict) and d.keys() == {"a", "b", "lam"}:
-            return MixtureVersion(version_from_json(d["a"]), version_from_json(d["b"]),
-                                  float(d["lam"]))
+            return MixtureVersion(
+                version_from_json(d["a"]), version_from_json(d["b"]), float(d["lam"])
+            )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"bad version {d!r}: {one_line(e)}") from None
     raise CheckpointError(f"bad version {d!r}: expected {{step, phase}} or {{a, b, lam}}")
@@ -180,8 +203,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     CUDA generators are not included."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    meta = {"python": [version, list(internal), gauss],
-            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     return {"rng/torch_cpu": torch.get_rng_state()}, meta
 
 

@@ -109,8 +109,9 @@ class RolloutPool:
     def open_control(self, name: str) -> None:
         """Start the run's named `RunControl`, so `selfplay scale NAME` reaches it."""
         a = self.autoscale
-        self.control = start_control(name, len(self.workers),
-                                     (a.min_workers, a.max_workers) if a else None)
+        self.control = start_control(
+            name, len(self.workers), (a.min_workers, a.max_workers) if a else None
+        )
         if a is not None:
             request_workers(len(self.workers), a.bundle)
 

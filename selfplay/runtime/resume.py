@@ -51,9 +51,19 @@ from selfplay.runtime.packing import (
 )
 
 # Config keys a resumed run may change: where and how big it runs, not what it computes.
-RESUMABLE = ("runtime.steps", "runtime.address", "runtime.num_cpus", "runtime.checkpoint_every",
-             "runtime.checkpoint_keep", "runtime.max_reissues", "rollout.workers",
-             "rollout.autoscale", "rollout.join_wait_s", "tracking", "output_dir")
+RESUMABLE = (
+    "runtime.steps",
+    "runtime.address",
+    "runtime.num_cpus",
+    "runtime.checkpoint_every",
+    "runtime.checkpoint_keep",
+    "runtime.max_reissues",
+    "rollout.workers",
+    "rollout.autoscale",
+    "rollout.join_wait_s",
+    "tracking",
+    "output_dir",
+)
 
 
 # ------------------------------------------------------------------ run dir
@@ -67,8 +77,9 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(cfg: Config | None, overrides: list[str], run_dir: str | Path,
-                 warn=None) -> tuple[Config, Checkpoint]:
+def check_resume(
+    cfg: Config | None, overrides: list[str], run_dir: str | Path, warn=None
+) -> tuple[Config, Checkpoint]:
     """The config to resume with and the newest usable checkpoint of `run_dir`.
 
     `cfg` None: the run dir's own config.yaml plus `overrides`. Otherwise it must
@@ -87,30 +98,48 @@ def check_resume(cfg: Config | None, overrides: list[str], run_dir: str | Path,
         if any(key == r or key.startswith(r + ".") for r in RESUMABLE):
             continue
         if a.get(key) != b.get(key):
-            raise InputError(f"--resume {d}: the run was made with another config "
-                             f"({key}: {a.get(key)!r} there, {b.get(key)!r} here)")
+            raise InputError(
+                f"--resume {d}: the run was made with another config "
+                f"({key}: {a.get(key)!r} there, {b.get(key)!r} here)"
+            )
     ckpt = load_latest(d / CHECKPOINT_DIR, warn=warn)
     if ckpt.step >= cfg.runtime.steps:
-        raise InputError(f"--resume {d}: the run already finished {ckpt.step} steps; "
-                         f"raise runtime.steps to continue it")
+        raise InputError(
+            f"--resume {d}: the run already finished {ckpt.step} steps; "
+            f"raise runtime.steps to continue it"
+        )
     return cfg, ckpt
 
 
 # ------------------------------------------------------------------ save
 def record_json(r) -> dict:
-    return {"step": r.step, "phase": r.phase, "output": version_to_json(r.output),
-            "staleness": r.staleness, "rows": r.rows, "queries": r.queries,
-            "prompt_ids": [int(x) for x in r.prompt_ids], "workers": r.workers,
-            "reissues": r.reissues,
-            "seconds": r.seconds, "anchor": version_to_json(r.anchor),
-            "samplers": [version_to_json(v) for v in r.sampler_versions],
-            "opponents": [version_to_json(v) for v in r.opponent_versions]}
+    return {
+        "step": r.step,
+        "phase": r.phase,
+        "output": version_to_json(r.output),
+        "staleness": r.staleness,
+        "rows": r.rows,
+        "queries": r.queries,
+        "prompt_ids": [int(x) for x in r.prompt_ids],
+        "workers": r.workers,
+        "reissues": r.reissues,
+        "seconds": r.seconds,
+        "anchor": version_to_json(r.anchor),
+        "samplers": [version_to_json(v) for v in r.sampler_versions],
+        "opponents": [version_to_json(v) for v in r.opponent_versions],
+    }
 
 
 def _pending_json(p) -> dict:
-    return {"step": p.step, "phase": p.phase, "start": p.start, "workers": p.workers,
-            "used": {r: version_to_json(v) for r, v in p.used.items()},
-            "samplers": [version_to_json(v) for v in p.samplers], "weights": p.weights}
+    return {
+        "step": p.step,
+        "phase": p.phase,
+        "start": p.start,
+        "workers": p.workers,
+        "used": {r: version_to_json(v) for r, v in p.used.items()},
+        "samplers": [version_to_json(v) for v in p.samplers],
+        "weights": p.weights,
+    }
 
 
 def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
@@ -119,14 +148,19 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
 
     st = ctl.store
     meta: dict[str, Any] = {
-        "next_step": ctl.next_step, "cursor": ctl.cursor, "queries": ctl.queries,
+        "next_step": ctl.next_step,
+        "cursor": ctl.cursor,
+        "queries": ctl.queries,
         "workers": len(ctl.rollout),
-        "store": {"published": st.published,
-                  "index": [[version_to_json(v), i] for v, i in st.index.items()],
-                  "roles": {r: version_to_json(v) for r, v in st.roles.items()}},
+        "store": {
+            "published": st.published,
+            "index": [[version_to_json(v), i] for v, i in st.index.items()],
+            "roles": {r: version_to_json(v) for r, v in st.roles.items()},
+        },
         "records": [record_json(r) for r in ctl.records],
         "resizes": [[z.step, z.old, z.new] for z in ctl.resizes],
-        "learners": [], "queue": [],
+        "learners": [],
+        "queue": [],
     }
     files: dict[str, dict] = {}
     for rank, s in enumerate(ctl.learners.state()):
@@ -136,8 +170,10 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
         info = ctl.collect(p)  # waits for it; a batch lost with a dead worker is reissued
         bt, bm = pack_arrays(ray.get(p.batch_ref))
         it, im = pack_arrays(info)
-        files[f"queue-{i}"] = {**{f"batch.{k}": v for k, v in bt.items()},
-                               **{f"info.{k}": v for k, v in it.items()}}
+        files[f"queue-{i}"] = {
+            **{f"batch.{k}": v for k, v in bt.items()},
+            **{f"info.{k}": v for k, v in it.items()},
+        }
         meta["queue"].append({**_pending_json(p), "batch": bm, "info": im})
     files["rng"], meta["rng"] = rng_state()
     return meta, files
@@ -145,7 +181,7 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
 
 # ------------------------------------------------------------------ restore
 def _split(files: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in files.items() if k.startswith(prefix)}
 
 
 def restore_controller(ctl, ckpt: Checkpoint) -> None:
@@ -158,8 +194,9 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
     from selfplay.runtime.train_batch import TrainBatch
 
     meta, files = ckpt.meta["controller"], ckpt.tensors
-    ctl.learners.load_state([unpack_learner_state(files[f"learner-{r}"], m)
-                             for r, m in enumerate(meta["learners"])])
+    ctl.learners.load_state(
+        [unpack_learner_state(files[f"learner-{r}"], m) for r, m in enumerate(meta["learners"])]
+    )
     st = ctl.store
     st.index = {version_from_json(v): int(i) for v, i in meta["store"]["index"]}
     st.published = int(meta["store"]["published"])
@@ -172,20 +209,43 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
     ctl.queries = int(meta["queries"])
     ctl.resizes.extend(Resize(*z) for z in meta["resizes"])
     vj = version_from_json
-    ctl.records = [PhaseRecord(
-        r["step"], r["phase"], vj(r["output"]), r["staleness"], r["rows"], r["queries"],
-        np.asarray(r["prompt_ids"], dtype=np.int64), [vj(v) for v in r["samplers"]],
-        [vj(v) for v in r["opponents"]], vj(r["anchor"]), None, r["seconds"],
-        workers=r["workers"], reissues=r["reissues"]) for r in meta["records"]]
+    ctl.records = [
+        PhaseRecord(
+            r["step"],
+            r["phase"],
+            vj(r["output"]),
+            r["staleness"],
+            r["rows"],
+            r["queries"],
+            np.asarray(r["prompt_ids"], dtype=np.int64),
+            [vj(v) for v in r["samplers"]],
+            [vj(v) for v in r["opponents"]],
+            vj(r["anchor"]),
+            None,
+            r["seconds"],
+            workers=r["workers"],
+            reissues=r["reissues"],
+        )
+        for r in meta["records"]
+    ]
     ctl.queue = deque()
     for i, q in enumerate(meta["queue"]):
         f = files[f"queue-{i}"]
         batch = unpack_arrays(TrainBatch, _split(f, "batch."), q["batch"])
         info = unpack_arrays(BatchInfo, _split(f, "info."), q["info"])
-        ctl.queue.append(Pending(
-            q["step"], q["phase"], q["start"], {r: vj(v) for r, v in q["used"].items()},
-            [vj(v) for v in q["samplers"]], [float(w) for w in q["weights"]],
-            batch_ref=ray.put(batch), info_ref=ray.put(info), workers=q["workers"]))
+        ctl.queue.append(
+            Pending(
+                q["step"],
+                q["phase"],
+                q["start"],
+                {r: vj(v) for r, v in q["used"].items()},
+                [vj(v) for v in q["samplers"]],
+                [float(w) for w in q["weights"]],
+                batch_ref=ray.put(batch),
+                info_ref=ray.put(info),
+                workers=q["workers"],
+            )
+        )
     set_rng_state(files["rng"], meta["rng"])
 
 
@@ -193,5 +253,6 @@ def save_checkpoint(ctl, cfg: Config, run_dir: Path, trainer: dict) -> Path:
     """Write RUN_DIR/checkpoints/step-N atomically (N = steps done); keeps the newest few."""
     meta_c, files = controller_state(ctl)
     meta = {"controller": meta_c, "trainer": trainer, "config": cfg.model_dump(mode="json")}
-    return write_checkpoint(run_dir / CHECKPOINT_DIR, ctl.next_step, meta, files,
-                            keep=cfg.runtime.checkpoint_keep)
+    return write_checkpoint(
+        run_dir / CHECKPOINT_DIR, ctl.next_step, meta, files, keep=cfg.runtime.checkpoint_keep
+    )

@@ -25,8 +25,11 @@ def _hyper(cfg: Config, n: int):
 
     algo = algos.get(cfg.algo.name)
     h = algo.default_hyper(n)
-    over = {k: getattr(cfg.algo, k) for k in ("eta", "beta", "alpha", "magnet_every")
-            if getattr(cfg.algo, k) is not None}
+    over = {
+        k: getattr(cfg.algo, k)
+        for k in ("eta", "beta", "alpha", "magnet_every")
+        if getattr(cfg.algo, k) is not None
+    }
     return algo, algo.resolve(h.with_(**over) if over else h)
 
 
@@ -46,9 +49,9 @@ def make_rollout_worker(spec, r):
     """One `RolloutActor` on `r`'s (RolloutConfig) resources: at build, and when the pool grows."""
     from selfplay.runtime.actors import RolloutActor
 
-    return RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                resources=dict(r.resources)).remote(
-        functools.partial(_build_backend, spec, r.backend))
+    return RolloutActor.options(
+        num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=dict(r.resources)
+    ).remote(functools.partial(_build_backend, spec, r.backend))
 
 
 def _autoscaler(r):
@@ -59,8 +62,13 @@ def _autoscaler(r):
         return None
     a = r.autoscale
     bundle = {"CPU": r.num_cpus, "GPU": r.num_gpus, **r.resources}
-    return Autoscaler(a.min_workers, a.max_workers, a.target_queue_depth,
-                      {k: float(v) for k, v in bundle.items() if v > 0}, window=a.window)
+    return Autoscaler(
+        a.min_workers,
+        a.max_workers,
+        a.target_queue_depth,
+        {k: float(v) for k, v in bundle.items() if v > 0},
+        window=a.window,
+    )
 
 
 def _build_judge(P: np.ndarray, moves: tuple[str, ...], batch_size: int):
@@ -75,8 +83,14 @@ def model_spec(cfg: Config, game: TokenGame):
 
     if cfg.model.name == "tiny":
         t = cfg.model.tiny
-        return ModelSpec(words=tuple(game.vocab_words), hidden=t.hidden, layers=t.layers,
-                         heads=t.heads, seed=t.seed, init_std=t.init_std)
+        return ModelSpec(
+            words=tuple(game.vocab_words),
+            hidden=t.hidden,
+            layers=t.layers,
+            heads=t.heads,
+            seed=t.seed,
+            init_std=t.init_std,
+        )
     return cfg.model.name
 
 
@@ -97,8 +111,11 @@ class MoveEvaluator:
         return cls(ids, np.ones((n, L), dtype=np.int64), resp)
 
     def policy(self, learners, role: str | None = None) -> np.ndarray:
-        lp = learners.policy_logprobs(self.input_ids, self.attention_mask, self.response_mask,
-                                      role).sum(axis=1).astype(np.float64)
+        lp = (
+            learners.policy_logprobs(self.input_ids, self.attention_mask, self.response_mask, role)
+            .sum(axis=1)
+            .astype(np.float64)
+        )
         lp -= lp.max()
         p = np.exp(lp)
         return p / p.sum()
@@ -121,8 +138,12 @@ def init_ray(cfg: Config) -> None:
     if cfg.runtime.address:
         ray.init(address=cfg.runtime.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=cfg.runtime.num_cpus, include_dashboard=False, log_to_driver=False,
-                 dashboard_host="127.0.0.1")
+        ray.init(
+            num_cpus=cfg.runtime.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            dashboard_host="127.0.0.1",
+        )
 
 
 def make_judge_server(game: TokenGame, j):
@@ -132,7 +153,8 @@ def make_judge_server(game: TokenGame, j):
 
     return JudgeActor.options(num_cpus=j.num_cpus).remote(
         functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size),
-        JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure))
+        JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure),
+    )
 
 
 def build(cfg: Config, workers: int | None = None):
@@ -159,7 +181,9 @@ def build(cfg: Config, workers: int | None = None):
         tok = load_tokenizer(cfg.model.name)
     move_ids = [tok.convert_tokens_to_ids(m) for m in game.moves]
     if any(i is None or i == tok.unk_token_id for i in move_ids):
-        raise InputError(f"model {cfg.model.name}: the move names {game.moves} must be single tokens")
+        raise InputError(
+            f"model {cfg.model.name}: the move names {game.moves} must be single tokens"
+        )
     algo, hyper = _hyper(cfg, game.n)
     plan = algo.plan(hyper)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
@@ -169,22 +193,35 @@ def build(cfg: Config, workers: int | None = None):
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
     make_judge = functools.partial(make_judge_server, game, j)
     judges = [make_judge() for _ in range(j.servers)]
-    learners = LearnerGroup(functools.partial(_build_model, spec),
-                            LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip,
-                                          strategy=lcfg.strategy),
-                            lcfg.shards, num_cpus=lcfg.num_cpus, num_gpus=lcfg.num_gpus,
-                            # custom resources tie learners to their node group (deploy/)
-                            resources=dict(lcfg.resources))
+    learners = LearnerGroup(
+        functools.partial(_build_model, spec),
+        LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
+        lcfg.shards,
+        num_cpus=lcfg.num_cpus,
+        num_gpus=lcfg.num_gpus,
+        # custom resources tie learners to their node group (deploy/)
+        resources=dict(lcfg.resources),
+    )
     settings = ControllerSettings(
-        prompts_per_step=r.prompts_per_step, k=r.k, opponents_k=r.opponents_k,
-        max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+        prompts_per_step=r.prompts_per_step,
+        k=r.k,
+        opponents_k=r.opponents_k,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
         explore_temperature=r.explore_temperature,
-        max_staleness=cfg.runtime.max_staleness, seed=cfg.seed,
-        max_reissues=cfg.runtime.max_reissues, loss_form=cfg.algo.loss,
-        normalize_logprobs=cfg.algo.normalize_logprobs, updates_per_phase=lcfg.updates_per_phase,
-        micro_batch=lcfg.micro_batch, allowed_token_ids=move_ids, pad_id=tok.pad_token_id)
-    pool = RolloutPool(rollout, make_worker=make_worker, autoscale=scaler,
-                       join_wait_s=r.join_wait_s)
+        max_staleness=cfg.runtime.max_staleness,
+        seed=cfg.seed,
+        max_reissues=cfg.runtime.max_reissues,
+        loss_form=cfg.algo.loss,
+        normalize_logprobs=cfg.algo.normalize_logprobs,
+        updates_per_phase=lcfg.updates_per_phase,
+        micro_batch=lcfg.micro_batch,
+        allowed_token_ids=move_ids,
+        pad_id=tok.pad_token_id,
+    )
+    pool = RolloutPool(
+        rollout, make_worker=make_worker, autoscale=scaler, join_wait_s=r.join_wait_s
+    )
     ctl = Controller(plan, settings, pool, judges, learners, game.prompts, make_judge=make_judge)
     evaluator = MoveEvaluator.build(encode_prompts(tok, [game.prompts(1, 0)[1][0]])[0], move_ids)
     return game, ctl, evaluator, algo, hyper

@@ -58,8 +58,15 @@ class DistContext:
         return self.world > 1 and self.strategy == "fsdp2"
 
     @classmethod
-    def create(cls, rank: int, world: int, strategy: str, init_method: str | None,
-               backend: str | None, device: str | None) -> DistContext:
+    def create(
+        cls,
+        rank: int,
+        world: int,
+        strategy: str,
+        init_method: str | None,
+        backend: str | None,
+        device: str | None,
+    ) -> DistContext:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown learner strategy {strategy!r}; expected one of {STRATEGIES}")
         if not 0 <= rank < world:
@@ -100,8 +107,9 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     if not blocks:  # non-HF module: shard the children of every ModuleList
-        blocks = [c for m in model.modules() if isinstance(m, torch.nn.ModuleList)
-                  for c in m.children()]
+        blocks = [
+            c for m in model.modules() if isinstance(m, torch.nn.ModuleList) for c in m.children()
+        ]
     return blocks
 
 
@@ -167,7 +175,7 @@ def sum_grads(params: list[torch.Tensor], ctx: DistContext) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
 
@@ -180,7 +188,8 @@ def full_state_dict(model: torch.nn.Module, ctx: DistContext) -> dict[str, torch
         )
 
         sd = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         return dict(sd) if ctx.rank == 0 else None
     if ctx.rank != 0:
         return None

@@ -42,8 +42,9 @@ class PolicyStore:
             return MixtureVersion(r[source.a], r[source.b], float(source.lam))
         return r[source]
 
-    def future_roles(self, output: Role | None, refresh: tuple[Refresh, ...],
-                     step: int) -> dict[str, tuple[Version | None, int]]:
+    def future_roles(
+        self, output: Role | None, refresh: tuple[Refresh, ...], step: int
+    ) -> dict[str, tuple[Version | None, int]]:
         """Role → (version, index) after a phase publishing `output` (index published+1),
         followed by the step-end `refresh` rules due at `step` (when given)."""
         cur = {r: (v, self.index[v]) for r, v in self.roles.items()}
@@ -70,8 +71,11 @@ class PolicyStore:
         return dead
 
 
-def staleness(used: dict[str, Version], future: dict[str, tuple[Version | None, int]],
-              index: dict[Version, int]) -> int:
+def staleness(
+    used: dict[str, Version],
+    future: dict[str, tuple[Version | None, int]],
+    index: dict[Version, int],
+) -> int:
     """Max over sampler roles of (index the role will have) − (index of the version used)."""
     lag = 0
     for role, v in used.items():

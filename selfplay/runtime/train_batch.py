@@ -56,8 +56,10 @@ class TrainBatch:
         n = self.input_ids.shape[0]
         for name in ("attention_mask", "response_mask", "sampler_logprobs"):
             if getattr(self, name).shape != self.input_ids.shape:
-                raise ValueError(f"TrainBatch.{name} shape {getattr(self, name).shape} "
-                                 f"!= input_ids shape {self.input_ids.shape}")
+                raise ValueError(
+                    f"TrainBatch.{name} shape {getattr(self, name).shape} "
+                    f"!= input_ids shape {self.input_ids.shape}"
+                )
         for name in ("g", "group", "prompt_ids"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"TrainBatch.{name} must have shape ({n},)")
@@ -90,9 +92,14 @@ class TrainBatch:
         )
 
 
-def build_train_batch(samples: Samples, prompt_token_ids: Sequence[Sequence[int]],
-                      g: np.ndarray, *, pad_id: int | None = None,
-                      group_offset: int = 0) -> TrainBatch:
+def build_train_batch(
+    samples: Samples,
+    prompt_token_ids: Sequence[Sequence[int]],
+    g: np.ndarray,
+    *,
+    pad_id: int | None = None,
+    group_offset: int = 0,
+) -> TrainBatch:
     """Join prompts and responses into a right-padded TrainBatch.
 
     samples:          K responses per prompt, prompt-major (row i answers prompt i // K).
@@ -121,16 +128,20 @@ def build_train_batch(samples: Samples, prompt_token_ids: Sequence[Sequence[int]
     slp = np.zeros((n, width), dtype=np.float32)
     for i in range(n):
         p, r = prompts[i // k], int(lengths[i])
-        ids[i, :len(p)] = p
-        ids[i, len(p):len(p) + r] = samples.tokens[i, :r]
-        attn[i, :len(p) + r] = 1
-        resp[i, len(p):len(p) + r] = 1.0
-        slp[i, len(p):len(p) + r] = samples.logprobs[i, :r]
+        ids[i, : len(p)] = p
+        ids[i, len(p) : len(p) + r] = samples.tokens[i, :r]
+        attn[i, : len(p) + r] = 1
+        resp[i, len(p) : len(p) + r] = 1.0
+        slp[i, len(p) : len(p) + r] = samples.logprobs[i, :r]
     return TrainBatch(
-        input_ids=ids, attention_mask=attn, response_mask=resp, g=g,
+        input_ids=ids,
+        attention_mask=attn,
+        response_mask=resp,
+        g=g,
         group=group_offset + np.arange(n, dtype=np.int64) // k,
         prompt_ids=np.repeat(np.asarray(samples.prompt_ids, dtype=np.int64), k),
-        versions=(samples.version,) * n, sampler_logprobs=slp,
+        versions=(samples.version,) * n,
+        sampler_logprobs=slp,
     )
 
 
@@ -176,7 +187,7 @@ def shard_rows(group: np.ndarray, rank: int, world: int) -> np.ndarray:
     # Shard of a group: by where its midpoint falls among the N/world slices.
     mid = (ends - counts / 2.0) * world / max(len(group), 1)
     owner = np.minimum(mid.astype(np.int64), world - 1)
-    mine = [order[s:s + c] for s, c, o in zip(starts, counts, owner, strict=True) if o == rank]
+    mine = [order[s : s + c] for s, c, o in zip(starts, counts, owner, strict=True) if o == rank]
     return np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
 
 
@@ -204,4 +215,3 @@ def all_pairs(group: np.ndarray | torch.Tensor) -> torch.Tensor:
     pairs = torch.cat(out)
     key = pairs[:, 0] * n + pairs[:, 1]
     return pairs[torch.argsort(key)]
-

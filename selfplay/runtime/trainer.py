@@ -28,14 +28,21 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
     secs = sum(r.seconds for r in recs)
     last = recs[-1].metrics
     out = {
-        "step": step, "gap": game.gap(pi), "policy": [float(x) for x in pi],
+        "step": step,
+        "gap": game.gap(pi),
+        "policy": [float(x) for x in pi],
         "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
-        "loss": last.loss, "loss_initial": last.loss_initial, "grad_norm": last.grad_norm,
-        "kl_anchor": last.kl_anchor, "kl_ref": last.kl_ref,
-        "staleness": max(r.staleness for r in recs), "rows": rows,
+        "loss": last.loss,
+        "loss_initial": last.loss_initial,
+        "grad_norm": last.grad_norm,
+        "kl_anchor": last.kl_anchor,
+        "kl_ref": last.kl_ref,
+        "staleness": max(r.staleness for r in recs),
+        "rows": rows,
         "rollout_workers": recs[-1].workers,  # pool size that sampled the step's last batch
         "preference_queries": sum(r.queries for r in recs),
-        "train_seconds": secs, "elapsed": elapsed,
+        "train_seconds": secs,
+        "elapsed": elapsed,
         # The version this step published: its `main` output step t+1.
         "policy_version": recs[-1].output.step,
         # Exact probability that π_t beats π_ref under the game judge (ties count ½).
@@ -71,8 +78,12 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(steps, [max(h["gap"], 1e-12) for h in history], label="gap")
     if history[0]["regularized_gap"] is not None:
-        ax.plot(steps, [max(h["regularized_gap"], 1e-12) for h in history], "--",
-                label="regularized gap")
+        ax.plot(
+            steps,
+            [max(h["regularized_gap"], 1e-12) for h in history],
+            "--",
+            label="regularized gap",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("exact duality gap of π_t")
@@ -104,10 +115,22 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     else:
         restore_controller(ctl, resume)
     pi_ref = ev.policy(ctl.learners, "ref")
-    state = dict(resume.meta["trainer"]) if resume is not None else {
-        "history": [{"step": 0, "gap": game.gap(pi_ref), "policy": [float(x) for x in pi_ref],
-                     "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref)}],
-        "elapsed": 0.0, "mlflow_run_id": None}
+    state = (
+        dict(resume.meta["trainer"])
+        if resume is not None
+        else {
+            "history": [
+                {
+                    "step": 0,
+                    "gap": game.gap(pi_ref),
+                    "policy": [float(x) for x in pi_ref],
+                    "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref),
+                }
+            ],
+            "elapsed": 0.0,
+            "mlflow_run_id": None,
+        }
+    )
     history = state["history"]
     with contextlib.ExitStack() as stack:
         stack.callback(ctl.learners.shutdown)
@@ -115,14 +138,22 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
         # Named after the run dir: `selfplay scale NAME --rollout-workers N` resizes the pool.
         ctl.open_control(run_dir.name)
         stack.callback(ctl.close_control)
-        print(f"run {run_dir.name} (Ray at {_gcs_address()}): resize with `selfplay scale "
-              f"{run_dir.name} --rollout-workers N`" + (f"; resumed at step {done}" if done else ""),
-              file=sys.stderr)
+        print(
+            f"run {run_dir.name} (Ray at {_gcs_address()}): resize with `selfplay scale "
+            f"{run_dir.name} --rollout-workers N`" + (f"; resumed at step {done}" if done else ""),
+            file=sys.stderr,
+        )
         tracker = stack.enter_context(_tracker(cfg, run_dir, state["mlflow_run_id"]))
         state["mlflow_run_id"] = tracker.run_id if tracker is not None else None
-        bar = stack.enter_context(tqdm(total=cfg.runtime.steps, initial=done,
-                                       desc=f"{cfg.algo.name} steps", file=sys.stderr,
-                                       disable=not progress))
+        bar = stack.enter_context(
+            tqdm(
+                total=cfg.runtime.steps,
+                initial=done,
+                desc=f"{cfg.algo.name} steps",
+                file=sys.stderr,
+                disable=not progress,
+            )
+        )
         t0 = time.perf_counter() - state["elapsed"]
         every = cfg.runtime.checkpoint_every
 
@@ -131,8 +162,9 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
             m = _step_metrics(step + 1, recs, pi, game, beta, pi_ref, time.perf_counter() - t0)
             history.append(m)
             if tracker is not None:
-                tracker.log_metrics({k: v for k, v in m.items() if k not in ("step", "policy")},
-                                    step=step + 1)
+                tracker.log_metrics(
+                    {k: v for k, v in m.items() if k not in ("step", "policy")}, step=step + 1
+                )
             bar.update(1)
             bar.set_postfix(gap=f"{m['gap']:.3g}", stale=m["staleness"])
             if every and (step + 1) % every == 0 and step + 1 < cfg.runtime.steps:
@@ -141,9 +173,11 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
         try:
             ctl.run(cfg.runtime.steps, on_step=on_step)
         except ray.exceptions.RayActorError as e:
-            raise RunError(f"a learner died at step {ctl.next_step} ({type(e).__name__}); the "
-                           f"last checkpoint is intact: continue with `selfplay train --resume "
-                           f"{run_dir}`") from None
+            raise RunError(
+                f"a learner died at step {ctl.next_step} ({type(e).__name__}); the "
+                f"last checkpoint is intact: continue with `selfplay train --resume "
+                f"{run_dir}`"
+            ) from None
         seconds = time.perf_counter() - t0
         final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
         pi = ev.policy(ctl.learners)
@@ -152,11 +186,11 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
         plot = plot_history(history, run_dir / "gap.png", f"{cfg.algo.name} on {game.source}")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
-        (run_dir / "records.json").write_text(json.dumps(
-            [record_json(r) for r in ctl.records]))
+        (run_dir / "records.json").write_text(json.dumps([record_json(r) for r in ctl.records]))
         if tracker is not None:
-            tracker.log_metrics({"final_gap": summary["gap"],
-                                 "samples_per_s": summary["samples_per_s"]})
+            tracker.log_metrics(
+                {"final_gap": summary["gap"], "samples_per_s": summary["samples_per_s"]}
+            )
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
             tracker.log_artifacts(final, "checkpoint")
@@ -181,23 +215,36 @@ def _tracker(cfg: Config, run_dir: Path, run_id: str | None = None):
         return contextlib.nullcontext(None)
     from selfplay.tracking import mlflow_run
 
-    return mlflow_run(run_dir.name, cfg.model_dump(mode="json"), uri=cfg.tracking.uri,
-                      experiment=cfg.tracking.experiment, tags={"selfplay.command": "train"},
-                      run_id=run_id)
+    return mlflow_run(
+        run_dir.name,
+        cfg.model_dump(mode="json"),
+        uri=cfg.tracking.uri,
+        experiment=cfg.tracking.experiment,
+        tags={"selfplay.command": "train"},
+        run_id=run_id,
+    )
 
 
 def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dict:
     rows = sum(r.rows for r in ctl.records)
     nash = game.nash()
     out = {
-        "algo": cfg.algo.name, "game": game.source, "moves": game.moves,
-        "steps": cfg.runtime.steps, "gap_initial": history[0]["gap"], "gap": game.gap(pi),
+        "algo": cfg.algo.name,
+        "game": game.source,
+        "moves": game.moves,
+        "steps": cfg.runtime.steps,
+        "gap_initial": history[0]["gap"],
+        "gap": game.gap(pi),
         "regularized_gap_initial": history[0]["regularized_gap"],
         "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
-        "beta": beta or None, "policy": pi.tolist(), "nash": nash.tolist(),
-        "regularized_nash": (games.solve_regularized(game.P, beta, pi_ref).tolist()
-                             if beta else None),
-        "preference_queries": int(ctl.queries), "samples": int(rows),
+        "beta": beta or None,
+        "policy": pi.tolist(),
+        "nash": nash.tolist(),
+        "regularized_nash": (
+            games.solve_regularized(game.P, beta, pi_ref).tolist() if beta else None
+        ),
+        "preference_queries": int(ctl.queries),
+        "samples": int(rows),
         "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
         "rollout_resizes": [[z.step, z.old, z.new] for z in ctl.resizes],  # (step, old, new)
         # Fault tolerance, this process's part of the run: actors replaced, batches redone.
@@ -205,21 +252,27 @@ def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dic
         "judges_replaced": ctl.judges_replaced,
         "batches_reissued": sum(r.reissues for r in ctl.records),
         "judge_masked_pairs": sum(h.get("judge_masked_pairs", 0) for h in history),
-        "seconds": round(seconds, 3), "samples_per_s": rows / seconds if seconds else 0.0,
+        "seconds": round(seconds, 3),
+        "samples_per_s": rows / seconds if seconds else 0.0,
         "run_dir": str(run_dir),
     }
     return out
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"{s['algo']} on {s['game']}: {s['steps']} steps, {s['samples']} samples, "
-             f"{s['preference_queries']} preference queries, {s['seconds']:.1f}s",
-             f"gap: {s['gap_initial']:.4f} at start -> {s['gap']:.4f} at the end"]
+    lines = [
+        f"{s['algo']} on {s['game']}: {s['steps']} steps, {s['samples']} samples, "
+        f"{s['preference_queries']} preference queries, {s['seconds']:.1f}s",
+        f"gap: {s['gap_initial']:.4f} at start -> {s['gap']:.4f} at the end",
+    ]
     if s["regularized_gap"] is not None:
-        lines.append(f"regularized gap (β={s['beta']:g}): {s['regularized_gap_initial']:.4f}"
-                     f" -> {s['regularized_gap']:.4f}")
-    lines.append(f"{'move':<6}{'policy':>9}{'NE':>9}" + (f"{'reg. NE':>10}"
-                                                      if s["regularized_nash"] else ""))
+        lines.append(
+            f"regularized gap (β={s['beta']:g}): {s['regularized_gap_initial']:.4f}"
+            f" -> {s['regularized_gap']:.4f}"
+        )
+    lines.append(
+        f"{'move':<6}{'policy':>9}{'NE':>9}" + (f"{'reg. NE':>10}" if s["regularized_nash"] else "")
+    )
     for i, m in enumerate(s["moves"]):
         row = f"{m:<6}{s['policy'][i]:>9.4f}{s['nash'][i]:>9.4f}"
         if s["regularized_nash"]:
