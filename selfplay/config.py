@@ -71,7 +71,7 @@ class TaskConfig(_Strict):
 
 
 class AutoscaleConfig(_Strict):
-    """Queue-depth autoscaling of the rollout pool (selfplay/runtime/control.py)."""
+    """Queue-depth autoscaling of the rollout pool (selfplay/runtime/workers/control.py)."""
 
     min_workers: int = Field(1, ge=1)
     max_workers: int = Field(4, ge=1)

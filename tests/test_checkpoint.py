@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-import selfplay.runtime.checkpoint as ck
-import selfplay.runtime.packing as pk
-from selfplay.runtime.actors import BatchInfo
-from selfplay.runtime.learner import LearnerState, RoleWeights
-from selfplay.runtime.train_batch import TrainBatch, build_train_batch, concat_batches
-from selfplay.runtime.types import MixtureVersion, Samples, Version
+import selfplay.runtime.checkpoint.codec as pk
+import selfplay.runtime.checkpoint.format as ck
+from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, concat_batches
+from selfplay.runtime.learner.learner import LearnerState, RoleWeights
+from selfplay.runtime.workers.actors import BatchInfo
+from selfplay.types import MixtureVersion, Samples, Version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -381,7 +381,7 @@ def test_keep_two_newest_and_replace_same_step(tmp_path):
 _CHILD = """
 import sys, torch
 from pathlib import Path
-from selfplay.runtime.checkpoint import write_checkpoint
+from selfplay.runtime.checkpoint.format import write_checkpoint
 root = Path(sys.argv[1])
 torch.manual_seed(0)
 write_checkpoint(root, 1, {"n": 1}, {"learner-0": {"w": torch.randn(64, 64)}})

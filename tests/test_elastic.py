@@ -77,10 +77,10 @@ def _alive(w) -> bool:
 def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     import ray
 
-    from selfplay.runtime import control
-    from selfplay.runtime.controller import Resize
-    from selfplay.runtime.run import build
-    from selfplay.runtime.types import Version
+    from selfplay.runtime.driver.build import build
+    from selfplay.runtime.driver.controller import Resize
+    from selfplay.runtime.workers import control
+    from selfplay.types import Version
 
     _, ctl, *_ = build(_cfg(tmp_path, "runtime.max_staleness=1"))
     ctl.init_versions()
@@ -186,7 +186,7 @@ def test_autoscale_grows_to_max_and_asks_ray(ray_cluster, tmp_path):
     import ray
     from ray.autoscaler.v2.utils import is_autoscaler_v2
 
-    from selfplay.runtime import trainer
+    from selfplay.runtime.driver import trainer
 
     if is_autoscaler_v2():
         pytest.skip("reads the v1 autoscaler's request from the GCS key-value store")
@@ -224,7 +224,7 @@ def test_autoscale_grows_to_max_and_asks_ray(ray_cluster, tmp_path):
 
 
 def test_autoscale_policy_steps_one_worker_per_window():
-    from selfplay.runtime.control import Autoscaler
+    from selfplay.runtime.workers.control import Autoscaler
 
     a = Autoscaler(min_workers=2, max_workers=3, target_queue_depth=0.5, bundle={}, window=2)
     depths = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
@@ -241,7 +241,7 @@ def test_scale_against_live_actor_rejects_out_of_bounds(ray_cluster):
     import ray
 
     from selfplay.errors import InputError
-    from selfplay.runtime import control
+    from selfplay.runtime.workers import control
 
     h = control.start_control("elastic-b", 2, bounds=(1, 3))
     try:

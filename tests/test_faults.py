@@ -29,7 +29,7 @@ import ray
 
 from selfplay.config import load_config
 from selfplay.errors import RunError
-from selfplay.runtime.run import build
+from selfplay.runtime.driver.build import build
 
 pytestmark = pytest.mark.ray
 

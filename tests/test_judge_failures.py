@@ -5,7 +5,7 @@ wrapped by `Flaky`, which misbehaves on a script: raise, sleep past the
 timeout, return the wrong shape, or answer NaN / inf / 1.3 on chosen
 comparisons for its first few calls. Oracle: a plain Python loop over the
 pairs that reads the matrix directly and averages each source over the valid
-opponents only (see `selfplay.runtime.judging`).
+opponents only (see `selfplay.runtime.workers.judging`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import ray
 
 from selfplay.errors import RunError
 from selfplay.judges.factory import JudgeSpec, make_judge
-from selfplay.runtime.actors import JudgeActor, assemble
-from selfplay.runtime.judging import Judged, JudgePolicy, estimate_g, to_train_batch
-from selfplay.runtime.types import Samples, Version
+from selfplay.runtime.workers.actors import JudgeActor, assemble
+from selfplay.runtime.workers.judging import Judged, JudgePolicy, estimate_g, to_train_batch
+from selfplay.types import Samples, Version
 
 MOVES = ("rock", "paper", "scissors")
 RPS = np.array([[0.5, 0.1, 0.8], [0.9, 0.5, 0.3], [0.2, 0.7, 0.5]])  # P + Pᵀ = 1

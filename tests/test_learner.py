@@ -18,9 +18,9 @@ from selfplay.algos.losses import phase_loss
 from selfplay.algos.plan import Phase
 from selfplay.models.tiny import tiny_causal_lm
 from selfplay.models.weights import flatten_state_dict, load_flat
-from selfplay.runtime.learner import Learner, LearnerConfig
-from selfplay.runtime.train_batch import all_pairs, build_train_batch
-from selfplay.runtime.types import Samples, Version
+from selfplay.runtime.learner.batch import all_pairs, build_train_batch
+from selfplay.runtime.learner.learner import Learner, LearnerConfig
+from selfplay.types import Samples, Version
 
 VOCAB = 12
 MOVES = [8, 9, 10, 11]  # the single-token response space

@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfplay.runtime.checkpoint import list_checkpoints
+from selfplay.runtime.checkpoint.format import list_checkpoints
 
 pytestmark = pytest.mark.ray
 

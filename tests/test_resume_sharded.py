@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from selfplay.config import load_config
-from selfplay.runtime.checkpoint import list_checkpoints
-from selfplay.runtime.resume import check_resume
-from selfplay.runtime.trainer import train
+from selfplay.runtime.checkpoint.format import list_checkpoints
+from selfplay.runtime.checkpoint.resume import check_resume
+from selfplay.runtime.driver.trainer import train
 
 pytestmark = pytest.mark.ray
 

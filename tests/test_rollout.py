@@ -16,7 +16,7 @@ from selfplay.models.weights import flatten_state_dict, load_flat
 from selfplay.rollout import make_backend
 from selfplay.rollout.base import GenerationBackend, VersionNotLoaded
 from selfplay.rollout.hf import HFBackend
-from selfplay.runtime.types import MixtureVersion, Prompts, Version
+from selfplay.types import MixtureVersion, Prompts, Version
 
 MOVES = ("rock", "paper", "scissors")
 WORDS = (*MOVES, "choose", "a", "move", "now")

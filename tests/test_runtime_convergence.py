@@ -1,6 +1,6 @@
 """The runtime end to end on a real local Ray cluster: the tiny LM converges.
 
-For MPO, OMWU, Nash-MP and EGPO, `selfplay.runtime.trainer.train` runs the
+For MPO, OMWU, Nash-MP and EGPO, `selfplay.runtime.driver.trainer.train` runs the
 token game of conf/tests/converge.yaml (3 moves, full-support NE) from a
 visibly non-NE initial policy. The exact last-iterate gap must fall at least
 10x and end below 0.05: the gap of the original game for MPO and OMWU, the
@@ -29,7 +29,7 @@ import pytest
 
 from selfplay import games
 from selfplay.config import load_config
-from selfplay.runtime.trainer import train
+from selfplay.runtime.driver.trainer import train
 
 pytestmark = pytest.mark.ray
 

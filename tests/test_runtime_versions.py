@@ -1,6 +1,6 @@
 """Policy versions and staleness of the runtime, on a real local Ray cluster.
 
-Short runs of `selfplay.runtime.trainer.train` on the token game; what is
+Short runs of `selfplay.runtime.driver.trainer.train` on the token game; what is
 checked is the controller's record of each trained batch (`RunResult.records`):
 which versions sampled it, which versions the learner anchored at and
 published, and how stale the batch was when it was trained on.
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from selfplay.config import load_config
-from selfplay.runtime.trainer import train
-from selfplay.runtime.types import Version
+from selfplay.runtime.driver.trainer import train
+from selfplay.types import Version
 
 pytestmark = pytest.mark.ray
 

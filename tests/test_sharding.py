@@ -16,10 +16,10 @@ import torch
 
 from selfplay.algos.plan import Phase
 from selfplay.models.tiny import tiny_causal_lm
-from selfplay.runtime.learner import Learner, LearnerConfig
-from selfplay.runtime.learner_actor import LearnerGroup
-from selfplay.runtime.train_batch import all_pairs, build_train_batch, shard, shard_rows
-from selfplay.runtime.types import Samples, Version
+from selfplay.runtime.learner.batch import all_pairs, build_train_batch, shard, shard_rows
+from selfplay.runtime.learner.group import LearnerGroup
+from selfplay.runtime.learner.learner import Learner, LearnerConfig
+from selfplay.types import Samples, Version
 
 VOCAB = 14
 model_fn = functools.partial(
@@ -63,7 +63,7 @@ def ragged_batch(group_sizes: list[int], seed: int = 0):
             )
         )
         prompts.append([2, *rng.integers(4, 7, size=int(rng.integers(1, 4)))])
-    from selfplay.runtime.train_batch import concat_batches
+    from selfplay.runtime.learner.batch import concat_batches
 
     return concat_batches(
         [

@@ -83,7 +83,7 @@ def mlflow_server(tmp_path_factory):
 
 def _train(overrides: list[str]):
     from selfplay.config import load_config
-    from selfplay.runtime.trainer import train
+    from selfplay.runtime.driver.trainer import train
 
     return train(load_config(QUICKSTART, [*TINY, *overrides]), progress=False)
 
@@ -177,8 +177,8 @@ def test_resume_continues_the_same_mlflow_run(ray_cluster, mlflow_server, tmp_pa
     from mlflow.tracking import MlflowClient
 
     from selfplay.config import load_config
-    from selfplay.runtime.resume import check_resume
-    from selfplay.runtime.trainer import train
+    from selfplay.runtime.checkpoint.resume import check_resume
+    from selfplay.runtime.driver.trainer import train
 
     over = [
         f"tracking.uri={mlflow_server}",

@@ -55,7 +55,7 @@ class _Getter:
 
 
 def throughput(max_staleness: int, steps: int, opponents: int) -> dict:
-    from selfplay.runtime.trainer import train
+    from selfplay.runtime.driver.trainer import train
 
     cfg = load_config(
         None,
@@ -80,11 +80,11 @@ def throughput(max_staleness: int, steps: int, opponents: int) -> dict:
 def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     """Median seconds of (publish on learner → pull+load on worker) and of raw put → get."""
     from selfplay.models.tiny import ModelSpec
-    from selfplay.runtime.actors import RolloutActor
-    from selfplay.runtime.learner import LearnerConfig
-    from selfplay.runtime.learner_actor import LearnerGroup
-    from selfplay.runtime.run import _build_backend, _build_model
-    from selfplay.runtime.types import Version
+    from selfplay.runtime.driver.build import _build_backend, _build_model
+    from selfplay.runtime.learner.group import LearnerGroup
+    from selfplay.runtime.learner.learner import LearnerConfig
+    from selfplay.runtime.workers.actors import RolloutActor
+    from selfplay.types import Version
 
     spec = ModelSpec(words=("a", "b", "c"), hidden=hidden, layers=layers, heads=4)
     group = LearnerGroup(lambda: _build_model(spec), LearnerConfig(), 1, num_cpus=0.5)

@@ -5,7 +5,7 @@ on stderr when it starts). The command joins the cluster (`--address`, else
 $RAY_ADDRESS, else `auto`: a cluster on this machine; with several, pass the
 address `selfplay train` printed), sets the target of
 the run's `RunControl` actor and returns; the controller applies it at its
-next phase boundary (selfplay/runtime/control.py).
+next phase boundary (selfplay/runtime/workers/control.py).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def scale(run: str, workers: int, address: str | None) -> None:
     if workers < 1:  # before connecting: no cluster needed to refuse it
         raise InputError(f"--rollout-workers must be >= 1, got {workers}")
     _client_env()  # before the first `import ray` in this process
-    from selfplay.runtime import control
+    from selfplay.runtime.cluster import connect
+    from selfplay.runtime.workers import control
 
-    control.connect(address)
+    connect(address)
     before, st = control.scale(run, workers)
     note = f"; autoscale keeps it in [{st.autoscale[0]}, {st.autoscale[1]}]" if st.autoscale else ""
     click.echo(

@@ -45,21 +45,21 @@ def train(
     cfg = load_config(config, overrides) if config is not None else None
     ckpt = None
     if resume is not None:
-        from selfplay.runtime.resume import check_resume  # imports no Ray
+        from selfplay.runtime.checkpoint.resume import check_resume  # imports no Ray
 
         cfg, ckpt = check_resume(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
     if cfg.runtime.address and cfg.runtime.address != "auto":
-        from selfplay.runtime.control import check_reachable
+        from selfplay.runtime.cluster import check_reachable
 
         check_reachable(cfg.runtime.address)  # a GCS that does not answer would hang ray.init
     if not cfg.runtime.address:
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from selfplay.runtime.trainer import format_summary
-    from selfplay.runtime.trainer import train as run_train
+    from selfplay.runtime.driver.trainer import format_summary
+    from selfplay.runtime.driver.trainer import train as run_train
 
     result = run_train(cfg, progress=not no_progress, resume=ckpt)
     click.echo(format_summary(result.summary))

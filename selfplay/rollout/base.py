@@ -23,7 +23,7 @@ import numpy as np
 
 from selfplay.errors import InputError
 from selfplay.models.weights import FlatWeights
-from selfplay.runtime.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
+from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
 
 class VersionNotLoaded(KeyError):

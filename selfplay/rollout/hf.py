@@ -44,7 +44,7 @@ from selfplay.rollout.base import (
     needed_versions,
     pack_samples,
 )
-from selfplay.runtime.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
+from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
 
 class HFBackend:

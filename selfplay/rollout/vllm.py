@@ -27,7 +27,7 @@ from selfplay.models.load import encode_prompts, load_policy
 from selfplay.models.tiny import ModelSpec
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import VersionNotLoaded, check_generate_args, pack_samples
-from selfplay.runtime.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
+from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
 
 def _load_into_worker(worker, flat: FlatWeights) -> None:

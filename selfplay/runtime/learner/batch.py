@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selfplay.runtime.types import SamplerVersion, Samples
+from selfplay.types import SamplerVersion, Samples
 
 
 @dataclass

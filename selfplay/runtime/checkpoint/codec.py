@@ -1,6 +1,6 @@
 """Packing the runtime's state into (tensors, JSON meta) pairs and back, bitwise.
 
-For `selfplay.runtime.checkpoint`: `LearnerState` (rank-local weights, AdamW
+For `selfplay.runtime.checkpoint.format`: `LearnerState` (rank-local weights, AdamW
 state, roles), dataclasses of numpy arrays (`TrainBatch`, `BatchInfo`),
 sampler versions, and the global RNG states of `random`, numpy's legacy
 generator and torch (CPU). Tensors go to safetensors; everything else is
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from selfplay.runtime.checkpoint import CheckpointError, one_line
-from selfplay.runtime.learner import LearnerState, RoleWeights
-from selfplay.runtime.types import MixtureVersion, Version
+from selfplay.runtime.checkpoint.format import CheckpointError, one_line
+from selfplay.runtime.learner.learner import LearnerState, RoleWeights
+from selfplay.types import MixtureVersion, Version
 
 # ------------------------------------------------------------------ packing
 _SCALARS = (bool, int, float, str, type(None))

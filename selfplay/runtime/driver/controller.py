@@ -20,13 +20,13 @@ every phase strictly in order and is reproducible for a fixed seed.
 The driver only moves object refs: samples go worker → judge → assembly task
 → learners, and weights go learner rank 0 → object store → workers.
 
-Elastic rollout pool and healing (`selfplay.runtime.pool`): at each phase
+Elastic rollout pool and healing (`selfplay.runtime.workers.pool`): at each phase
 boundary the pool is resized to the run's `RunControl` target. A batch whose
 rollout worker or preference server died is reissued: the dead actors are
 replaced in their slots and the same prompts are sampled again from the same
 versions with the same seeds (`collect`), at most `max_reissues` times.
 
-Checkpoints (`selfplay.runtime.resume`) are taken at step boundaries; the
+Checkpoints (`selfplay.runtime.checkpoint.resume`) are taken at step boundaries; the
 controller's state is `next_step`, the prompt `cursor`, the policy store and
 the `queue` of requested batches not yet trained on.
 """
@@ -43,10 +43,10 @@ import ray
 
 from selfplay.algos.plan import StepPlan, source_roles
 from selfplay.errors import RunError
-from selfplay.runtime.actors import assemble
-from selfplay.runtime.pool import Resize, RolloutPool, replace_dead
-from selfplay.runtime.store import PolicyStore, staleness
-from selfplay.runtime.types import Prompts, SamplerVersion, Version
+from selfplay.runtime.driver.store import PolicyStore, staleness
+from selfplay.runtime.workers.actors import assemble
+from selfplay.runtime.workers.pool import Resize, RolloutPool, replace_dead
+from selfplay.types import Prompts, SamplerVersion, Version
 
 
 @dataclass(frozen=True)

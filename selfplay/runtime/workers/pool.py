@@ -2,7 +2,7 @@
 
 The controller owns one `RolloutPool`. Three things change its membership:
 
-- elastic resizing (`selfplay.runtime.control`): at each phase boundary, before
+- elastic resizing (`selfplay.runtime.workers.control`): at each phase boundary, before
   any batch is requested, the pool moves towards its `RunControl` target;
   growing starts workers that join once up, shrinking retires workers and kills
   each only after every queued batch that may have used it has been trained;
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import ray
 
-from selfplay.runtime.control import Autoscaler, request_workers, start_control
-from selfplay.runtime.types import Version
+from selfplay.runtime.workers.control import Autoscaler, request_workers, start_control
+from selfplay.types import Version
 
 PING_S = 30.0  # a live worker busy with a queued batch answers within this, a dead one at once
 

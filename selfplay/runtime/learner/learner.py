@@ -38,10 +38,10 @@ import torch
 from selfplay.algos.losses import phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
-from selfplay.runtime import sharding
-from selfplay.runtime.learner_state import LearnerState, RoleWeights, clone_optim, local_optim
-from selfplay.runtime.sharding import DistContext, local
-from selfplay.runtime.train_batch import TrainBatch, all_pairs
+from selfplay.runtime.learner import sharding
+from selfplay.runtime.learner.batch import TrainBatch, all_pairs
+from selfplay.runtime.learner.sharding import DistContext, local
+from selfplay.runtime.learner.state import LearnerState, RoleWeights, clone_optim, local_optim
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ def _build_backend(spec, kind: str):
 
 def make_rollout_worker(spec, r):
     """One `RolloutActor` on `r`'s (RolloutConfig) resources: at build, and when the pool grows."""
-    from selfplay.runtime.actors import RolloutActor
+    from selfplay.runtime.workers.actors import RolloutActor
 
     return RolloutActor.options(
         num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=dict(r.resources)
@@ -56,7 +55,7 @@ def make_rollout_worker(spec, r):
 
 def _autoscaler(r):
     """The rollout autoscale policy, or None; its bundle is one worker's Ray resources."""
-    from selfplay.runtime.control import Autoscaler
+    from selfplay.runtime.workers.control import Autoscaler
 
     if r.autoscale is None:
         return None
@@ -129,27 +128,10 @@ class RunResult:
     records: list = field(default_factory=list)  # the controller's PhaseRecords, in order
 
 
-def init_ray(cfg: Config) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if cfg.runtime.address:
-        ray.init(address=cfg.runtime.address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=cfg.runtime.num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            dashboard_host="127.0.0.1",
-        )
-
-
 def make_judge_server(game: TokenGame, j):
     """One `JudgeActor` (a preference server) on `j`'s (JudgeConfig) resources."""
-    from selfplay.runtime.actors import JudgeActor
-    from selfplay.runtime.judging import JudgePolicy
+    from selfplay.runtime.workers.actors import JudgeActor
+    from selfplay.runtime.workers.judging import JudgePolicy
 
     return JudgeActor.options(num_cpus=j.num_cpus).remote(
         functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size),
@@ -167,10 +149,10 @@ def build(cfg: Config, workers: int | None = None):
         load_policy,
         load_tokenizer,
     )
-    from selfplay.runtime.controller import Controller, ControllerSettings
-    from selfplay.runtime.learner import LearnerConfig
-    from selfplay.runtime.learner_actor import LearnerGroup
-    from selfplay.runtime.pool import RolloutPool
+    from selfplay.runtime.driver.controller import Controller, ControllerSettings
+    from selfplay.runtime.learner.group import LearnerGroup
+    from selfplay.runtime.learner.learner import LearnerConfig
+    from selfplay.runtime.workers.pool import RolloutPool
 
     game = from_config(cfg.task)
     spec = model_spec(cfg, game)

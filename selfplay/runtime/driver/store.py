@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from selfplay.algos.plan import Mixture, Refresh, Role, Source
-from selfplay.runtime.types import MixtureVersion, SamplerVersion, Version
+from selfplay.types import MixtureVersion, SamplerVersion, Version
 
 
 @dataclass

@@ -23,7 +23,7 @@ Safety. Loading never deserialises Python objects: tensors are read with
 with `json`. A file that is not a valid safetensors file fails its checksum or
 its header parse and raises `CheckpointError`; no code in it runs.
 
-What goes into the tensors and meta is packed by `selfplay.runtime.packing`.
+What goes into the tensors and meta is packed by `selfplay.runtime.checkpoint.codec`.
 """
 
 from __future__ import annotations

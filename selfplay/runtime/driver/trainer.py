@@ -19,8 +19,9 @@ import ray
 from selfplay import games
 from selfplay.config import Config
 from selfplay.errors import RunError
-from selfplay.runtime.resume import record_json, restore_controller, save_checkpoint
-from selfplay.runtime.run import RunResult, build, init_ray, new_run_dir, write_config
+from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
+from selfplay.runtime.cluster import init_ray
+from selfplay.runtime.driver.build import RunResult, build, new_run_dir, write_config
 
 
 def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:

@@ -25,7 +25,7 @@ On resume the versions the roles point at are republished from the learners'
 role weights (the same bytes that were published first), so rollout workers
 load them as before. Ray is imported only where needed: `check_resume` runs in
 the CLI before Ray starts. Nothing is unpickled: tensors come from safetensors,
-the rest from JSON (`selfplay.runtime.checkpoint`).
+the rest from JSON (`selfplay.runtime.checkpoint.format`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ import numpy as np
 
 from selfplay.config import Config, load_config
 from selfplay.errors import InputError
-from selfplay.runtime.checkpoint import CHECKPOINT_DIR, Checkpoint, load_latest, write_checkpoint
-from selfplay.runtime.packing import (
+from selfplay.runtime.checkpoint.codec import (
     pack_arrays,
     pack_learner_state,
     rng_state,
@@ -48,6 +47,12 @@ from selfplay.runtime.packing import (
     unpack_learner_state,
     version_from_json,
     version_to_json,
+)
+from selfplay.runtime.checkpoint.format import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    load_latest,
+    write_checkpoint,
 )
 
 # Config keys a resumed run may change: where and how big it runs, not what it computes.
@@ -188,10 +193,10 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
     """Put a freshly built controller (and its learners) in the checkpoint's state."""
     import ray
 
-    from selfplay.runtime.actors import BatchInfo
-    from selfplay.runtime.controller import Pending, PhaseRecord
-    from selfplay.runtime.pool import Resize
-    from selfplay.runtime.train_batch import TrainBatch
+    from selfplay.runtime.driver.controller import Pending, PhaseRecord
+    from selfplay.runtime.learner.batch import TrainBatch
+    from selfplay.runtime.workers.actors import BatchInfo
+    from selfplay.runtime.workers.pool import Resize
 
     meta, files = ckpt.meta["controller"], ckpt.tensors
     ctl.learners.load_state(

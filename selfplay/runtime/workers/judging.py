@@ -48,8 +48,8 @@ import numpy as np
 
 from selfplay.errors import RunError
 from selfplay.judges.base import Judge
-from selfplay.runtime.train_batch import TrainBatch, build_train_batch, concat_batches
-from selfplay.runtime.types import Samples
+from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, concat_batches
+from selfplay.types import Samples
 
 log = logging.getLogger(__name__)
 ON_FAILURE = ("raise", "mask")

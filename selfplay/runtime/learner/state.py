@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfplay.runtime.sharding import local
+from selfplay.runtime.learner.sharding import local
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Ray wrapper of the learner: `LearnerActor` (one rank) and `LearnerGroup` (the driver side).
 
-The actor is a thin shell over `selfplay.runtime.learner.Learner`. The group
+The actor is a thin shell over `selfplay.runtime.learner.learner.Learner`. The group
 creates N actors, rendezvouses them into one torch.distributed group at rank
 0's node address, and broadcasts every call (under FSDP2 every call is a
 collective). Data never funnels through the driver:
@@ -22,8 +22,8 @@ import torch
 
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights
-from selfplay.runtime.learner import Learner, LearnerConfig, LearnerState, PhaseMetrics
-from selfplay.runtime.train_batch import TrainBatch, shard
+from selfplay.runtime.learner.batch import TrainBatch, shard
+from selfplay.runtime.learner.learner import Learner, LearnerConfig, LearnerState, PhaseMetrics
 
 
 @ray.remote
@@ -44,7 +44,7 @@ class LearnerActor:
 
     def address(self) -> str:
         """`tcp://IP:PORT` on this actor's node (called on rank 0 for the rendezvous)."""
-        from selfplay.runtime.sharding import free_port
+        from selfplay.runtime.learner.sharding import free_port
 
         return f"tcp://{ray.util.get_node_ip_address()}:{free_port()}"
 

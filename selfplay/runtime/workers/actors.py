@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from selfplay.runtime.judging import Judged, JudgePolicy, estimate_g, to_train_batch
-from selfplay.runtime.train_batch import TrainBatch
-from selfplay.runtime.types import Prompts, SamplerVersion, Samples, Version
+from selfplay.runtime.learner.batch import TrainBatch
+from selfplay.runtime.workers.judging import Judged, JudgePolicy, estimate_g, to_train_batch
+from selfplay.types import Prompts, SamplerVersion, Samples, Version
 
 
 def _one_thread() -> None:

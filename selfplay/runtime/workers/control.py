@@ -31,8 +31,6 @@ adds nodes before the pending actors would make it do so.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 
 import ray
@@ -129,39 +127,6 @@ class Autoscaler:
         if mean > self.target_queue_depth:
             return self.clamp(current - 1)
         return self.clamp(current)
-
-
-# ----------------------------------------------------------------- `selfplay scale`
-def check_reachable(address: str) -> None:
-    """A GCS that does not answer makes `ray.init` hang for minutes: probe it first."""
-    if address.startswith(("http://", "https://")):
-        raise InputError(
-            f"address must be the Ray GCS (HOST:6379) or 'auto', not the job server URL {address!r}"
-        )
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--address must be HOST:PORT of the Ray GCS or 'auto', got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as e:
-        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
-
-
-def connect(address: str | None) -> str:
-    """Join the cluster as a driver in namespace `selfplay`: `--address`, $RAY_ADDRESS, 'auto'."""
-    addr = (address or os.environ.get("RAY_ADDRESS") or "auto").strip()
-    if addr != "auto":
-        check_reachable(addr)  # also refuses a job-server URL
-    if not ray.is_initialized():
-        try:
-            ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
-        except ConnectionError as e:
-            raise InputError(
-                f"cannot join the Ray cluster at {addr} ({str(e).splitlines()[0]}); "
-                f"with token authentication set RAY_AUTH_TOKEN"
-            ) from None
-    return addr
 
 
 def scale(run: str, workers: int) -> tuple[int, ControlState]:
