@@ -3,7 +3,7 @@
 Everything here is a dataclass of numpy arrays (cheap, zero-copy through the
 Ray object store) or plain scalars; no free-form dicts.
 
-A policy version is `(step, phase)`: `Version(3, "lead")` is π_{3+½}. Only
+A policy version is `(step, role)`: `Version(3, "lead")` is π_{3+½}. Only
 the learner stamps a version, and only when it publishes it.
 """
 
@@ -19,16 +19,16 @@ from selfplay.algos.plan import ROLES, Role
 @dataclass(frozen=True, order=True)
 class Version:
     step: int
-    phase: Role
+    role: Role
 
     def __post_init__(self) -> None:
-        if self.phase not in ROLES:
-            raise ValueError(f"unknown phase {self.phase!r}; expected one of {ROLES}")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; expected one of {ROLES}")
         if self.step < 0:
             raise ValueError(f"version step must be >= 0, got {self.step}")
 
     def __str__(self) -> str:
-        return f"{self.phase}@{self.step}"
+        return f"{self.role}@{self.step}"
 
 
 @dataclass(frozen=True)

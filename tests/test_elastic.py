@@ -131,7 +131,7 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     ids = np.concatenate([b.prompt_ids for b in batches])
     for t, (b, rec) in enumerate(zip(batches, ctl.records, strict=True)):
         (v,) = set(b.versions)  # every row of a batch from one sampler
-        assert v.phase == "main" and v.step in sampled_from[t] and rec.sampler_versions == [v]
+        assert v.role == "main" and v.step in sampled_from[t] and rec.sampler_versions == [v]
         assert np.array_equal(np.unique(b.prompt_ids), np.arange(t * PPS, (t + 1) * PPS))
         assert np.bincount(b.prompt_ids - t * PPS).tolist() == [K] * PPS
         assert np.array_equal(rec.prompt_ids, np.arange(t * PPS, (t + 1) * PPS))

@@ -19,7 +19,7 @@ from selfplay.algos.plan import Phase
 from selfplay.models.tiny import tiny_causal_lm
 from selfplay.models.weights import flatten_state_dict, load_flat
 from selfplay.runtime.learner.batch import all_pairs, build_train_batch
-from selfplay.runtime.learner.learner import Learner, LearnerConfig
+from selfplay.runtime.learner.learner import Learner, LearnerSettings
 from selfplay.types import Samples, Version
 
 VOCAB = 12
@@ -82,7 +82,7 @@ def move_logprobs(model: torch.nn.Module) -> torch.Tensor:
 
 
 def make_learner(**cfg) -> Learner:
-    learner = Learner(model_fn, LearnerConfig(**{"lr": 0.02, "grad_clip": None, **cfg}))
+    learner = Learner(model_fn, LearnerSettings(**{"lr": 0.02, "grad_clip": None, **cfg}))
     learner.set_role("ref", ref_fn().state_dict())
     return learner
 
@@ -161,7 +161,7 @@ def test_state_round_trip_resumes_bitwise():
     saved = learner.state()
     learner.train_phase(PHASE, batch, updates=2)
     once = learner.publish()
-    other = Learner(model_fn, LearnerConfig(lr=0.02, grad_clip=None))  # fresh, no roles
+    other = Learner(model_fn, LearnerSettings(lr=0.02, grad_clip=None))  # fresh, no roles
     other.load_state(saved)
     assert set(other.roles) == {"main", "ref"}
     other.train_phase(PHASE, batch, updates=2)

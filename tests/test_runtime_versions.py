@@ -67,7 +67,7 @@ def test_prefetch_respects_max_staleness_one(cluster, tmp_path):
     assert [r.step for r in recs] == list(range(steps))
     for r in recs:
         (sampler,) = r.sampler_versions
-        assert sampler.phase == "main"
+        assert sampler.role == "main"
         assert r.opponent_versions == [sampler]
         assert r.anchor == Version(r.step, "main")  # the learner always starts from π_t
         assert r.staleness == r.step - sampler.step

@@ -18,7 +18,7 @@ from selfplay.algos.plan import Phase
 from selfplay.models.tiny import tiny_causal_lm
 from selfplay.runtime.learner.batch import all_pairs, build_train_batch, shard, shard_rows
 from selfplay.runtime.learner.group import LearnerGroup
-from selfplay.runtime.learner.learner import Learner, LearnerConfig
+from selfplay.runtime.learner.learner import Learner, LearnerSettings
 from selfplay.types import Samples, Version
 
 VOCAB = 14
@@ -114,10 +114,10 @@ def test_two_shards_match_one(ray_cluster, strategy):
     rows = [len(shard(batches[0], r, 2)) for r in range(2)]
     assert rows == [10, 12] and len(shard(batches[1], 0, 2)) == 0
     torch.set_num_threads(1)
-    learner = Learner(model_fn, LearnerConfig(strategy=strategy, **CONFIG))
+    learner = Learner(model_fn, LearnerSettings(strategy=strategy, **CONFIG))
     learner.set_role("ref", ref_fn().state_dict())
     want_metrics, want_lp, *want = two_phase_step(learner, batches, kw)
-    group = LearnerGroup(model_fn, LearnerConfig(strategy=strategy, **CONFIG), 2, num_cpus=1)
+    group = LearnerGroup(model_fn, LearnerSettings(strategy=strategy, **CONFIG), 2, num_cpus=1)
     try:
         group.set_role("ref", ray.put(ref_fn().state_dict()))
         got_metrics, got_lp, *refs = two_phase_step(group, batches, kw)

@@ -82,12 +82,12 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     from selfplay.models.tiny import ModelSpec
     from selfplay.runtime.driver.build import _build_backend, _build_model
     from selfplay.runtime.learner.group import LearnerGroup
-    from selfplay.runtime.learner.learner import LearnerConfig
+    from selfplay.runtime.learner.learner import LearnerSettings
     from selfplay.runtime.workers.actors import RolloutActor
     from selfplay.types import Version
 
     spec = ModelSpec(words=("a", "b", "c"), hidden=hidden, layers=layers, heads=4)
-    group = LearnerGroup(lambda: _build_model(spec), LearnerConfig(), 1, num_cpus=0.5)
+    group = LearnerGroup(lambda: _build_model(spec), LearnerSettings(), 1, num_cpus=0.5)
     worker = RolloutActor.options(num_cpus=0.5).remote(lambda: _build_backend(spec, "hf"))
     ray.get(worker.ready.remote())
     ours, raw, nbytes = [], [], 0

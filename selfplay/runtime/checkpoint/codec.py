@@ -108,7 +108,7 @@ def unpack_learner_state(tensors: dict[str, torch.Tensor], meta: dict) -> Learne
 
 def version_to_json(v: Version | MixtureVersion) -> dict[str, Any]:
     if isinstance(v, Version):
-        return {"step": v.step, "phase": v.phase}
+        return {"step": v.step, "role": v.role}
     if isinstance(v, MixtureVersion):
         return {"a": version_to_json(v.a), "b": version_to_json(v.b), "lam": v.lam}
     raise TypeError(f"not a sampler version: {v!r}")
@@ -116,8 +116,8 @@ def version_to_json(v: Version | MixtureVersion) -> dict[str, Any]:
 
 def version_from_json(d: dict[str, Any]) -> Version | MixtureVersion:
     try:
-        if isinstance(d, dict) and d.keys() == {"step", "phase"}:
-            return Version(int(d["step"]), d["phase"])
+        if isinstance(d, dict) and d.keys() == {"step", "role"}:
+            return Version(int(d["step"]), d["role"])
         if isinstance(d, dict) and d.keys() == {"a", "b", "lam"}:
             return MixtureVersion(
                 version_from_json(d["a"]), version_from_json(d["b"]), float(d["lam"])

@@ -151,7 +151,7 @@ def build(cfg: Config, workers: int | None = None):
     )
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
-    from selfplay.runtime.learner.learner import LearnerConfig
+    from selfplay.runtime.learner.learner import LearnerSettings
     from selfplay.runtime.workers.pool import RolloutPool
 
     game = from_config(cfg.task)
@@ -177,7 +177,7 @@ def build(cfg: Config, workers: int | None = None):
     judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(
         functools.partial(_build_model, spec),
-        LearnerConfig(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
+        LearnerSettings(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,
         num_gpus=lcfg.num_gpus,

@@ -176,9 +176,9 @@ class Controller:
             )[0]
         )
 
-    def request(self, step: int, pi: int) -> Pending:
+    def request(self, step: int, phase_index: int) -> Pending:
         """Take the next prompts and the phase's current versions, and issue the batch."""
-        phase = self.plan.phases[pi]
+        phase = self.plan.phases[phase_index]
         samplers = [
             self.store.resolve(src) for src in (phase.sample, *(o for o, _ in phase.opponents))
         ]
@@ -188,7 +188,7 @@ class Controller:
             for r in source_roles(src)
         }
         pend = Pending(
-            step, pi, self.cursor, used, samplers, [float(w) for _, w in phase.opponents]
+            step, phase_index, self.cursor, used, samplers, [float(w) for _, w in phase.opponents]
         )
         self.cursor += self.settings.prompts_per_step
         self._issue(pend)
@@ -265,9 +265,9 @@ class Controller:
     # ------------------------------------------------------------- training
     def _predicted_staleness(self, nxt: tuple[int, int], cur: tuple[int, int]) -> int:
         """Staleness the batch for `nxt` would have if requested now, while `cur` trains."""
-        step, pi = cur
-        phase = self.plan.phases[pi]
-        last = pi == len(self.plan.phases) - 1
+        step, phase_index = cur
+        phase = self.plan.phases[phase_index]
+        last = phase_index == len(self.plan.phases) - 1
         future = self.store.future_roles(phase.output, self.plan.refresh if last else (), step)
         nphase = self.plan.phases[nxt[1]]
         roles = {

@@ -1,6 +1,6 @@
 """The policy store: versioned weights as object refs, and the role table.
 
-- A published version `(step, phase)` maps to one object ref of `FlatWeights`
+- A published version `(step, role)` maps to one object ref of `FlatWeights`
   (put by learner rank 0, so the weights never pass through the driver).
 - The role table says which version currently plays each role: `prev` and
   `magnet` point at old `main` versions, they are not republished.

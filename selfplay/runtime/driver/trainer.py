@@ -64,8 +64,8 @@ def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
     out["batches_reissued"] = sum(r.reissues for r in recs)
     if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
         for r in recs:
-            out[f"loss_{r.output.phase}"] = r.metrics.loss
-            out[f"kl_anchor_{r.output.phase}"] = r.metrics.kl_anchor
+            out[f"loss_{r.output.role}"] = r.metrics.loss
+            out[f"kl_anchor_{r.output.role}"] = r.metrics.kl_anchor
     return out
 
 

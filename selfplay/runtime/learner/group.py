@@ -23,7 +23,7 @@ import torch
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights
 from selfplay.runtime.learner.batch import TrainBatch, shard
-from selfplay.runtime.learner.learner import Learner, LearnerConfig, LearnerState, PhaseMetrics
+from selfplay.runtime.learner.learner import Learner, LearnerSettings, LearnerState, PhaseMetrics
 
 
 @ray.remote
@@ -33,7 +33,7 @@ class LearnerActor:
     def __init__(
         self,
         model_fn: Callable[[], torch.nn.Module],
-        config: LearnerConfig,
+        config: LearnerSettings,
         rank: int,
         world_size: int,
         device: str | None = None,
@@ -116,7 +116,7 @@ class LearnerGroup:
     def __init__(
         self,
         model_fn: Callable[[], torch.nn.Module],
-        config: LearnerConfig,
+        config: LearnerSettings,
         world_size: int,
         *,
         num_cpus: float = 1.0,

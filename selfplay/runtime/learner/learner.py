@@ -45,7 +45,7 @@ from selfplay.runtime.learner.state import LearnerState, RoleWeights, clone_opti
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerSettings:
     """AdamW hyperparameters and the data-parallel strategy ("ddp" or "fsdp2")."""
 
     lr: float = 1e-4
@@ -94,7 +94,7 @@ class Learner:
     def __init__(
         self,
         model_fn: Callable[[], torch.nn.Module],
-        config: LearnerConfig = LearnerConfig(),
+        config: LearnerSettings = LearnerSettings(),
         *,
         rank: int = 0,
         world_size: int = 1,

@@ -1,6 +1,6 @@
 """torch.distributed plumbing for the learner group: process group, DDP/FSDP2, reductions.
 
-Strategies (`LearnerConfig.strategy`):
+Strategies (`LearnerSettings.strategy`):
 
 - "ddp": every rank holds the full model. Gradients are summed with ONE
   all_reduce per optimizer step over a flattened buffer, after all
