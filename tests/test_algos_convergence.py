@@ -79,8 +79,8 @@ def test_mwu_last_iterate_cycles_on_rps_but_average_converges(name):
 
 
 def test_defaults_are_stable_where_hand_tuned_large_steps_oscillate():
-    """The issue's η = 10 (tuned at n = 21/51) oscillates on 5-action games;
-    the adaptive default does not (omwu.py docstring)."""
+    """A hand-tuned η = 10 (tuned at n = 21/51) oscillates on 5-action games;
+    the adaptive default does not (docs/algorithms.md#omwu)."""
     seeds = [14, 21, 30, 44]
     P = torch.as_tensor(np.stack([generate("uniform", 5, s) for s in seeds]))
     fixed = algos.run("omwu", P, iterations=1500, record_every=1500, hyper=algos.Hyper(eta=10.0))

@@ -85,7 +85,7 @@ def test_regularized_nash_is_fixed_point(name, beta):
 
 
 def test_nash_md_constant_step_is_biased_by_order_eta():
-    """Nash-MD's fixed point is π ∝ μ·exp(q_{π^μ}/β), not π*_β (nash_md.py docstring).
+    """Nash-MD's fixed point is π ∝ μ·exp(q_{π^μ}/β), not π*_β (docs/algorithms.md#nash-md).
 
     One step from π*_β moves it by η·(q_{π^μ} − q_{π*}) = O(η²β); the limit of
     the iterates is O(η) away from π*_β and satisfies the biased equation.

@@ -3,7 +3,7 @@
 Claim (abstract of arXiv 2505.19731): KL(π*_β‖π) ≤ C·(1+2β)^{−N/2} after N
 preference queries. Nash-MP makes two rounds of queries per iteration at
 η = 2, so the claim reads as a contraction of 1/(1+ηβ) per iteration. We find
-(nash_mp.py docstring, derivation there) that this holds at every iteration,
+(docs/algorithms.md#nash-mp, derivation there) that this holds at every iteration,
 and that asymptotically the contraction is the square, 1/(1+ηβ)² per
 iteration, i.e. (1+2β)^{−N}: the log-probabilities contract by 1/(1+ηβ) and
 KL is quadratic in them.

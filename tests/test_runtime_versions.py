@@ -5,7 +5,7 @@ checked is the controller's record of each trained batch (`RunResult.records`):
 which versions sampled it, which versions the learner anchored at and
 published, and how stale the batch was when it was trained on.
 
-Oracles: the version schedule of ALGORITHMS.md ("Versions each algorithm
+Oracles: the version schedule of docs/algorithms.md ("Versions each algorithm
 needs") written out by hand, and, for a one-phase algorithm, staleness
 recomputed as (step being trained) − (step of the version that sampled it),
 since exactly one `main` version is published per step.
@@ -44,7 +44,7 @@ def run(tmp_path: Path, *overrides: str):
 
 
 def check_nash_mp_versions(recs, steps: int) -> None:
-    """The version schedule of Nash-MP (ALGORITHMS.md), step by step."""
+    """The version schedule of Nash-MP (docs/algorithms.md), step by step."""
     assert [(r.step, r.phase) for r in recs] == [(t, p) for t in range(steps) for p in (0, 1)]
     for t in range(steps):
         lead, upd = recs[2 * t], recs[2 * t + 1]

@@ -1,4 +1,4 @@
-"""Safe defaults (issue 4, §6): no unpickling, no remote code, config files are data.
+"""Safe defaults: no unpickling, no remote code, config files are data.
 
 Oracles: the in-memory model that was saved (its logits on a fixed input), marker
 files that an executed payload would create, and known-bad source snippets the

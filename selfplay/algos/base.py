@@ -22,7 +22,7 @@ from selfplay.errors import InputError
 Num = object  # float | int | torch.Tensor (broadcastable to [B, 1])
 
 #: β of the regularized game, shared by every "regularized" algorithm (the
-#: issue's reference value; the CLI's --beta overrides it).
+#: project's reference value; the CLI's --beta overrides it).
 BETA = 0.1
 #: L: Lipschitz constant of π ↦ P(· ≻ π) from (‖·‖₁) to (‖·‖∞ modulo
 #: constants), for any P with entries in [0, 1]: |Σ_j (P_ij − ½)·v_j| ≤ ½‖v‖₁
@@ -41,7 +41,7 @@ NASH_MD_ETA_BETA = 0.01
 # constant of the payoff in the KL geometry at π_t,
 #     L̂_t = sqrt(Var_{π_t}(q_t − q_{t−1}) / Var_{π_t}(log π_t − log π_{t−1})),
 # is what bounds the stable step (linearised at a full-support NE the
-# dynamics rotate with frequencies λ ≤ L̂ ≤ L, see omwu.py). It is measured
+# dynamics rotate with frequencies λ ≤ L̂ ≤ L, docs/algorithms.md#omwu). It is measured
 # on payoffs already queried, so it costs no queries.
 ADAPT_FORGET = 0.99  # running max of L̂ forgets old peaks at this rate per step
 ADAPT_GROW = 1.05  # the step may grow by at most this factor per step
@@ -49,7 +49,7 @@ ADAPT_FLOOR = 1e-4  # L̂ is clamped to [ADAPT_FLOOR, LIPSCHITZ]
 #: OMWU: η·λ_max ≤ 0.57 is locally stable (0.5 is the fastest); η = 0.4/L̂.
 OMWU_ETA_TIMES_L = 0.4
 #: MPO: α = L̂ keeps the inner MMD loop stable for any η (|1 + iηλ| < 1 + ηα
-#: when λ ≤ α); ηα = 2 and a magnet refresh every 5 steps are the issue's
+#: when λ ≤ α); ηα = 2 and a magnet refresh every 5 steps are the original
 #: hand-tuned ratios (η = 40, α = 0.05), which are this rule at L̂ = 0.05.
 MPO_ALPHA_OVER_L = 1.0
 MPO_ETA_ALPHA = 2.0

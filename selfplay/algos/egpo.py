@@ -1,34 +1,29 @@
-"""EGPO: Extragradient Preference Optimization (Zhou, Fazel, Du 2025).
+"""EGPO: Extragradient Preference Optimization (extragradient on the online-IPO loss).
 
-Extragradient on the online-IPO loss (see online_ipo.py) with a softmax
-policy. Tabular form:
+Update (two phases, both anchored at π_t, μ = π_ref):
 
-    lead:   log π_{t+½} = (1−ηβ)·log π_t + ηβ·log μ + η·q_{π_t}   + c
+    lead:   log π_{t+½} = (1−ηβ)·log π_t + ηβ·log μ + η·q_{π_t}     + c
     update: log π_{t+1} = (1−ηβ)·log π_t + ηβ·log μ + η·q_{π_{t+½}} + c
 
-i.e. a = 1 − ηβ, b = ηβ (μ = π_ref), c = η, both phases anchored at π_t.
+i.e. a = 1 − ηβ, b = ηβ, c = η. In the LLM, each phase is one IPO gradient
+step from θ_t (θ_t and the optimiser state are restored before the second),
+with learning rate n·η·β/4 in the tabular analysis. Last iterate → π*_β.
 
-Why this is extragradient on the online-IPO loss [derived, checked in
-tests/test_algos_losses.py]: with logits θ of a softmax over n responses,
-all n² ordered pairs weighted uniformly and the loss averaged over pairs,
-∇_θ L_IPO(θ; opponent π) = (4/n)·(d − mean d), d = θ − log μ − q_π/β. One
-gradient step with learning rate γ = n·η·β/4 from θ_t is therefore exactly
-the update above with opponent π. EGPO steps once from θ_t against π_t
-(lead), samples and judges against π_{t+½}, restores θ_t (and the optimiser
-state) and steps again: the gradient of the second step is taken at θ_t, so
-only the opponent is extrapolated — the form above, not textbook
-extragradient, which would also evaluate the KL part at θ_{t+½}.
+Step size: η = 2/(1+2β), i.e. Nash-MP's η_MP = 1/L = 2 under the mapping
+η_MP = η/(1 − ηβ): in tabular form EGPO is Nash-MP reparametrised. Needs
+ηβ < 1.
 
-Step size: the update above with η equals Nash-MP's with
-η_MP = η/(1 − ηβ) (match a = 1/(1+η_MPβ) and c = η_MP/(1+η_MPβ)), so in the
-tabular case EGPO *is* mirror prox. The default η = 2/(1+2β) is Nash-MP's
-η_MP = 1/L = 2; needs ηβ < 1. With an LLM the two differ: EGPO takes one
-IPO gradient step anchored at π_ref (lr ↔ η as above), Nash-MP regresses
-onto the closed-form target anchored at π_t.
+Paper: Zhou, Fazel, Du 2025, arXiv 2503.08942 (code zhourunlong/EGPO; the
+tabular form is ours).
 
-Deviations: the paper's theory uses its own step condition in terms of β
-and the payoff bound; we use the mapping above instead. Sequence log-probs
-are length-normalised in the paper's LLM code (losses.sequence_logprob).
+Deviations:
+1. The paper's theory uses its own step condition in β and the payoff
+   bound; we use the Nash-MP mapping instead.
+2. The paper's code length-normalises sequence log-probs; that is an option
+   here (losses.sequence_logprob), off by default.
+
+Derivation (why this is extragradient on IPO, the mapping to Nash-MP):
+docs/algorithms.md#egpo
 """
 
 from __future__ import annotations

@@ -1,33 +1,25 @@
 """LLM losses: pure torch functions of sequence log-probs and judged preferences.
 
-Default form, **target regression** (ALGORITHMS.md, derived): for sampled pairs
-(i, j) of responses to the same prompt, regress
+Each form turns one plan phase (a, b, c, ĝ) into a loss over sampled
+responses; targets (anchor, μ, ĝ) are detached, they come from frozen versions.
 
-    (log π_θ(y_i) − log π_θ(y_j))  onto
-    a·(log π_anc(y_i) − log π_anc(y_j)) + b·(log μ(y_i) − log μ(y_j)) + c·(ĝ_i − ĝ_j)
-
-with a squared loss. Over a softmax policy with all pairs weighted by any
-full-support behaviour, the unique minimiser (up to a constant in the logits)
-is the tabular update `log π = a·log π_anc + b·log μ + c·ĝ + const`
-(tests/test_algos_losses.py checks this for every phase of every plan).
-
-**IPO form** (EGPO and online IPO; Calandriello et al. 2024, Zhou et al.
-2025): `((log π_θ/π_ref)(y_i) − (log π_θ/π_ref)(y_j) − (ĝ_i − ĝ_j)/β)²`,
-optimised by *one* gradient step from θ_t. For logits θ of a softmax over n
-responses, the mean over all n² ordered pairs, and learning rate
-`lr = n·η·β/4`, that step is exactly the tabular update with a = 1 − ηβ,
-b = ηβ, c = η (gradient of the mean loss is (4/n)(d − mean d) with
-d = θ − log μ − ĝ/β).
-
-**Policy-gradient form** (optional; TRL's Nash-MD and MPO's practical loss):
-on-policy samples, REINFORCE with the ½ baseline plus KL penalties estimated
-with the k2 surrogate ½(log π_θ − log ν)², whose gradient
-(log π_θ − log ν)·∇log π_θ is unbiased for ∇KL(π_θ‖ν) on samples from π_θ.
-It maximises E_π[ĝ] − (a/c)·KL(π‖π_anc) − (b/c)·KL(π‖μ), whose maximiser is
-the tabular update whenever a + b = 1 (true of every plan here).
+1. **Target regression** (default): for pairs (i, j) of responses to the same
+   prompt, squared error of (log π_θ(y_i) − log π_θ(y_j)) onto
+   a·Δ log π_anc + b·Δ log μ + c·Δ ĝ. Its minimiser over a softmax policy is
+   the tabular update for any full-support behaviour policy.
+2. **IPO** (EGPO, online IPO; Calandriello et al. 2024, Zhou et al. 2025):
+   ((log π_θ/π_ref)(y_i) − (log π_θ/π_ref)(y_j) − (ĝ_i − ĝ_j)/β)², taken as
+   *one* gradient step from the anchor; that step is the tabular update with
+   learning rate n·η·β/4 (softmax over n responses, mean over all n² pairs).
+3. **Policy gradient** (optional; TRL's Nash-MD, MPO's practical loss):
+   REINFORCE with baseline ½ plus k2 KL penalties (b/c toward μ, a/c toward
+   the anchor). Needs on-policy samples; its maximiser is the tabular update
+   when a + b = 1 (every plan here).
 
 Sequence log-probs: summed over tokens, or length-normalised (EGPO's choice).
-Targets (anchor, μ and ĝ) are detached: they come from frozen versions.
+
+Derivation (minimisers, the IPO gradient, the k2 surrogate):
+docs/algorithms.md#llm-loss-forms
 """
 
 from __future__ import annotations

@@ -1,36 +1,28 @@
-"""MPO: Magnetic Preference Optimization (Wang et al. 2024, arXiv 2410.16714).
+"""MPO: Magnetic Preference Optimization (magnetic mirror descent, refreshed magnet).
 
-Inner loop: magnetic mirror descent [paper: Sokota et al. 2022, `ssokota/mmd`]
+Update (one phase; MMD step towards the magnet ρ, which fills the μ slot):
 
-    π_{t+1} = argmax_π η⟨π, q_t⟩ − ηα·KL(π‖ρ) − KL(π‖π_t),
     log π_{t+1} = (log π_t + η·q_t + ηα·log ρ)/(1 + ηα) + c,
 
-i.e. a = 1/(1+ηα), b = ηα/(1+ηα) with μ = magnet ρ, c = η/(1+ηα). Its fixed
-point is π ∝ ρ·exp(q_π/α), the α-regularized NE with reference ρ.
+i.e. a = 1/(1+ηα), b = ηα/(1+ηα), c = η/(1+ηα), opponent π_t; then
+ρ ← π_{t+1} every `magnet_every` steps or, optionally (tabular only), when
+the inner regularized gap has fallen to `magnet_tol` × its value after the
+last refresh. Last iterate → NE of the original game.
 
-Outer loop: the magnet ρ ← π_t is refreshed every `magnet_every` steps or,
-optionally, as soon as the inner regularized gap has fallen to `magnet_tol`
-× its value right after the last refresh (`Refresh.tol`). With an exact
-inner solve the outer loop is the proximal point method
-π_{k+1} ∝ π_k·exp(q_{π_{k+1}}/α), whose last iterate converges to a NE of
-the original game (each mode of the linearised dynamics contracts by
-|α/(α − iλ)| per refresh, unconditionally).
+Step size (default, ours): adaptive α_t = L̂_t, η_t = 2/α_t (α = ½, η = 4 at
+step 0), magnet refreshed every 5 steps (base.py).
 
-Step sizes (default, ours): adaptive α_t = L̂_t (tabular.LipschitzEstimate),
-η_t = 2/α_t, magnet refreshed every 5 steps. Linearised at a full-support
-NE, one inner step multiplies a mode of frequency λ by (1 + iηλ)/(1 + ηα),
-which is a contraction for every η exactly when λ < α·sqrt(1 + 2/(ηα)) — so
-α ≥ λ_max makes the inner loop stable whatever η is, and a larger α only
-slows the outer loop. The issue's hand-tuned η = 40, α = 0.05, every 5 is
-this rule at λ_max ≈ 0.05 (its 21/51-action games); at n = 5 the same values
-are unstable because λ_max ≈ 0.2 there. Measured: K = 5 with ηα = 2 is as
-fast as OMWU at its best step in the linear model, and the tolerance rule
-(magnet_tol = 0.01) is no better than K = 5 on our game sets, so it is off.
+Paper: Wang et al. 2024, arXiv 2410.16714; MMD: Sokota et al. 2022,
+arXiv 2206.05825 (code ssokota/mmd).
 
-Deviations: the paper's theory refreshes the magnet after the inner loop has
-converged and its LLM runs after a fixed number of epochs; the adaptive α
-and the relative-tolerance rule are ours (`Hyper.adaptive=False` gives MMD
-with fixed η, α).
+Deviations:
+1. The paper's theory refreshes the magnet after the inner loop has
+   converged (its LLM runs after a fixed number of epochs); we refresh every
+   K steps or by a relative-tolerance rule (off by default).
+2. The adaptive α is ours; `Hyper.adaptive=False` gives MMD with fixed η, α.
+
+Derivation (stability for any η when α ≥ λ_max, the proximal-point outer
+loop, the hand-tuned values): docs/algorithms.md#mpo
 """
 
 from __future__ import annotations

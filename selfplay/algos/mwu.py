@@ -1,22 +1,21 @@
 """MWU self-play (multiplicative weights / Hedge on the preference game).
 
-Update [paper: SPPO, Wu et al. 2024, arXiv 2405.00675, tabular form; Freund &
-Schapire 1999 for MWU in games]:
+Update (one phase; π_t samples, is the opponent and the anchor):
 
-    π_{t+1}(y) ∝ π_t(y) · exp(η · P(y ≻ π_t)),
-    i.e. log π_{t+1} = log π_t + η·q_t + c   (a = 1, b = 0, c = η).
+    log π_{t+1} = log π_t + η·P(· ≻ π_t) + c      (a = 1, b = 0, c = η)
 
-One phase: π_t samples, is the opponent and is the anchor.
+The average iterate converges to an NE; the last iterate does not (on
+rock–paper–scissors it spirals out; tests/test_algos_convergence.py).
 
-Convergence: the *average* iterate converges to a Nash equilibrium (no-regret,
-gap of the average O(log n/(ηT) + η)); the *last* iterate does not — on
-rock–paper–scissors it spirals outwards towards the boundary of the simplex
-(KL(π*‖π_t) is non-decreasing for the continuous-time flow and strictly
-increasing for the discrete one). tests/test_algos_tabular.py asserts this.
+Step size (default, ours): η = 1; no constant step makes the last iterate
+converge.
 
-Deviations: none. The default η = 1 is not from a paper (MWU has no
-anytime step size that makes its last iterate converge; the average iterate's
-guarantee wants η ≈ √(log n / T)).
+Paper: Freund & Schapire 1999 (MWU in games); tabular SPPO, Wu et al. 2024,
+arXiv 2405.00675.
+
+Deviations: none.
+
+Derivation: docs/algorithms.md#mwu
 """
 
 from __future__ import annotations

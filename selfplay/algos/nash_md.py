@@ -1,26 +1,25 @@
-"""Nash-MD: Nash mirror descent (Munos et al. 2023, arXiv 2312.00886).
+"""Nash-MD: Nash mirror descent against the geometric mixture of π_t and μ.
 
-    π^μ_t     ∝ π_t^{1−ηβ} · μ^{ηβ}                   (geometric mixture)
-    π_{t+1}   ∝ π^μ_t · exp(η·q_{π^μ_t})
+Update (one phase; the mixture samples and is the opponent, μ = π_ref):
+
+    π^μ_t       ∝ π_t^{1−ηβ} · μ^{ηβ}
     log π_{t+1} = (1−ηβ)·log π_t + ηβ·log μ + η·q_{π^μ_t} + c
 
-One phase: the mixture samples and is the opponent, anchor π_t with
-a = 1 − ηβ and μ = π_ref with b = ηβ, c = η.
+i.e. a = 1 − ηβ, b = ηβ, c = η.
 
-Bias of a constant step [derived, measured]: a fixed point satisfies
-ηβ·log π = ηβ·log μ + η·q_{π^μ}, i.e. π ∝ μ·exp(q_{π^μ}/β) with π^μ ≠ π
-unless π = μ. So π*_β is *not* a fixed point for any η > 0: one step from
-π*_β moves it by O(η) (tests/test_algos_fixed_points.py), and the iterates
-converge linearly (rate ≈ 1 − ηβ) to a point whose regularized gap is
-O(η²) — about 1e-4 at ηβ = 0.1 and 1e-6..1e-8 at ηβ = 0.01 on our games.
-Munos et al. get convergence to π*_β only with a decreasing step
-(η_t ∝ 1/(βt), KL = O(1/T)). The issue's expectation that Nash-MD reaches
-regularized_gap ≤ 1e-8 within a few hundred iterations therefore does not
-hold for Nash-MD as published; Nash-MP and EGPO do reach it (in ~50).
+Step size (default, ours): ηβ = 0.01 (η = 0.1 at β = 0.1).
 
-Default: ηβ = 0.01 (η = 0.1 at β = 0.1): floor ~1e-6..1e-8 reached in a
-few thousand iterations. Deviation from the paper: constant step instead of
-the decreasing schedule of its theorem (plans have constant coefficients).
+Paper: Munos et al. 2023, arXiv 2312.00886.
+
+Deviations:
+1. Constant step instead of the paper's decreasing η_t ∝ 1/(βt). With a
+   constant step the fixed point is π ∝ μ·exp(q_{π^μ}/β), not π*_β: the
+   regularized gap floors at O(η²), ~1e-6 at ηβ = 0.01
+   (tests/test_algos_fixed_points.py), so Nash-MD does not reach 1e-8.
+2. The mixture is sampled per token (rollout/hf.py), which equals the
+   sequence-level mixture only up to normalisation.
+
+Derivation: docs/algorithms.md#nash-md
 """
 
 from __future__ import annotations

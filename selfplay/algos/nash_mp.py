@@ -1,34 +1,29 @@
-"""Nash-MP: Nash Mirror Prox (Tiapkin et al. 2025, arXiv 2505.19731).
+"""Nash-MP: Nash Mirror Prox on the β-regularized game (reference μ = π_ref).
 
-Mirror prox on the β-regularized game (reference μ = π_ref):
+Update (two phases, both anchored at π_t):
 
-    lead:   log π_{t+½} = (log π_t + η·q_{π_t}   + ηβ·log μ)/(1 + ηβ) + c
+    lead:   log π_{t+½} = (log π_t + η·q_{π_t}     + ηβ·log μ)/(1 + ηβ) + c
     update: log π_{t+1} = (log π_t + η·q_{π_{t+½}} + ηβ·log μ)/(1 + ηβ) + c
 
-Both phases are anchored at π_t (the update is *not* anchored at π_{t+½}):
-a = 1/(1+ηβ), b = ηβ/(1+ηβ), c = η/(1+ηβ); the second phase's opponent is
-the lead policy. Two payoff vectors (rounds of preference queries) per step.
+i.e. a = 1/(1+ηβ), b = ηβ/(1+ηβ), c = η/(1+ηβ); the second phase's sampler
+and opponent is the lead policy. Two rounds of preference queries per step.
+Last iterate → π*_β.
 
-Step size: η = 1/L = 2 [paper's condition η ≤ 1/L for mirror prox], with
-L = ½ the Lipschitz constant of π ↦ P(· ≻ π) from ‖·‖₁ to ‖·‖∞ modulo
-constants, for any P with entries in [0, 1]: instance- and size-independent.
+Step size: η = 1/L = 2 (mirror prox's condition η ≤ 1/L, L = ½ for every P
+with entries in [0, 1]).
 
-Rate. The abstract's claim, KL(π*_β‖π) decreasing like (1+2β)^{−N/2} in N
-preference queries, reads (N = 2 rounds per iteration, η = 2) as a KL
-contraction of 1/(1+ηβ) = 1/(1+2β) per iteration. That reading is right as a
-worst-case bound — measured, every iteration satisfies it — but it is not the
-rate one observes: asymptotically KL contracts by 1/(1+ηβ)² per iteration,
-i.e. like (1+2β)^{−N}. Derivation: linearise at π*_β with e = log π −
-log π*_β and K = P·(diag π*_β − π*_β π*_βᵀ), whose eigenvalues are iλ with
-0 ≤ λ ≤ ½. One iteration maps a mode to m(λ)·e with
-m = [1 + (iηλ − η²λ²)/s]/s, s = 1 + ηβ, and
-|m|²s² = 1 − θ²(2s−1)/s² + θ⁴/s² ≤ 1 for θ = ηλ ≤ 1, so |m| ≤ 1/s, with
-equality as λ → 0. Log-probabilities therefore contract by 1/(1+ηβ) and
-KL(π*_β‖π) ≈ ½·Var_{π*}(e), being quadratic in e, by 1/(1+ηβ)².
-tests/test_algos_rates.py checks both statements.
+Paper: Tiapkin et al. 2025, arXiv 2505.19731 (the two-phase form is ours).
 
-Deviations: none in the update; the paper's LLM version replaces each prox
-step by several policy-gradient steps, ours (losses.py) by target regression.
+Rate: KL(π*_β‖π) contracts asymptotically by 1/(1+ηβ)² per iteration,
+(1+2β)^{−N} in N queries; 1/(1+2β) per iteration is only the worst-case
+bound (tests/test_algos_rates.py).
+
+Deviations:
+1. None in the update; the paper's LLM version takes several
+   policy-gradient steps per prox step, ours regresses onto the target
+   (losses.py).
+
+Derivation: docs/algorithms.md#nash-mp
 """
 
 from __future__ import annotations

@@ -1,24 +1,23 @@
 """Online IPO / online mirror descent on the β-regularized game.
 
-One gradient step on the online-IPO loss per iteration (Calandriello et al.
-2024, arXiv 2403.08635; EGPO's baseline):
+Update (one phase; opponent and anchor π_t, μ = π_ref):
 
     log π_{t+1} = (1−ηβ)·log π_t + ηβ·log μ + η·q_{π_t} + c
 
-i.e. a = 1 − ηβ, b = ηβ with μ = π_ref, c = η, opponent and anchor π_t: one
-EGPO phase (the lead step alone). The gradient-step ↔ η mapping is EGPO's
-(egpo.py): learning rate n·η·β/4 for the pair-mean IPO loss over softmax
-logits. Its fixed point is π*_β.
+i.e. a = 1 − ηβ, b = ηβ, c = η: EGPO's lead phase alone, one IPO gradient
+step (learning rate n·η·β/4 in the tabular analysis). Also MMD with the
+magnet fixed at μ, α = β and η_MMD = η/(1 − ηβ). Last iterate → π*_β.
 
-It is also MMD with the magnet fixed at μ and α = β (Sokota et al. 2022),
-with η_MMD = η/(1 − ηβ). Step size (default): MMD's theorem η_MMD ≤ α/L² =
-4β (L = ½), i.e. η = 4β/(1 + 4β²) — linear convergence at rate
-≈ 1/(1 + 4β²) per iteration (a few hundred iterations to 1e-8 at β = 0.1;
-a larger step is unstable on games whose local frequencies λ exceed β,
-since a mode multiplies by (1 + iη_MMD·λ)/(1 + η_MMD·β)).
+Step size: MMD's η_MMD ≤ α/L² = 4β (Sokota et al. 2022, Thm 3.4), i.e.
+η = 4β/(1 + 4β²).
 
-Deviations: Calandriello et al. sample y, y' from π_t and run many
-gradient steps on a replay of online data; here one exact step per round.
+Paper: Calandriello et al. 2024, arXiv 2403.08635 (EGPO's baseline).
+
+Deviations:
+1. The paper samples y, y' from π_t and runs many gradient steps on a replay
+   of online data; here one exact step per round.
+
+Derivation: docs/algorithms.md#online-ipo
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Step plans: what each algorithm asks of the runtime, as data.
 
-Every update `selfplay` implements has the closed form (ALGORITHMS.md)
+Every update `selfplay` implements has the closed form (docs/algorithms.md)
 
     log π_out(y) = a·log π_anchor(y) + b·log μ(y) + c·ĝ(y) + const,
     ĝ(y)         = Σ_k w_k · P(y ≻ opponent_k),

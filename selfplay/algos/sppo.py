@@ -1,22 +1,23 @@
-"""SPPO: Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675).
+"""SPPO: Self-Play Preference Optimization (MWU with step 1/β).
 
-Tabular update [paper, Eq. (3.3)/(4.2)]: MWU with step η = 1/β,
+Update (one phase; π_t samples, is the opponent and the anchor):
 
-    π_{t+1}(y) ∝ π_t(y) · exp(P(y ≻ π_t) / β)     (a = 1, b = 0, c = 1/β).
+    π_{t+1}(y) ∝ π_t(y) · exp(P(y ≻ π_t) / β)     (a = 1, b = 0, c = 1/β)
 
-The LLM loss is the paper's square loss, which is our target regression with
-this plan: (log π_θ(y)/π_t(y) − (P(y ≻ π_t) − ½)/β)²; the ½ is a constant
-that the pairwise difference removes (the paper regresses single responses
-with a baseline ½ instead of pairs — same minimiser in the tabular case).
+Only the average iterate converges to the NE of the original game.
 
-Convergence: as MWU, only the average iterate converges to the NE of the
-original game (so `objective = "nash"`); β here is a step size, not the
-strength of a KL to π_ref (SPPO's fixed-point analysis has no reference
-regularisation).
+Step size (default, ours): β = 1 (η = 1, as MWU), chosen for exact tabular
+payoffs.
 
-Deviations: the paper's β is in the denominator; our `Hyper.beta` is that β
-and `Hyper.eta` is ignored. The default β = 1 (η = 1, as MWU) is ours, chosen
-for exact tabular payoffs, not taken from the paper's LLM runs.
+Paper: Wu et al. 2024, arXiv 2405.00675, Eq. (3.3)/(4.2).
+
+Deviations:
+1. β is a step size, not the strength of a KL to π_ref: `Hyper.beta` is the
+   paper's β and `Hyper.eta` is ignored.
+2. The paper regresses single responses with a ½ baseline; we regress pair
+   differences (same tabular minimiser).
+
+Derivation: docs/algorithms.md#sppo
 """
 
 from __future__ import annotations

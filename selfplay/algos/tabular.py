@@ -6,7 +6,7 @@ Games are `P: [B, n, n]` (float64); the state is one log-probability vector
     ĝ            = Σ_k w_k · q_{source_k},   q_π = P(· ≻ π) = P π,
     log π_out    = log_softmax(a·log π_anchor + b·log μ + c·ĝ),
 
-which is every update in ALGORITHMS.md (the normaliser c is the log-softmax).
+which is every update in docs/algorithms.md (the normaliser c is the log-softmax).
 Work stays in log space so that probabilities of 1e-300 neither underflow to
 0 in the update nor produce NaNs: only `q = P·exp(log π)` leaves log space, and
 an underflowed exp there contributes exactly what it should (nothing).

@@ -6,7 +6,7 @@ loads and generates them (the "uniform" generator is the EGPO paper's, Zhou,
 Fazel, Du 2025); `solvers` gives the exact NE by linear programming and the
 β-regularized NE ``π*_β ∝ μ·exp(P π*_β / β)`` by globally convergent damped
 Newton; `measures` gives ``gap``, ``regularized_gap`` and ``kl`` on numpy
-arrays or batched torch tensors. See each module's docstring for the math.
+arrays or batched torch tensors. The math: docs/algorithms.md#duality-gaps.
 """
 
 from selfplay.games.matrix import KINDS, generate, load, save, validate

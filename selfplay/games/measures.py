@@ -2,43 +2,23 @@
 
 Notation (Munos et al. 2023, NLHF): ``q_π(y) = P(y ≻ π) = (P π)_y``.
 
-``gap(P, π) = max_π' P(π' ≻ π) − min_π' P(π ≻ π') = 2·max_y q_π(y) − 1``,
-using ``P(π ≻ π') = 1 − P(π' ≻ π)``. It is ≥ 0 and 0 exactly at an NE.
-
-β-regularized game with reference μ:
-``J_β(π, π') = P(π ≻ π') − β·KL(π‖μ) + β·KL(π'‖μ)``. Its duality gap is
-``max_π' J_β(π', π) − min_π' J_β(π, π')``. Derivation (checked, it agrees
-with ALGORITHMS.md's formula):
-
-* ``max_π' J_β(π', π) = max_π' [⟨π', q_π⟩ − β·KL(π'‖μ)] + β·KL(π‖μ)
-  = β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)`` (Gibbs variational principle,
-  maximiser ``π' ∝ μ·exp(q_π/β)``);
-* ``min_π' J_β(π, π') = 1 − max_π' [⟨π', q_π⟩ − β·KL(π'‖μ)] − β·KL(π‖μ)``
-  because ``P(π ≻ π') = 1 − ⟨π', q_π⟩``;
-
-so ``regularized_gap = 2·[β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)] − 1``.
-Using ``⟨π, q_π⟩ = ½`` it also equals ``2β·KL(π ‖ softmax(log μ + q_π/β))``,
-so it is ≥ 0 and 0 exactly at the regularized NE. The formula is invariant to
-rescaling μ, so an unnormalised μ gives the gap for μ/Σμ.
-
-Numerics: the formula as written loses about ``β·(Σπ − 1)`` and
-``β·1e-16·|q/β|`` to rounding, which exceeds 1e-12 for β ≳ 1e3. Writing
-``σ = softmax(log μ + q_π/β)``, on the simplex it equals
-
-    2β·Σ_y [π log(π/σ) − π + σ] + (2·⟨π, q_π⟩ − 1),
-
-whose summands ``σ·φ(π/σ)`` (``φ(t) = t log t − t + 1 ≥ 0``) are each
-non-negative, quadratic in π − σ and first-order insensitive to the
-normalisation of π and σ; the last term is ``(Σπ)² − 1``, i.e. zero up to
-rounding for a valid P. This is what is computed (with ``log1p`` when π is
-within a factor ½..1½ of σ), so the absolute error stays near 1e-16 for
-every β and the value is ≥ −1e-15 for any probability vector.
+* ``gap(P, π) = max_π' P(π' ≻ π) − min_π' P(π ≻ π') = 2·max_y q_π(y) − 1``:
+  ≥ 0, and 0 exactly at an NE of the original game.
+* ``regularized_gap(P, π, β, μ)``, the duality gap of the β-regularized game
+  ``J_β(π, π') = P(π ≻ π') − β·KL(π‖μ) + β·KL(π'‖μ)``:
+  ``2·[β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)] − 1 = 2β·KL(π ‖ σ)`` with
+  ``σ = softmax(log μ + q_π/β)``: ≥ 0, and 0 exactly at π*_β. It is computed
+  in an equivalent form whose summands are each non-negative, so the absolute
+  error stays near 1e-16 for every β (≥ −1e-15 for any probability vector).
+* ``kl(p, q)``.
 
 All functions take numpy arrays or torch tensors with optional leading batch
 dims (``P [..., n, n]``, ``π [..., n]``, ``β`` scalar or ``[...]``) and return
 the same kind: a python float / numpy array for numpy input, a tensor of
 shape ``[...]`` for torch input (torch if any argument is a tensor). They are
 evaluation measures, not losses: no attention was paid to autograd.
+
+Derivation (the gap formulas, the stable form): docs/algorithms.md#duality-gaps
 """
 
 from __future__ import annotations
@@ -57,7 +37,7 @@ def gap(P, pi):
 def regularized_gap(P, pi, beta, mu=None):
     """``2·[β·log Σ_y μ(y)·exp(q_π(y)/β) + β·KL(π‖μ)] − 1`` (μ uniform if None).
 
-    Evaluated in the equivalent stable form of the module docstring.
+    Evaluated in the equivalent stable form of docs/algorithms.md#duality-gaps.
     """
     back, (P, pi, beta, mu) = _to_torch(P, pi, beta, mu)
     q = _payoff(P, pi)

@@ -11,7 +11,7 @@ counts: log π(input_ids[i, j] | input_ids[i, :j]) is read from the logits at
 position j−1, so `response_mask[:, 0]` must be 0 (every prompt has ≥ 1 token).
 
 Target regression only identifies log-prob *differences between responses to
-the same prompt* (ALGORITHMS.md), so the loss is over pairs (i, j), i < j, in
+the same prompt* (docs/algorithms.md), so the loss is over pairs (i, j), i < j, in
 the same `group`. Sharding therefore splits by whole groups: no pair crosses a
 shard, and the sum of the per-shard pair losses is the full-batch pair loss.
 """

@@ -1,7 +1,7 @@
 """One learner rank: the trainable policy, its optimizer, and frozen role weights.
 
 Each phase of a step plan (`selfplay.algos.plan.Phase`) regresses the policy
-onto the closed-form update (ALGORITHMS.md, "From tabular rule to LLM loss")
+onto the closed-form update (docs/algorithms.md#llm-loss-forms)
 
     log π_θ(y) − log π_θ(y')  ≈  a·Δ log π_anchor + b·Δ log μ + c·Δ ĝ
 

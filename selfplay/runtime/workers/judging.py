@@ -4,7 +4,7 @@ For each trained response y_i to prompt x, and each opponent source s of the
 phase (weight w_s), the judge compares y_i with the M opponent responses
 y''_{s,1..M} drawn for the same prompt from s:
 
-    ĝ(y_i) = Σ_s w_s · (1/M) Σ_m P(y_i ≻ y''_{s,m} | x)          (ALGORITHMS.md)
+    ĝ(y_i) = Σ_s w_s · (1/M) Σ_m P(y_i ≻ y''_{s,m} | x)   (docs/algorithms.md)
 
 Opponents are always a separate draw, never the other members of y_i's own
 group: with leave-one-out opponents, E[ĝ_i − ĝ_j | y_i, y_j] picks up a
