@@ -115,8 +115,9 @@ class RolloutConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    kind: Literal["game", "reward", "pairwise", "llm"] = "game"
-    model: str | None = None
+    """The preference servers. Which preference model they serve is the task's choice
+    (the token game's is its matrix); these keys size them and set their failure policy."""
+
     servers: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     num_cpus: float = Field(0.25, gt=0)
@@ -187,12 +188,6 @@ class Config(_Strict):
     learner: LearnerConfig = LearnerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Config:
-        if self.task.kind == "token_game" and self.judge.kind != "game":
-            raise ValueError("task.kind=token_game needs judge.kind=game")
-        return self
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

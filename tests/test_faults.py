@@ -73,7 +73,8 @@ def run(tmp_path: Path, victim: str | None, *overrides: str, when: str = "step")
     when="step": at the end of step KILL_AT (`on_step`), or when="request": right after
     step KILL_AT+1's batch was issued, while its tasks are still queued on the victim."""
     cfg = load_config(CONF, [*SMALL, f"output_dir={tmp_path}", *overrides])
-    _, ctl, ev, _, _ = build(cfg)
+    run_ = build(cfg)
+    ctl, ev = run_.controller, run_.evaluator.probe
     killed, batches = [], []
     train, request = ctl.train, ctl.request
     # Asked now: once a batch is queued on the actor, a pid() call would wait behind it.

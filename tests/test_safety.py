@@ -322,7 +322,7 @@ def test_unknown_names_list_the_allowed_ones():
         get_algo("os.system")
     assert all(n in _one_line(e) for n in ALGO_NAMES)
     for key, bad in (
-        ("judge.kind", "os.system"),
+        ("task.kind", "os.system"),
         ("rollout.backend", "os.system"),
         ("algo.loss", "os.system"),
         ("algo.name", "os.system"),

@@ -84,11 +84,14 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
     from selfplay.runtime.workers.actors import RolloutActor
+    from selfplay.tasks.base import Sampling
     from selfplay.types import Version
 
     spec = ModelSpec(words=("a", "b", "c"), hidden=hidden, layers=layers, heads=4)
-    group = LearnerGroup(lambda: _build_model(spec), LearnerSettings(), 1, num_cpus=0.5)
-    worker = RolloutActor.options(num_cpus=0.5).remote(lambda: _build_backend(spec, "hf"))
+    group = LearnerGroup(lambda: _build_model(spec, "float32"), LearnerSettings(), 1, num_cpus=0.5)
+    worker = RolloutActor.options(num_cpus=0.5).remote(
+        lambda: _build_backend(spec, "hf"), Sampling(1, 1.0, 1.0)
+    )
     ray.get(worker.ready.remote())
     ours, raw, nbytes = [], [], 0
     putter, getter = _Putter.remote(), _Getter.remote()

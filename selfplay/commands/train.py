@@ -58,10 +58,9 @@ def train(
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from selfplay.runtime.driver.trainer import format_summary
     from selfplay.runtime.driver.trainer import train as run_train
 
     result = run_train(cfg, progress=not no_progress, resume=ckpt)
-    click.echo(format_summary(result.summary))
+    click.echo(result.text)
     if as_json:
         click.echo(json.dumps(result.summary))

@@ -1,22 +1,19 @@
-"""Build a run from a `Config` and execute it: Ray actors, controller, evaluation, tracking.
+"""Build a run from a `Config`: the task, the Ray actors, the controller, the evaluator.
 
-This is what `selfplay train CONFIG` calls. It starts an in-process Ray cluster
-(`runtime.num_cpus`) unless `runtime.address` names one.
+Each setting is handed once to the component that uses it: rollout workers get
+their `Sampling` at construction, learners their `LearnerSettings`, judges their
+`JudgeSpec` and failure policy, the controller the plan and the batch shape. The
+task (`selfplay.tasks`) is the only source of problem-specific pieces.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from selfplay.config import Config, to_yaml
-from selfplay.errors import InputError
-from selfplay.tasks.token_game import TokenGame, from_config
 
 
 def _hyper(cfg: Config, n: int):
@@ -32,25 +29,27 @@ def _hyper(cfg: Config, n: int):
     return algo, algo.resolve(h.with_(**over) if over else h)
 
 
-def _build_model(spec):
+def _build_model(spec, dtype: str):
     from selfplay.models.load import load_policy
 
-    return load_policy(spec)[0]
+    return load_policy(spec, dtype=dtype)[0]
 
 
-def _build_backend(spec, kind: str):
+def _build_backend(spec, kind: str, dtype: str = "float32"):
     from selfplay.rollout import make_backend
 
-    return make_backend(kind, spec)
+    return make_backend(kind, spec, dtype=dtype)
 
 
-def make_rollout_worker(spec, r):
-    """One `RolloutActor` on `r`'s (RolloutConfig) resources: at build, and when the pool grows."""
+def make_rollout_worker(spec, cfg: Config, sampling):
+    """One `RolloutActor` on the rollout section's resources, holding its sampling
+    settings: at build, and whenever the pool grows or replaces a worker."""
     from selfplay.runtime.workers.actors import RolloutActor
 
+    r = cfg.rollout
     return RolloutActor.options(
         num_cpus=r.num_cpus, num_gpus=r.num_gpus, resources=dict(r.resources)
-    ).remote(functools.partial(_build_backend, spec, r.backend))
+    ).remote(functools.partial(_build_backend, spec, r.backend, cfg.model.dtype), sampling)
 
 
 def _autoscaler(r):
@@ -70,20 +69,20 @@ def _autoscaler(r):
     )
 
 
-def _build_judge(P: np.ndarray, moves: tuple[str, ...], batch_size: int):
-    from selfplay.judges.factory import JudgeSpec, make_judge
+def _build_judge(spec):
+    from selfplay.judges.factory import make_judge
 
-    return make_judge(JudgeSpec(kind="game", batch_size=batch_size, matrix=P, moves=moves))
+    return make_judge(spec)
 
 
-def model_spec(cfg: Config, game: TokenGame):
-    """The policy's model: the tiny factory over the game's words, or an HF name/path."""
+def model_spec(cfg: Config, task):
+    """The policy's model: the tiny factory over the task's words, or an HF name/path."""
     from selfplay.models.tiny import ModelSpec
 
     if cfg.model.name == "tiny":
         t = cfg.model.tiny
         return ModelSpec(
-            words=tuple(game.vocab_words),
+            words=tuple(task.model_words()),
             hidden=t.hidden,
             layers=t.layers,
             heads=t.heads,
@@ -93,31 +92,13 @@ def model_spec(cfg: Config, game: TokenGame):
     return cfg.model.name
 
 
-@dataclass
-class MoveEvaluator:
-    """Exact move distribution of a learner-held role: softmax of log π over the move tokens."""
+def _tokenizer(cfg: Config, spec):
+    from selfplay.models.load import check_safetensors_dir, load_tokenizer
 
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    response_mask: np.ndarray
-
-    @classmethod
-    def build(cls, prompt_tokens: list[int], move_ids: list[int]) -> MoveEvaluator:
-        n, L = len(move_ids), len(prompt_tokens) + 1
-        ids = np.array([prompt_tokens + [m] for m in move_ids], dtype=np.int64)
-        resp = np.zeros((n, L), dtype=np.float32)
-        resp[:, -1] = 1.0
-        return cls(ids, np.ones((n, L), dtype=np.int64), resp)
-
-    def policy(self, learners, role: str | None = None) -> np.ndarray:
-        lp = (
-            learners.policy_logprobs(self.input_ids, self.attention_mask, self.response_mask, role)
-            .sum(axis=1)
-            .astype(np.float64)
-        )
-        lp -= lp.max()
-        p = np.exp(lp)
-        return p / p.sum()
+    if isinstance(spec, str):
+        check_safetensors_dir(spec)  # one line here, not a wrapped actor error
+        return load_tokenizer(spec)
+    return spec.tokenizer()
 
 
 @dataclass
@@ -126,57 +107,61 @@ class RunResult:
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     records: list = field(default_factory=list)  # the controller's PhaseRecords, in order
+    text: str = ""  # the human-readable summary `selfplay train` prints
 
 
-def make_judge_server(game: TokenGame, j):
-    """One `JudgeActor` (a preference server) on `j`'s (JudgeConfig) resources."""
+def make_judge_server(spec, j):
+    """One `JudgeActor` (a preference server) for the task's judge `spec`, on `j`'s
+    (JudgeConfig) resources."""
     from selfplay.runtime.workers.actors import JudgeActor
     from selfplay.runtime.workers.judging import JudgePolicy
 
     return JudgeActor.options(num_cpus=j.num_cpus).remote(
-        functools.partial(_build_judge, game.P, tuple(game.moves), j.batch_size),
+        functools.partial(_build_judge, spec),
         JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure),
     )
 
 
-def build(cfg: Config, workers: int | None = None):
-    """Everything a run needs: (game, controller, evaluator, algo, hyper).
+@dataclass
+class Run:
+    """What `build` makes: the task, the controller over live actors, the task's
+    evaluator of the learner's policy, and the algorithm with its resolved hyperparameters."""
 
-    `workers`: the rollout pool's size, when a resumed run restores its own."""
-    from selfplay.models.load import (
-        check_safetensors_dir,
-        encode_prompts,
-        load_policy,
-        load_tokenizer,
-    )
+    task: object  # Task
+    controller: object  # Controller
+    evaluator: object  # Evaluator
+    algo: object
+    hyper: object
+
+    @property
+    def beta(self) -> float:
+        """β of the regularized game the algorithm solves (0 for the unregularized one)."""
+        return float(self.hyper.beta) if self.algo.objective == "regularized" else 0.0
+
+
+def build(cfg: Config, workers: int | None = None) -> Run:
+    """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
+    resumed run restores its own."""
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
     from selfplay.runtime.workers.pool import RolloutPool
+    from selfplay.tasks import make_task
 
-    game = from_config(cfg.task)
-    spec = model_spec(cfg, game)
-    if cfg.model.name == "tiny":
-        _, tok = load_policy(spec)
-    else:
-        check_safetensors_dir(cfg.model.name)  # one line here, not a wrapped actor error
-        tok = load_tokenizer(cfg.model.name)
-    move_ids = [tok.convert_tokens_to_ids(m) for m in game.moves]
-    if any(i is None or i == tok.unk_token_id for i in move_ids):
-        raise InputError(
-            f"model {cfg.model.name}: the move names {game.moves} must be single tokens"
-        )
-    algo, hyper = _hyper(cfg, game.n)
-    plan = algo.plan(hyper)
+    task = make_task(cfg.task)
+    spec = model_spec(cfg, task)
+    tok = _tokenizer(cfg, spec)
+    sampling = task.sampling(tok, cfg.rollout)
+    algo, hyper = _hyper(cfg, task.n)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
     workers = r.workers if workers is None else workers
-    make_worker = functools.partial(make_rollout_worker, spec, r)
+    make_worker = functools.partial(make_rollout_worker, spec, cfg, sampling)
     scaler = _autoscaler(r)
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
-    make_judge = functools.partial(make_judge_server, game, j)
+    make_judge = functools.partial(make_judge_server, task.judge_spec(j.batch_size), j)
     judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(
-        functools.partial(_build_model, spec),
+        functools.partial(_build_model, spec, cfg.model.dtype),
         LearnerSettings(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,
@@ -188,9 +173,6 @@ def build(cfg: Config, workers: int | None = None):
         prompts_per_step=r.prompts_per_step,
         k=r.k,
         opponents_k=r.opponents_k,
-        max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature,
-        explore_temperature=r.explore_temperature,
         max_staleness=cfg.runtime.max_staleness,
         seed=cfg.seed,
         max_reissues=cfg.runtime.max_reissues,
@@ -198,19 +180,17 @@ def build(cfg: Config, workers: int | None = None):
         normalize_logprobs=cfg.algo.normalize_logprobs,
         updates_per_phase=lcfg.updates_per_phase,
         micro_batch=lcfg.micro_batch,
-        allowed_token_ids=move_ids,
         pad_id=tok.pad_token_id,
     )
     pool = RolloutPool(
         rollout, make_worker=make_worker, autoscale=scaler, join_wait_s=r.join_wait_s
     )
-    ctl = Controller(plan, settings, pool, judges, learners, game.prompts, make_judge=make_judge)
-    evaluator = MoveEvaluator.build(encode_prompts(tok, [game.prompts(1, 0)[1][0]])[0], move_ids)
-    return game, ctl, evaluator, algo, hyper
-
-
-def result_json(summary: dict) -> str:
-    return json.dumps(summary, default=float)
+    ctl = Controller(
+        algo.plan(hyper), settings, pool, judges, learners, task.prompts, make_judge=make_judge
+    )
+    run = Run(task, ctl, None, algo, hyper)
+    run.evaluator = task.evaluator(tok, run.beta)
+    return run
 
 
 def write_config(cfg: Config, run_dir: Path) -> Path:

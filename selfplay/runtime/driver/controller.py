@@ -54,9 +54,6 @@ class ControllerSettings:
     prompts_per_step: int
     k: int
     opponents_k: int
-    max_new_tokens: int
-    temperature: float
-    explore_temperature: float
     max_staleness: int
     seed: int
     max_reissues: int = 3
@@ -64,7 +61,6 @@ class ControllerSettings:
     normalize_logprobs: bool = False
     updates_per_phase: int = 8
     micro_batch: int = 64
-    allowed_token_ids: list[int] | None = None
     pad_id: int | None = None
 
 
@@ -208,26 +204,17 @@ class Controller:
             w = pool.workers[c]
             pool.ensure_loaded(w, needed, self.store.refs)
             prompts = Prompts(ids=ids[rows], texts=[texts[i] for i in rows])
-            gen = dict(
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                allowed_token_ids=s.allowed_token_ids,
-            )
             # Trained-on responses may come from a hotter behaviour policy (target
             # regression is unbiased under any full-support behaviour); opponents may not.
             smp = w.generate.remote(
-                prompts,
-                sampler,
-                s.k,
-                seed=self._seed(pend.step, pend.phase, c, 0),
-                **{**gen, "temperature": s.explore_temperature},
+                prompts, sampler, s.k, seed=self._seed(pend.step, pend.phase, c, 0), explore=True
             )
             # One seed for every opponent source (common random numbers): each draw
             # is still exact, but OMWU's 2·ĝ(π_t) − ĝ(π_{t−1}) then carries the noise
             # of about one draw instead of five (π_t ≈ π_{t−1} sample alike).
             opp_refs = [
                 w.generate.remote(
-                    prompts, v, s.opponents_k, seed=self._seed(pend.step, pend.phase, c, 1), **gen
+                    prompts, v, s.opponents_k, seed=self._seed(pend.step, pend.phase, c, 1)
                 )
                 for v in opps
             ]

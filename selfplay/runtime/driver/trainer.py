@@ -1,9 +1,10 @@
-"""`selfplay train`: run the controller on the token game, evaluate, track, summarise.
+"""`selfplay train`: run the controller on any task, evaluate, track, checkpoint, summarise.
 
-After every step the exact move distribution π_t of the learner's `main` role
-is read off the LM (softmax of its log-probs over the move tokens), and its
-duality gap `2·max_y (P π_t)_y − 1` is computed exactly; for algorithms that
-solve the β-regularized game, so is the regularized gap against μ = π_ref.
+The loop knows nothing of the problem: every `runtime.eval_every` steps (and at
+the last one) it asks the task's evaluator for the policy's metrics (for the token
+game, the exact duality gap of the last iterate), logs them with the step's
+training metrics, and at the end writes the summary, history and plot
+(`selfplay.runtime.driver.report`).
 """
 
 from __future__ import annotations
@@ -16,85 +17,12 @@ from pathlib import Path
 
 import ray
 
-from selfplay import games
 from selfplay.config import Config
 from selfplay.errors import RunError
 from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build, new_run_dir, write_config
-
-
-def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
-    rows = sum(r.rows for r in recs)
-    secs = sum(r.seconds for r in recs)
-    last = recs[-1].metrics
-    out = {
-        "step": step,
-        "gap": game.gap(pi),
-        "policy": [float(x) for x in pi],
-        "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
-        "loss": last.loss,
-        "loss_initial": last.loss_initial,
-        "grad_norm": last.grad_norm,
-        "kl_anchor": last.kl_anchor,
-        "kl_ref": last.kl_ref,
-        "staleness": max(r.staleness for r in recs),
-        "rows": rows,
-        "rollout_workers": recs[-1].workers,  # pool size that sampled the step's last batch
-        "preference_queries": sum(r.queries for r in recs),
-        "train_seconds": secs,
-        "elapsed": elapsed,
-        # The version this step published: its `main` output step t+1.
-        "policy_version": recs[-1].output.step,
-        # Exact probability that π_t beats π_ref under the game judge (ties count ½).
-        "win_rate_ref": float(pi @ game.P @ pi_ref),
-        # Over the phases' train wall time (which includes waiting for the batch when
-        # synchronous).
-        "train_samples_per_s": rows / secs if secs else 0.0,
-        "train_tokens_per_s": sum(r.metrics.tokens for r in recs) / secs if secs else 0.0,
-    }
-    gen_s = sum(r.batch.gen_s for r in recs)  # worker seconds spent generating (all draws)
-    judge_s = sum(r.batch.judge_s for r in recs)
-    out["generate_tokens_per_s"] = sum(r.batch.new_tokens for r in recs) / gen_s if gen_s else 0.0
-    out["judge_queries_per_s"] = out["preference_queries"] / judge_s if judge_s else 0.0
-    # Judge failures (judge.on_failure=mask): counted, never trained on.
-    out["judge_masked_pairs"] = sum(r.batch.masked_pairs for r in recs)
-    out["judge_masked_rows"] = sum(r.batch.masked_rows for r in recs)
-    out["judge_retries"] = sum(r.batch.judge_retries for r in recs)
-    out["batches_reissued"] = sum(r.reissues for r in recs)
-    if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
-        for r in recs:
-            out[f"loss_{r.output.role}"] = r.metrics.loss
-            out[f"kl_anchor_{r.output.role}"] = r.metrics.kl_anchor
-    return out
-
-
-def plot_history(history: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(steps, [max(h["gap"], 1e-12) for h in history], label="gap")
-    if history[0]["regularized_gap"] is not None:
-        ax.plot(
-            steps,
-            [max(h["regularized_gap"], 1e-12) for h in history],
-            "--",
-            label="regularized gap",
-        )
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("exact duality gap of π_t")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
 
 
 def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
@@ -107,30 +35,19 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     workers = None
     if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
         workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
-    game, ctl, ev, algo, hyper = build(cfg, workers=workers)
+    run = build(cfg, workers=workers)
+    ctl, ev = run.controller, run.evaluator
     run_dir = new_run_dir(cfg) if resume is None else resume.path.parent.parent
     cfg_path = write_config(cfg, run_dir)
-    beta = float(hyper.beta) if algo.objective == "regularized" else 0.0
     if resume is None:
         ctl.init_versions()
     else:
         restore_controller(ctl, resume)
-    pi_ref = ev.policy(ctl.learners, "ref")
+    first = {"step": 0, **ev.reference(ctl.learners)}
     state = (
         dict(resume.meta["trainer"])
         if resume is not None
-        else {
-            "history": [
-                {
-                    "step": 0,
-                    "gap": game.gap(pi_ref),
-                    "policy": [float(x) for x in pi_ref],
-                    "regularized_gap": game.regularized_gap(pi_ref, beta, pi_ref),
-                }
-            ],
-            "elapsed": 0.0,
-            "mlflow_run_id": None,
-        }
+        else {"history": [first], "elapsed": 0.0, "mlflow_run_id": None}
     )
     history = state["history"]
     with contextlib.ExitStack() as stack:
@@ -159,15 +76,22 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
         every = cfg.runtime.checkpoint_every
 
         def on_step(step: int, recs) -> None:
-            pi = ev.policy(ctl.learners)
-            m = _step_metrics(step + 1, recs, pi, game, beta, pi_ref, time.perf_counter() - t0)
+            last = step + 1 == cfg.runtime.steps
+            evals = (
+                ev.evaluate(ctl.learners)
+                if last or (step + 1) % cfg.runtime.eval_every == 0
+                else {}
+            )
+            m = step_metrics(step + 1, recs, time.perf_counter() - t0) | evals
             history.append(m)
             if tracker is not None:
                 tracker.log_metrics(
-                    {k: v for k, v in m.items() if k not in ("step", "policy")}, step=step + 1
+                    {k: v for k, v in m.items() if k != "step" and isinstance(v, float | int)},
+                    step=step + 1,
                 )
             bar.update(1)
-            bar.set_postfix(gap=f"{m['gap']:.3g}", stale=m["staleness"])
+            if ev.headline in m:
+                bar.set_postfix({ev.headline: f"{m[ev.headline]:.3g}", "stale": m["staleness"]})
             if every and (step + 1) % every == 0 and step + 1 < cfg.runtime.steps:
                 save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
 
@@ -181,21 +105,31 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
             ) from None
         seconds = time.perf_counter() - t0
         final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
-        pi = ev.policy(ctl.learners)
-        summary = _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir)
+        summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
-        plot = plot_history(history, run_dir / "gap.png", f"{cfg.algo.name} on {game.source}")
+        plot = plot_history(
+            history,
+            ev.plot_keys,
+            run_dir / f"{ev.headline}.png",
+            f"{cfg.algo.name} on {run.task.source}",
+        )
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
         (run_dir / "records.json").write_text(json.dumps([record_json(r) for r in ctl.records]))
         if tracker is not None:
-            tracker.log_metrics(
-                {"final_gap": summary["gap"], "samples_per_s": summary["samples_per_s"]}
-            )
+            final_metrics = {f"final_{ev.headline}": summary.get(ev.headline)}
+            final_metrics["samples_per_s"] = summary["samples_per_s"]
+            tracker.log_metrics({k: v for k, v in final_metrics.items() if v is not None})
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
             tracker.log_artifacts(final, "checkpoint")
-    return RunResult(summary=summary, history=history, run_dir=run_dir, records=ctl.records)
+    return RunResult(
+        summary=summary,
+        history=history,
+        run_dir=run_dir,
+        records=ctl.records,
+        text=format_summary(summary, ev),
+    )
 
 
 def _kill_workers(ctl) -> None:
@@ -224,60 +158,3 @@ def _tracker(cfg: Config, run_dir: Path, run_id: str | None = None):
         tags={"selfplay.command": "train"},
         run_id=run_id,
     )
-
-
-def _summary(cfg, game, ctl, pi, pi_ref, beta, history, seconds, run_dir) -> dict:
-    rows = sum(r.rows for r in ctl.records)
-    nash = game.nash()
-    out = {
-        "algo": cfg.algo.name,
-        "game": game.source,
-        "moves": game.moves,
-        "steps": cfg.runtime.steps,
-        "gap_initial": history[0]["gap"],
-        "gap": game.gap(pi),
-        "regularized_gap_initial": history[0]["regularized_gap"],
-        "regularized_gap": game.regularized_gap(pi, beta, pi_ref),
-        "beta": beta or None,
-        "policy": pi.tolist(),
-        "nash": nash.tolist(),
-        "regularized_nash": (
-            games.solve_regularized(game.P, beta, pi_ref).tolist() if beta else None
-        ),
-        "preference_queries": int(ctl.queries),
-        "samples": int(rows),
-        "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
-        "rollout_resizes": [[z.step, z.old, z.new] for z in ctl.resizes],  # (step, old, new)
-        # Fault tolerance, this process's part of the run: actors replaced, batches redone.
-        "rollout_workers_replaced": ctl.rollout_pool.replaced,
-        "judges_replaced": ctl.judges_replaced,
-        "batches_reissued": sum(r.reissues for r in ctl.records),
-        "judge_masked_pairs": sum(h.get("judge_masked_pairs", 0) for h in history),
-        "seconds": round(seconds, 3),
-        "samples_per_s": rows / seconds if seconds else 0.0,
-        "run_dir": str(run_dir),
-    }
-    return out
-
-
-def format_summary(s: dict) -> str:
-    lines = [
-        f"{s['algo']} on {s['game']}: {s['steps']} steps, {s['samples']} samples, "
-        f"{s['preference_queries']} preference queries, {s['seconds']:.1f}s",
-        f"gap: {s['gap_initial']:.4f} at start -> {s['gap']:.4f} at the end",
-    ]
-    if s["regularized_gap"] is not None:
-        lines.append(
-            f"regularized gap (β={s['beta']:g}): {s['regularized_gap_initial']:.4f}"
-            f" -> {s['regularized_gap']:.4f}"
-        )
-    lines.append(
-        f"{'move':<6}{'policy':>9}{'NE':>9}" + (f"{'reg. NE':>10}" if s["regularized_nash"] else "")
-    )
-    for i, m in enumerate(s["moves"]):
-        row = f"{m:<6}{s['policy'][i]:>9.4f}{s['nash'][i]:>9.4f}"
-        if s["regularized_nash"]:
-            row += f"{s['regularized_nash'][i]:>10.4f}"
-        lines.append(row)
-    lines.append(f"run dir: {s['run_dir']}")
-    return "\n".join(lines)

@@ -26,6 +26,7 @@ import ray
 
 from selfplay.runtime.learner.batch import TrainBatch
 from selfplay.runtime.workers.judging import Judged, JudgePolicy, estimate_g, to_train_batch
+from selfplay.tasks.base import Sampling
 from selfplay.types import Prompts, SamplerVersion, Samples, Version
 
 
@@ -37,10 +38,12 @@ def _one_thread() -> None:
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, backend_fn) -> None:
-        """backend_fn: zero-arg callable building the backend inside this process."""
+    def __init__(self, backend_fn, sampling: Sampling) -> None:
+        """backend_fn: zero-arg callable building the backend inside this process;
+        sampling: the task's generation settings, applied to every draw."""
         _one_thread()
         self.backend = backend_fn()
+        self.sampling = sampling
 
     def ready(self) -> bool:
         return True
@@ -60,24 +63,20 @@ class RolloutActor:
         self.backend.drop(version)
 
     def generate(
-        self,
-        prompts: Prompts,
-        version: SamplerVersion,
-        k: int,
-        max_new_tokens: int,
-        temperature: float,
-        seed: int,
-        allowed_token_ids: list[int] | None,
+        self, prompts: Prompts, version: SamplerVersion, k: int, seed: int, explore: bool = False
     ) -> Samples:
+        """K responses per prompt from `version`; `explore`: at the behaviour policy's
+        temperature (the trained-on responses), else at the policy's (opponents)."""
+        s = self.sampling
         # The backend records the prompt tokens it saw (Samples.prompt_tokens).
         return self.backend.generate(
             prompts,
             version=version,
             k=k,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.explore_temperature if explore else s.temperature,
             seed=seed,
-            allowed_token_ids=allowed_token_ids,
+            allowed_token_ids=None if s.allowed_token_ids is None else list(s.allowed_token_ids),
         )
 
 

@@ -1,0 +1,76 @@
+"""The `Task` protocol: the only link between the training loop and the problem.
+
+The runtime asks a task four things and nothing else:
+
+- `prompts(count, start_id)`: the next prompts, each with a stable integer id. The
+  controller's prompt cursor is the next id, so a resumed run continues exactly
+  where the checkpoint left off.
+- `sampling(tokenizer)`: the constraints every rollout worker applies to generation
+  (allowed tokens, response length), handed to each worker once at construction.
+- `judge_spec(batch_size)`: the preference model the task is judged by.
+- `evaluator(tokenizer)`: how to score the learner's policy, exactly (the duality gap
+  of the token game) or, for open-ended text tasks, by sampling.
+
+A task also names the words a tiny demo model needs (`model_words`), so that
+`model.name: tiny` builds a vocabulary that covers the prompts and responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What every rollout worker applies to generation, given once at construction.
+
+    temperature:          of the policy (opponent draws).
+    explore_temperature:  of the behaviour policy of the trained-on responses.
+    allowed_token_ids:    generation is restricted to these ids (None: all).
+    """
+
+    max_new_tokens: int
+    temperature: float
+    explore_temperature: float
+    allowed_token_ids: tuple[int, ...] | None = None
+
+
+class Evaluator(Protocol):
+    """Scores the learner group's policy roles; metric values are floats, None or lists."""
+
+    headline: str  # the metric shown on the progress bar, and the plot's name
+    plot_keys: tuple[str, ...]  # metrics plotted per step (log scale), headline first
+
+    def reference(self, learners) -> dict[str, Any]:
+        """Evaluate π_ref (the `ref` role) and remember it; the metrics of step 0."""
+        ...
+
+    def evaluate(self, learners) -> dict[str, Any]:
+        """Metrics of the current policy (the `main` role)."""
+        ...
+
+    def summary(self, learners) -> dict[str, Any]:
+        """The final report's task-specific entries (JSON-safe)."""
+        ...
+
+    def format(self, summary: dict[str, Any]) -> list[str]:
+        """Human-readable lines for the end of `selfplay train`."""
+        ...
+
+
+class Task(Protocol):
+    source: str  # one line naming the problem instance, for summaries and plots
+    n: int | None  # number of distinct responses when finite (algorithm defaults check it)
+
+    def model_words(self) -> list[str]: ...
+
+    def prompts(self, count: int, start_id: int) -> tuple[np.ndarray, list[str]]: ...
+
+    def sampling(self, tokenizer, rollout) -> Sampling: ...
+
+    def judge_spec(self, batch_size: int): ...
+
+    def evaluator(self, tokenizer, beta: float) -> Evaluator: ...
