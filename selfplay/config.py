@@ -23,9 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from selfplay.algos.names import AlgoName
 from selfplay.errors import InputError
-
-ALGO_NAMES = ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu")
 
 
 class _Strict(BaseModel):
@@ -35,7 +34,7 @@ class _Strict(BaseModel):
 class AlgoConfig(_Strict):
     """Algorithm and its hyperparameters; None means the algorithm's own default."""
 
-    name: Literal["mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu"] = "mpo"
+    name: AlgoName = "mpo"
     eta: float | None = Field(None, gt=0)
     beta: float | None = Field(None, ge=0)
     alpha: float | None = Field(None, gt=0)

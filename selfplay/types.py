@@ -30,6 +30,11 @@ class Version:
     def __str__(self) -> str:
         return f"{self.role}@{self.step}"
 
+    @property
+    def parts(self) -> tuple[Version, ...]:
+        """The stored versions sampling needs: itself."""
+        return (self,)
+
 
 @dataclass(frozen=True)
 class MixtureVersion:
@@ -41,6 +46,11 @@ class MixtureVersion:
 
     def __str__(self) -> str:
         return f"mix({self.a},{self.b},{self.lam:g})"
+
+    @property
+    def parts(self) -> tuple[Version, ...]:
+        """The stored versions sampling needs: a mixture needs both ends."""
+        return (self.a, self.b)
 
 
 SamplerVersion = Version | MixtureVersion

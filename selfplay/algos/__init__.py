@@ -18,6 +18,7 @@ from selfplay.algos.losses import (
     sequence_logprob,
     target_regression_loss,
 )
+from selfplay.algos.names import NAMES
 from selfplay.algos.plan import Mixture, Phase, Refresh, StepPlan
 from selfplay.algos.tabular import Trace, run, step
 from selfplay.errors import InputError
@@ -26,7 +27,8 @@ _ALGOS: dict[str, Algorithm] = {
     m.ALGORITHM.name: m.ALGORITHM
     for m in (mpo, nash_mp, omwu, egpo, nash_md, online_ipo, sppo, mwu)
 }
-NAMES: tuple[str, ...] = tuple(_ALGOS)
+# The registry holds exactly the names the config accepts (algos/names.py), in that order.
+_ALGOS = {name: _ALGOS[name] for name in NAMES}
 
 
 def get(name: str) -> Algorithm:

@@ -85,6 +85,21 @@ class Refresh:
     tol: object = None
     tol_beta: object = None
 
+    def due(self, step: int):
+        """Whether the periodic refresh fires at the end of step `step`: the one place
+        the rule (step + 1) % every == 0 is written (a bool tensor for a tensor `every`)."""
+        return (step + 1) % self.every == 0
+
+
+def refreshed(roles: dict, before: dict, refresh: tuple[Refresh, ...], step: int) -> dict:
+    """The role table after step `step`'s periodic refreshes: `roles` as the step left
+    it, `before` as it started it. Values may be anything (versions, tensors)."""
+    out = dict(roles)
+    for rf in refresh:
+        if rf.due(step):
+            out[rf.dst] = (before if rf.when == "before" else out)[rf.src]
+    return out
+
 
 @dataclass(frozen=True)
 class StepPlan:
@@ -99,8 +114,8 @@ class StepPlan:
             for r in (
                 ph.anchor,
                 ph.mu,
-                *_source_roles(ph.sample),
-                *(r for s, _ in ph.opponents for r in _source_roles(s)),
+                *source_roles(ph.sample),
+                *(r for s, _ in ph.opponents for r in source_roles(s)),
             ):
                 if r is not None and r not in kept and r != "lead":
                     kept.append(r)
@@ -110,10 +125,6 @@ class StepPlan:
         return tuple(kept)
 
 
-def _source_roles(s: Source) -> tuple[Role, ...]:
-    return (s.a, s.b) if isinstance(s, Mixture) else (s,)
-
-
 def source_roles(s: Source) -> tuple[Role, ...]:
     """The stored roles a source needs (a mixture needs both ends)."""
-    return _source_roles(s)
+    return (s.a, s.b) if isinstance(s, Mixture) else (s,)

@@ -194,7 +194,7 @@ class Executor:
                 logits = logits + ph.b * self.state[ph.mu]
             self.state[ph.output] = torch.log_softmax(logits, dim=-1)
         for rf in self.plan.refresh:
-            due = _due(rf.every, t, self.state[rf.dst])
+            due = _due(rf, t, self.state[rf.dst])
             self._refresh(rf, due, before if rf.when == "before" else self.state)
         live = {id(v) for v in self.state.values()}
         self._cache = [(t_, q) for t_, q in self._cache if id(t_) in live]
@@ -230,11 +230,11 @@ class Executor:
         return due
 
 
-def _due(every, t: int, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(every, torch.Tensor):
-        e = every.reshape(-1, 1).to(torch.long)
-        return ((t + 1) % e) == 0
-    return torch.full((like.shape[0], 1), (t + 1) % int(every) == 0, dtype=torch.bool)
+def _due(rf: Refresh, t: int, like: torch.Tensor) -> torch.Tensor:
+    """`Refresh.due` as a [B, 1] mask (`every` an int, or per-game periods)."""
+    if isinstance(rf.every, torch.Tensor):
+        return replace(rf, every=rf.every.reshape(-1, 1).to(torch.long)).due(t)
+    return torch.full((like.shape[0], 1), bool(rf.due(t)), dtype=torch.bool)
 
 
 def batch_hyper(h: Hyper, B: int) -> Hyper:

@@ -55,7 +55,7 @@ class GenerationBackend(Protocol):
 
 def needed_versions(version: SamplerVersion) -> tuple[Version, ...]:
     """The stored versions a sampler needs (a mixture needs both ends)."""
-    return (version.a, version.b) if isinstance(version, MixtureVersion) else (version,)
+    return version.parts
 
 
 def check_generate_args(

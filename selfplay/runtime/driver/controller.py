@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from selfplay.algos.plan import StepPlan, source_roles
+from selfplay.algos.plan import StepPlan, refreshed, source_roles
 from selfplay.errors import RunError
 from selfplay.runtime.driver.store import PolicyStore, staleness
 from selfplay.runtime.workers.actors import assemble
@@ -278,10 +278,10 @@ class Controller:
                 f"stale (max_staleness={s.max_staleness})"
             )
         last = pend.phase == len(self.plan.phases) - 1
-        due = [rf for rf in self.plan.refresh if last and (pend.step + 1) % int(rf.every) == 0]
-        pre = {rf.dst: self.store.roles[rf.src] for rf in due if rf.when == "before"}
+        due = [rf for rf in self.plan.refresh if last and rf.due(pend.step)]
+        before = dict(self.store.roles)
         for rf in due:
-            if rf.when == "before":
+            if rf.when == "before":  # the learner's copy of the pre-update policy
                 self.learners.copy_role(rf.dst, rf.src)
         anchor = self.store.roles[phase.anchor]
         info = self.collect(pend)  # a lost batch is reissued before the learner waits on it
@@ -298,11 +298,13 @@ class Controller:
         self.store.add(out, self.learners.publish(phase.output))
         self.store.assign(phase.output, out)
         for rf in due:
-            if rf.when == "before":
-                self.store.assign(rf.dst, pre[rf.dst])
-            else:
+            if rf.when == "after":
                 self.learners.copy_role(rf.dst, rf.src)
-                self.store.assign(rf.dst, self.store.roles[rf.src])
+        if last:
+            for role, v in refreshed(
+                self.store.roles, before, self.plan.refresh, pend.step
+            ).items():
+                self.store.assign(role, v)
         self.queries += info.queries
         rec = PhaseRecord(
             pend.step,

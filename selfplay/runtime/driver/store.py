@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selfplay.algos.plan import Mixture, Refresh, Role, Source
+from selfplay.algos.plan import Mixture, Refresh, Role, Source, refreshed
 from selfplay.types import MixtureVersion, SamplerVersion, Version
 
 
@@ -51,15 +51,12 @@ class PolicyStore:
         before = dict(cur)
         if output is not None:
             cur[output] = (None, self.published + 1)
-        for rf in refresh:
-            if (step + 1) % int(rf.every) == 0:
-                cur[rf.dst] = (before if rf.when == "before" else cur)[rf.src]
-        return cur
+        return refreshed(cur, before, refresh, step)
 
     def pinned_by(self, versions: list[SamplerVersion]) -> set[Version]:
         out: set[Version] = set()
         for v in versions:
-            out.update((v.a, v.b) if isinstance(v, MixtureVersion) else (v,))
+            out.update(v.parts)
         return out
 
     def release_unused(self, pinned: set[Version]) -> list[Version]:

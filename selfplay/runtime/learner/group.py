@@ -64,9 +64,6 @@ class LearnerActor:
     def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
         self._l().set_role(role, weights)
 
-    def drop_role(self, role: str) -> None:
-        self._l().drop_role(role)
-
     def snapshot(self, role: str) -> None:
         self._l().snapshot(role)
 
@@ -143,9 +140,6 @@ class LearnerGroup:
     def set_role(self, role: str, weights: FlatWeights | ray.ObjectRef) -> None:
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self._all("set_role", role, ref)
-
-    def drop_role(self, role: str) -> None:
-        self._all("drop_role", role)
 
     def snapshot(self, role: str) -> None:
         self._all("snapshot", role)

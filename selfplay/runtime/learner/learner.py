@@ -140,9 +140,6 @@ class Learner:
             params.append(sharding.local_of_full(full, p).clone())
         self._roles[role] = RoleWeights(params=params)
 
-    def drop_role(self, role: str) -> None:
-        self._roles.pop(role, None)
-
     def snapshot(self, role: str) -> None:
         """Store the current weights AND optimizer state as `role`."""
         self._roles[role] = RoleWeights(params=self._local_params(), optim=self._optim_state())
