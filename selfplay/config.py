@@ -92,7 +92,6 @@ class RolloutConfig(_Strict):
     prompts_per_step: int = Field(8, ge=1)
     k: int = Field(4, ge=2, description="responses sampled per prompt")
     opponents_k: int = Field(4, ge=1, description="opponent samples per prompt and opponent")
-    max_new_tokens: int = Field(1, ge=1)
     temperature: float = Field(
         1.0, gt=0, description="sampling temperature of the policy (opponents)"
     )
