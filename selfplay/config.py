@@ -5,13 +5,15 @@
 Every default is defined here, once. Unknown keys and bad values are
 `InputError`s naming the key, so the CLI prints one line and exits 2.
 Config files are data: values are parsed with `yaml.safe_load`, nothing is
-evaluated or imported by string.
+evaluated or imported by string. No float anywhere may be NaN or ±inf (one rule,
+`allow_inf_nan=False` on every section), seeds are in [0, 2**32), and β must be
+> 0 for the algorithms that divide by it or stand still without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,15 +22,28 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from selfplay.algos.names import AlgoName
 from selfplay.errors import InputError
 
+#: Algorithms that need β > 0: Nash-MD's default step is η = 0.01/β, SPPO's is 1/β,
+#: online IPO's default η = 4β/(1 + 4β²) is 0 at β = 0 (the policy never moves).
+#: Nash-MP and EGPO at β = 0 are mirror prox / extragradient on the original game.
+BETA_POSITIVE = ("nash-md", "online-ipo", "sppo")
+
+#: What numpy's and torch's generators accept, whatever consumes the seed.
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field of every section refuses NaN and ±inf
+    # (and values like 1e400 that parse to inf).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AlgoConfig(_Strict):
@@ -42,12 +57,20 @@ class AlgoConfig(_Strict):
     loss: Literal["regression", "ipo", "pg"] = "regression"
     normalize_logprobs: bool = False
 
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, beta: float | None, info: ValidationInfo) -> float | None:
+        name = info.data.get("name")
+        if beta is not None and beta <= 0 and name in BETA_POSITIVE:
+            raise ValueError(f"{name} needs beta > 0, got {beta:g}")
+        return beta
+
 
 class TinyModelConfig(_Strict):
     hidden: int = Field(32, ge=4)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     init_std: float = Field(0.02, gt=0)
 
 
@@ -66,7 +89,7 @@ class TaskConfig(_Strict):
     matrix: str | None = None
     generate: Literal["uniform", "bt-cyclic", "rps", "transitive"] = "rps"
     n: int = Field(3, ge=2, le=64)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class AutoscaleConfig(_Strict):
@@ -125,7 +148,9 @@ class JudgeConfig(_Strict):
         description="retries of a failed judge call (exception, "
         "timeout, NaN or a value outside [0, 1])",
     )
-    timeout_s: float = Field(120.0, gt=0, description="one judge call's time limit")
+    timeout_s: float = Field(
+        120.0, gt=0, le=86400, description="one judge call's time limit (at most a day)"
+    )
     on_failure: Literal["raise", "mask"] = Field(
         "raise",
         description="after the retries: fail the run with a clear error, or mask "
@@ -176,7 +201,7 @@ class TrackingConfig(_Strict):
 
 
 class Config(_Strict):
-    seed: int = 0
+    seed: Seed = 0
     output_dir: str = "runs"
     algo: AlgoConfig = AlgoConfig()
     model: ModelConfig = ModelConfig()
@@ -186,6 +211,14 @@ class Config(_Strict):
     learner: LearnerConfig = LearnerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.rollout.backend == "vllm" and self.algo.name == "nash-md":
+            raise ValueError(
+                "rollout.backend=vllm cannot sample Nash-MD's mixture policy; use rollout.backend=hf"
+            )
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -215,12 +248,14 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def _format_error(e: ValidationError) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "config"
+    loc = ".".join(str(x) for x in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # a validator's own sentence, without "Value error, "
     extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"config: {loc}: {msg}{extra}"
+    return f"config: {loc}: {msg}{extra}" if loc else f"config: {msg}{extra}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -231,7 +266,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise InputError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"config {p}: not a YAML file (not UTF-8 text)") from None
+        except OSError as e:
+            raise InputError(f"config {p}: cannot read it ({e.strerror or e})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise InputError(f"config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(tree, dict):
