@@ -9,6 +9,7 @@ one line and exit status 1.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 
 import click
@@ -26,6 +27,26 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("selfplay.commands.jobs", "stop", "Stop a submitted Ray job."),
     "scale": ("selfplay.commands.scale", "scale", "Resize a running job's rollout workers."),
 }
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that refuses NaN and ±inf (which `type=float` lets through),
+    as an `InputError`: one line, exit status 2. Every float option uses it."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx) -> float:
+        flag = param.opts[0] if param is not None and param.opts else "value"
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{flag} must be a number, got {value!r}") from None
+        if not math.isfinite(v):
+            raise InputError(f"{flag} must be a finite number, got {value}")
+        return v
+
+
+FINITE_FLOAT = FiniteFloat()
 
 
 class _LazyGroup(click.Group):

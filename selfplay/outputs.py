@@ -62,7 +62,7 @@ def check_writable_file(path: str | Path, what: str) -> None:
         raise InputError(f"{what} {path} is a directory")
     if p.exists() and not os.access(p, os.W_OK):
         raise InputError(f"{what} {path} is not writable")
-    check_writable_dir(p.parent, what)
+    check_writable_dir(p.parent, f"{what} {path}: directory")
 
 
 def finite(obj: Any) -> Any:

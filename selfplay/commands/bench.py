@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
+
+from selfplay.cli import FINITE_FLOAT
+from selfplay.outputs import dumps
 
 
 @click.group("bench")
@@ -39,16 +41,22 @@ def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
     if not counts or min(counts) < 1:
         raise InputError(f"--opponents must be positive, got {opponents!r}")
     r = p.run(steps=steps, repeats=repeats, opponents=counts)
-    click.echo(json.dumps(r) if as_json else p.format_report(r))
+    click.echo(dumps(r) if as_json else p.format_report(r))
 
 
 @bench.command("games")
 @click.option("--n", default=1000, show_default=True, help="Actions of the game solved vs the LP.")
-@click.option("--budget", default=60.0, show_default=True, help="Seconds per algorithm vs the LP.")
+@click.option(
+    "--budget",
+    type=FINITE_FLOAT,
+    default=60.0,
+    show_default=True,
+    help="Seconds per algorithm vs the LP.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def games(n: int, budget: float, as_json: bool) -> None:
     """Last-iterate algorithms vs the LP at n=1000; batched sweep vs a NumPy loop."""
     from selfplay.bench import games as g
 
     r = g.run(n=n, budget=budget)
-    click.echo(json.dumps(r) if as_json else g.format_report(r))
+    click.echo(dumps(r) if as_json else g.format_report(r))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from selfplay.cli import FINITE_FLOAT
 from selfplay.errors import InputError
 
 DEFAULT_ALGOS = "mpo,nash-mp,omwu,egpo,nash-md,online-ipo,sppo,mwu"
@@ -31,8 +31,10 @@ def _positive(name: str, v: float | int | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--algos", "algo_spec", default=DEFAULT_ALGOS, show_default=True)
 @click.option("--iterations", type=int, default=2000, show_default=True)
-@click.option("--beta", type=float, default=None, help="Regularization β (default per algorithm).")
-@click.option("--eta", type=float, default=None, help="Step size η (default per algorithm).")
+@click.option(
+    "--beta", type=FINITE_FLOAT, default=None, help="Regularization β (default per algorithm)."
+)
+@click.option("--eta", type=FINITE_FLOAT, default=None, help="Step size η (default per algorithm).")
 @click.option(
     "--queries",
     type=int,
@@ -53,17 +55,16 @@ def game(
 ) -> None:
     """Run algorithms on a matrix game; report last-iterate gaps, plot, log to MLflow."""
     from selfplay import games, lab
+    from selfplay.config import SEED_MAX
+    from selfplay.outputs import check_writable_file
 
+    # Every check before any work, and before anything is written.
     if (matrix is None) == (kind is None):
         raise InputError("give exactly one of --matrix PATH or --generate KIND")
-    if kind is not None:
-        if n is None:
-            raise InputError("--generate needs --n N")
-        P = games.generate(kind, n, seed)
-        source = f"{kind} n={n} seed={seed}"
-    else:
-        P = games.load(matrix)
-        source = str(matrix)
+    if kind is not None and n is None:
+        raise InputError("--generate needs --n N")
+    if not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     for name, v in (
         ("--iterations", iterations),
         ("--beta", beta),
@@ -72,6 +73,17 @@ def game(
     ):
         _positive(name, v)
     names = lab.parse_algos(algo_spec)
+    check_writable_file(plot, "--plot")
+    if not no_mlflow:
+        from selfplay.tracking import check_store
+
+        check_store()
+    if kind is not None:
+        P = games.generate(kind, n, seed)
+        source = f"{kind} n={n} seed={seed}"
+    else:
+        P = games.load(matrix)
+        source = str(matrix)
 
     from tqdm import tqdm
 
@@ -103,7 +115,9 @@ def game(
             ),
         )
     if as_json:
-        click.echo(json.dumps({"n": int(P.shape[0]), "results": [r.summary() for r in results]}))
+        from selfplay.outputs import dumps
+
+        click.echo(dumps({"n": int(P.shape[0]), "results": [r.summary() for r in results]}))
     else:
         click.echo(lab.format_table(results))
         click.echo(f"plot: {plot_path}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
+
+from selfplay.outputs import dumps
 
 
 @click.command("train", context_settings={"ignore_unknown_options": True})
@@ -50,10 +51,7 @@ def train(
         cfg, ckpt = check_resume(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
-    if cfg.runtime.address and cfg.runtime.address != "auto":
-        from selfplay.runtime.cluster import check_reachable
-
-        check_reachable(cfg.runtime.address)  # a GCS that does not answer would hang ray.init
+    _preflight(cfg, new_run=resume is None)
     if not cfg.runtime.address:
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).
@@ -63,4 +61,65 @@ def train(
     result = run_train(cfg, progress=not no_progress, resume=ckpt)
     click.echo(result.text)
     if as_json:
-        click.echo(json.dumps(result.summary))
+        click.echo(dumps(result.summary))
+
+
+def _preflight(cfg, *, new_run: bool) -> None:
+    """What can fail before the run starts fails here, in one line: before Ray starts,
+    before the run dir is created, before any actor is placed."""
+    from selfplay.errors import InputError
+    from selfplay.outputs import check_writable_dir
+
+    if new_run:
+        check_writable_dir(cfg.output_dir, "output_dir")
+    local = not cfg.runtime.address  # the in-process cluster: its actors run on this machine
+    if local and cfg.rollout.backend == "vllm":
+        from selfplay.rollout import check_vllm
+
+        check_vllm()
+    gpus = max(cfg.rollout.num_gpus, cfg.learner.num_gpus)
+    if local and gpus > 0:
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus > have:
+            raise InputError(
+                f"rollout.num_gpus/learner.num_gpus={gpus:g}: the in-process cluster has "
+                f"{have} GPU" + (" (no CUDA GPU is visible here)" if have == 0 else "s")
+            )
+    if cfg.tracking.enabled:
+        from selfplay.tracking import check_store
+
+        check_store(cfg.tracking.uri)
+    if cfg.runtime.address:
+        from selfplay.runtime.cluster import check_reachable
+
+        if cfg.runtime.address != "auto":
+            check_reachable(cfg.runtime.address)  # a GCS that does not answer hangs ray.init
+        else:
+            addr = _auto_address()
+            try:
+                check_reachable(addr)
+            except InputError as e:  # the cluster `ray start` recorded has stopped
+                raise InputError(
+                    f"runtime.address=auto: {e}; start one with `ray start --head`"
+                ) from None
+
+
+def _auto_address() -> str:
+    """The cluster `ray.init(address="auto")` would join ($RAY_ADDRESS, else the one
+    `ray start` recorded), or one line saying that none is running."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    from selfplay.errors import InputError
+
+    try:
+        addr = canonicalize_bootstrap_address("auto")
+    except (ConnectionError, ValueError):
+        addr = None
+    if not addr:
+        raise InputError(
+            "runtime.address=auto: no Ray cluster is running here; start one with "
+            "`ray start --head` (or leave runtime.address unset for an in-process cluster)"
+        )
+    return addr

@@ -44,6 +44,24 @@ def _vllm(model, device: str, dtype: str, engine_kwargs: dict) -> GenerationBack
     return VLLMBackend(model, dtype=dtype, **engine_kwargs)
 
 
+def check_vllm() -> None:
+    """One line, before any actor starts, when vLLM cannot run on this machine: it is
+    not installed, or no CUDA GPU is visible (vLLM has no CPU path here)."""
+    import importlib.util
+
+    problems = []
+    if importlib.util.find_spec("vllm") is None:
+        problems.append("is not installed (pip install -e '.[vllm]')")
+    import torch
+
+    if not torch.cuda.is_available():
+        problems.append("needs a CUDA GPU and none is visible")
+    if problems:
+        raise InputError(
+            f"rollout.backend=vllm: vLLM {' and '.join(problems)}; use rollout.backend=hf"
+        )
+
+
 # The allow-list: every generation backend selfplay can build, and nothing else.
 BACKENDS = {"hf": _hf, "vllm": _vllm}
 

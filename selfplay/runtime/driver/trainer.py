@@ -10,7 +10,6 @@ training metrics, and at the end writes the summary, history and plot
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import ray
 
 from selfplay.config import Config
 from selfplay.errors import RunError
+from selfplay.outputs import dumps
 from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build, new_run_dir, write_config
@@ -113,9 +113,10 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
             run_dir / f"{ev.headline}.png",
             f"{cfg.algo.name} on {run.task.source}",
         )
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
-        (run_dir / "records.json").write_text(json.dumps([record_json(r) for r in ctl.records]))
+        # Always valid JSON: a diverged run's NaN/inf are written as null.
+        (run_dir / "summary.json").write_text(dumps(summary, indent=1))
+        (run_dir / "history.json").write_text(dumps(history, indent=1))
+        (run_dir / "records.json").write_text(dumps([record_json(r) for r in ctl.records]))
         if tracker is not None:
             final_metrics = {f"final_{ev.headline}": summary.get(ev.headline)}
             final_metrics["samples_per_s"] = summary["samples_per_s"]
