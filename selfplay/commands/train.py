@@ -77,6 +77,8 @@ def _preflight(cfg, *, new_run: bool) -> None:
         from selfplay.rollout import check_vllm
 
         check_vllm()
+    if local:
+        _fits_in_process(cfg)
     gpus = max(cfg.rollout.num_gpus, cfg.learner.num_gpus)
     if local and gpus > 0:
         import torch
@@ -104,6 +106,28 @@ def _preflight(cfg, *, new_run: bool) -> None:
                 raise InputError(
                     f"runtime.address=auto: {e}; start one with `ray start --head`"
                 ) from None
+
+
+def _fits_in_process(cfg) -> None:
+    """The in-process cluster has runtime.num_cpus CPUs and no custom resources: an
+    actor that can never be placed would make the run wait forever."""
+    from selfplay.errors import InputError
+
+    r, j, lr = cfg.rollout, cfg.judge, cfg.learner
+    for name, res in (("rollout.resources", r.resources), ("learner.resources", lr.resources)):
+        if any(v > 0 for v in res.values()):
+            raise InputError(
+                f"{name}={dict(res)}: custom Ray resources need a cluster "
+                f"(runtime.address), the in-process one has none"
+            )
+    # Every learner shard and judge, and at least one rollout worker, run at once.
+    need = lr.shards * lr.num_cpus + j.servers * j.num_cpus + r.num_cpus
+    if need > cfg.runtime.num_cpus:
+        raise InputError(
+            f"the in-process cluster has runtime.num_cpus={cfg.runtime.num_cpus} CPUs, "
+            f"but the learner shards, judges and one rollout worker need {need:g}; "
+            f"raise runtime.num_cpus or lower the actors' num_cpus"
+        )
 
 
 def _auto_address() -> str:
