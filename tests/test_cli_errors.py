@@ -218,6 +218,27 @@ def test_address_auto_without_a_cluster(tmp_path, stale):
     _nothing_written(out_dir)
 
 
+@pytest.mark.parametrize("stale", [False, True], ids=["no-cluster", "stale-address-file"])
+def test_address_auto_without_a_cluster_in_process(tmp_path, capsys, monkeypatch, stale):
+    """The same, whatever runs on this machine: Ray's process scan is made to find none."""
+    import ray._private.services as services
+
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    if stale:
+        (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+    out_dir = tmp_path / "runs"
+    args = ["train", QUICKSTART, "runtime.address=auto", "tracking.enabled=false"]
+    t0 = time.monotonic()
+    code, out, err = _cli([*args, f"output_dir={out_dir}"], capsys)
+    assert code == 2 and time.monotonic() - t0 < BOUND_S
+    _one_line(err, "cannot reach the Ray cluster" if stale else "no Ray cluster is running")
+    assert "ray start --head" in err
+    _nothing_written(out_dir)
+
+
 @pytest.mark.parametrize("command", ["train", "game"])
 def test_dead_mlflow_server(tmp_path, command):
     out_dir = tmp_path / "runs"
