@@ -124,7 +124,12 @@ def _guard(uri: str) -> Iterator[None]:
         try:
             yield
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            text = str(e).strip()
+            first = (text.splitlines() or [type(e).__name__])[0]
+            if "Connection refused" in text or "Max retries exceeded" in text:
+                # "API request to URL failed with exception <a page of urllib3>"
+                first = first.split(" with exception")[0] + " (the server does not answer)"
+            first = first[:300]
             raise RunError(f"MLflow tracking at {uri} failed: {first}") from None
 
 

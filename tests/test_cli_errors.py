@@ -270,3 +270,17 @@ def test_json_outputs_are_valid_json():
         "ok": 0.25,
         "np": [None, 1.0],
     }
+
+
+def test_mlflow_failure_during_a_run_is_one_line_and_fast():
+    """A server that dies mid-run: MLflow's short retries (HTTP_ENV), then a RunError
+    (exit 1), not minutes of retries and a page of urllib3."""
+    from selfplay.errors import RunError
+    from selfplay.tracking import mlflow_run
+
+    t0 = time.monotonic()
+    with pytest.raises(RunError) as e, mlflow_run("dead", uri=DEAD_MLFLOW):
+        pass
+    assert time.monotonic() - t0 < BOUND_S
+    msg = str(e.value)
+    assert "\n" not in msg and "does not answer" in msg and DEAD_MLFLOW in msg
