@@ -87,7 +87,8 @@ def _preflight(cfg, *, new_run: bool) -> None:
         if gpus > have:
             raise InputError(
                 f"rollout.num_gpus/learner.num_gpus={gpus:g}: the in-process cluster has "
-                f"{have} GPU" + (" (no CUDA GPU is visible here)" if have == 0 else "s")
+                f"{have} GPU{'' if have == 1 else 's'}"
+                + (" (no CUDA GPU is visible here)" if have == 0 else "")
             )
     if cfg.tracking.enabled:
         from selfplay.tracking import check_store

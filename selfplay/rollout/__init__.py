@@ -51,15 +51,13 @@ def check_vllm() -> None:
 
     problems = []
     if importlib.util.find_spec("vllm") is None:
-        problems.append("is not installed (pip install -e '.[vllm]')")
+        problems.append("vLLM is not installed (pip install -e '.[vllm]')")
     import torch
 
     if not torch.cuda.is_available():
-        problems.append("needs a CUDA GPU and none is visible")
+        problems.append("vLLM needs a CUDA GPU and none is visible")
     if problems:
-        raise InputError(
-            f"rollout.backend=vllm: vLLM {' and '.join(problems)}; use rollout.backend=hf"
-        )
+        raise InputError(f"rollout.backend=vllm: {'; '.join(problems)}; use rollout.backend=hf")
 
 
 # The allow-list: every generation backend selfplay can build, and nothing else.
