@@ -76,6 +76,7 @@ TRAIN_CASES = [
     ("beta-nan", ["algo.beta=.nan"], {}, "algo.beta", None),
     ("resources-nan", ["rollout.resources={a: .nan}"], {}, "rollout.resources.a", None),
     ("cpus-do-not-fit", ["rollout.num_cpus=3"], {}, "in-process cluster", None),
+    ("ray-address-env", [], {"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS=127.0.0.1:1", None),
     ("resources-in-process", ["rollout.resources={rollout: 1}"], {}, "custom Ray resources", None),
     (
         "vllm",

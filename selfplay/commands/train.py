@@ -73,6 +73,12 @@ def _preflight(cfg, *, new_run: bool) -> None:
     if new_run:
         check_writable_dir(cfg.output_dir, "output_dir")
     local = not cfg.runtime.address  # the in-process cluster: its actors run on this machine
+    if local and os.environ.get("RAY_ADDRESS"):
+        # ray.init would join that cluster and refuse runtime.num_cpus with a traceback.
+        raise InputError(
+            f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set but runtime.address is not: set "
+            f"runtime.address=auto to join that cluster, or unset RAY_ADDRESS"
+        )
     if local and cfg.rollout.backend == "vllm":
         from selfplay.rollout import check_vllm
 
