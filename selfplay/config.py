@@ -129,6 +129,7 @@ class RolloutConfig(_Strict):
     join_wait_s: float = Field(
         0.0,
         ge=0,
+        le=86400,
         description="how long a resize waits for new workers to start (0: they join "
         "at a later phase boundary, training never stalls)",
     )
