@@ -2,8 +2,9 @@
 
 Subcommands live in `selfplay.commands.*` and are imported only when invoked,
 so `selfplay --help` stays instant (no torch, ray or mlflow import).
-Any `InputError` becomes one line on stderr and exit status 2, a `RunError`
-one line and exit status 1.
+Any `InputError` becomes one line on stderr and exit status 2 (so does a click
+usage error: an unknown option, a value of the wrong type), a `RunError` one line
+and exit status 1.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def cli() -> None:
     """selfplay: Nash learning from human feedback on Ray."""
 
 
+# click >= 8.2 raises this (a UsageError) for a group called without a subcommand.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, standalone_mode=False)
@@ -83,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
+    except _NO_ARGS_IS_HELP as e:  # `selfplay` or `selfplay bench` alone: the help
+        e.show()
+        sys.exit(e.exit_code)
+    except click.UsageError as e:  # a bad option or argument: one line too
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

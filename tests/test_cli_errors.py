@@ -169,6 +169,20 @@ def test_game_bad_tracking_uri(tmp_path, capsys, monkeypatch):
     assert not plot.exists()
 
 
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["game", "--seed", "abc"], "'abc' is not a valid integer"),
+        (["game", "--bogus"], "No such option '--bogus'"),
+        (["train", QUICKSTART, "--resume"], "--resume"),
+    ],
+)
+def test_click_usage_errors_are_one_line(capsys, args, word):
+    code, out, err = _cli(args, capsys)
+    assert code == 2 and out == ""
+    _one_line(err, word)
+
+
 def test_bench_budget_must_be_finite(capsys):
     code, _, err = _cli(["bench", "games", "--budget", "inf"], capsys)
     assert code == 2
