@@ -100,4 +100,6 @@ def test_overriding_beta_keeps_the_default_step_consistent(name):
     tr = algos.run(name, P, hyper=h, iterations=300, record_every=300)
     # Nash-MD's constant step leaves an O(η²) floor (nash_md.py), the others converge
     assert float(tr.regularized_gap[-1, 0]) <= (1e-5 if name == "nash-md" else 1e-8)
-    assert tr.hyper.eta == eta and float(tr.beta[0]) == 2.0
+    assert float(tr.beta[0]) == 2.0
+    # the adaptive step (online IPO, Nash-MD) starts at the resolved η and may only grow
+    assert (torch.as_tensor(tr.hyper.eta) >= eta - 1e-12).all()

@@ -96,7 +96,7 @@ def test_nash_md_constant_step_is_biased_by_order_eta():
     pi = solve_regularized(P, beta, mu)
     moves, offsets = [], []
     for eta in (0.1, 0.01):
-        h = algos.get("nash-md").default_hyper(7).with_(eta=eta, beta=beta)
+        h = algos.get("nash-md").default_hyper(7).with_(eta=eta, beta=beta, adaptive=False)
         out = step("nash-md", P, _state(main=pi, ref=mu), hyper=h)
         moves.append(np.abs(out["main"].exp()[0].numpy() - pi).max())
         tr = algos.run(

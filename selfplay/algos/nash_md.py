@@ -18,25 +18,52 @@ Munos et al. get convergence to π*_β only with a decreasing step
 regularized_gap ≤ 1e-8 within a few hundred iterations therefore does not
 hold for Nash-MD as published; Nash-MP and EGPO do reach it (in ~50).
 
-Default: ηβ = 0.01 (η = 0.1 at β = 0.1): floor ~1e-6..1e-8 reached in a
-few thousand iterations. Deviation from the paper: constant step instead of
-the decreasing schedule of its theorem (plans have constant coefficients).
+Default: η = min(β/(β² + L̂_t²), 0.01/β) (adaptive, base.md_eta; L̂ = L
+without the tabular runner): ηβ ≤ 0.01 bounds the bias (η = 0.1 at β = 0.1,
+floor ~1e-6..1e-8 reached in a few thousand iterations) and the first term
+keeps small β stable ((1 − ηβ)(1 + iηλ) is a contraction only for
+η ≲ 2β/λ²). Deviation from the paper: constant step instead of the
+decreasing schedule of its theorem (plans have constant coefficients).
 """
 
 from __future__ import annotations
 
-from selfplay.algos.base import BETA, NASH_MD_ETA_BETA, Algorithm, Hyper, check_n
+import torch
+
+from selfplay.algos.base import (
+    BETA,
+    LIPSCHITZ,
+    NASH_MD_ETA_BETA,
+    Algorithm,
+    Hyper,
+    check_n,
+    md_eta,
+)
 from selfplay.algos.plan import Mixture, Phase, StepPlan
 
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=None, beta=BETA)
+    return Hyper(eta=None, beta=BETA, adaptive=True)
+
+
+def _eta(beta, lip):
+    """min(β/(β² + L̂²), NASH_MD_ETA_BETA/β): stable step, mixture weight ηβ ≤ 0.01."""
+    e, cap = md_eta(beta, lip), NASH_MD_ETA_BETA / beta
+    if isinstance(e, torch.Tensor) or isinstance(cap, torch.Tensor):
+        f64 = torch.float64
+        return torch.minimum(torch.as_tensor(e, dtype=f64), torch.as_tensor(cap, dtype=f64))
+    return min(e, cap)
 
 
 def resolve(h: Hyper) -> Hyper:
-    """η = None -> η = 0.01/β (mixture weight ηβ = NASH_MD_ETA_BETA)."""
-    return h if h.eta is not None else h.with_(eta=NASH_MD_ETA_BETA / h.beta)
+    """η = None -> η = min(β/(β² + L²), 0.01/β) (the adaptive rule at L̂ = L)."""
+    return h if h.eta is not None else h.with_(eta=_eta(h.beta, LIPSCHITZ))
+
+
+def adapt(h: Hyper, lip) -> Hyper:
+    """Tabular default: η_t = min(β/(β² + L̂_t²), 0.01/β)."""
+    return h.with_(eta=_eta(h.beta, lip))
 
 
 def plan(h: Hyper) -> StepPlan:
@@ -64,4 +91,5 @@ ALGORITHM = Algorithm(
     plan=plan,
     resolve=resolve,
     summary="mirror descent against the geometric mixture of π_t and μ",
+    adapt=adapt,
 )
