@@ -1,7 +1,8 @@
 """The game lab: run last-iterate algorithms on a matrix preference game.
 
 Backs `selfplay game`. Each algorithm runs its exact (or query-sampled)
-tabular update from the uniform policy for a fixed number of iterations; we
+tabular update from π_0 (`initial_policy`; the reference μ of the
+regularized algorithms is uniform) for a fixed number of iterations; we
 record the duality gap `2·max_y P(y ≻ π_t) − 1` of the last iterate π_t and,
 for algorithms that solve the β-regularized game, its regularized gap.
 """
@@ -32,6 +33,7 @@ class LabResult:
     curve_iters: list[int]
     curve_gap: list[float]
     curve_reg_gap: list[float] | None
+    init: str = "uniform"
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -51,6 +53,26 @@ def parse_algos(spec: str) -> list[str]:
     return names
 
 
+INITS = ("random", "uniform")
+
+
+def initial_policy(kind: str, n: int, seed: int) -> np.ndarray:
+    """π_0 of `selfplay game`: "uniform", or "random" = softmax of N(0, 1) logits.
+
+    "random" is seeded (its own stream of `seed`, independent of the game's)
+    and has full support. It is the default because the uniform policy is
+    the NE of every circulant game (`rps`): started there, every algorithm,
+    MWU included, sits at gap 0 and the comparison shows nothing.
+    """
+    if kind == "uniform":
+        return np.full(n, 1.0 / n)
+    if kind == "random":
+        z = np.random.default_rng([int(seed), 1]).standard_normal(n)
+        p = np.exp(z - z.max())
+        return p / p.sum()
+    raise InputError(f"unknown --init {kind!r}; choose from {', '.join(INITS)}")
+
+
 def _record_every(iterations: int) -> int:
     # ~400 points per curve keeps plots and MLflow light at any length.
     return max(1, iterations // 400)
@@ -65,6 +87,7 @@ def run_algo(
     eta: float | None,
     queries: int | None,
     seed: int,
+    init: str = "uniform",
 ) -> LabResult:
     import torch
 
@@ -86,6 +109,7 @@ def run_algo(
         queries=queries,
         seed=seed,
         record_every=_record_every(iterations),
+        init=initial_policy(init, P.shape[0], seed),
     )
     secs = time.perf_counter() - t0
     regularized = algo.objective == "regularized"
@@ -103,6 +127,7 @@ def run_algo(
         curve_iters=[int(i) for i in tr.recorded],
         curve_gap=tr.gap[:, 0].tolist(),
         curve_reg_gap=reg,
+        init=init,
     )
 
 
