@@ -79,7 +79,7 @@ def loop(name: str, P: np.ndarray, h: dict, T: int, mu: np.ndarray, init: np.nda
         elif name == "nash-md":  # π^μ ∝ π^{1−ηβ}μ^{ηβ}; π' ∝ π^μ·exp(η·P(·≻π^μ))
             if h.get("adaptive"):  # L̂ from the two previous mixtures (no extra query)
                 lhat = lip(*last_mix) if last_mix is not None else lip.L
-                eta, last_mix = min(beta / (beta**2 + lhat**2), 0.01 / beta), None
+                eta, last_mix = min(beta / (beta**2 + lhat**2), 0.01 / beta, 0.25), None
             mix = lsm((1 - eta * beta) * x + eta * beta * lmu)
             qm = q(mix)
             last_mix = (mix, qm)

@@ -33,6 +33,11 @@ PROX_ETA = 1.0 / LIPSCHITZ
 #: Nash-MD's largest mixture weight ηβ: with a constant step its fixed point is
 #: biased by O(η) (see nash_md.py); 0.01 trades a ~1e-6..1e-8 floor against speed.
 NASH_MD_ETA_BETA = 0.01
+#: ... and its largest η: the fixed point's regularized gap grows like
+#: η²·Var_π(K q)/β (nash_md.py), so at small β (0.01) a step that keeps ηβ =
+#: 0.01 leaves a floor above the EGPO authors' own step's; η ≤ 0.25 halves
+#: their mixture weight there and leaves β ≥ 0.025 unchanged.
+NASH_MD_ETA_MAX = 0.25
 
 # Adaptive step sizes (OMWU, MPO; tabular runner). The local Lipschitz
 # constant of the payoff in the KL geometry at π_t,

@@ -18,10 +18,11 @@ Munos et al. get convergence to π*_β only with a decreasing step
 regularized_gap ≤ 1e-8 within a few hundred iterations therefore does not
 hold for Nash-MD as published; Nash-MP and EGPO do reach it (in ~50).
 
-Default: η = min(β/(β² + L̂_t²), 0.01/β) (adaptive, base.md_eta; L̂ = L
-without the tabular runner): ηβ ≤ 0.01 bounds the bias (η = 0.1 at β = 0.1,
-floor ~1e-6..1e-8 reached in a few thousand iterations) and the first term
-keeps small β stable ((1 − ηβ)(1 + iηλ) is a contraction only for
+Default: η = min(β/(β² + L̂_t²), 0.01/β, 0.25) (adaptive, base.md_eta;
+L̂ = L without the tabular runner): ηβ ≤ 0.01 and η ≤ 0.25 bound the bias
+(η = 0.1 at β = 0.1, floor ~1e-6..1e-8 reached in a few thousand
+iterations; the floor grows like η²/β, base.NASH_MD_ETA_MAX) and the first
+term keeps small β stable ((1 − ηβ)(1 + iηλ) is a contraction only for
 η ≲ 2β/λ²). Deviation from the paper: constant step instead of the
 decreasing schedule of its theorem (plans have constant coefficients).
 """
@@ -34,6 +35,7 @@ from selfplay.algos.base import (
     BETA,
     LIPSCHITZ,
     NASH_MD_ETA_BETA,
+    NASH_MD_ETA_MAX,
     Algorithm,
     Hyper,
     check_n,
@@ -48,8 +50,13 @@ def default_hyper(n: int) -> Hyper:
 
 
 def _eta(beta, lip):
-    """min(β/(β² + L̂²), NASH_MD_ETA_BETA/β): stable step, mixture weight ηβ ≤ 0.01."""
+    """min(β/(β² + L̂²), 0.01/β, 0.25): stable, and a bounded bias (ηβ ≤ 0.01, η ≤ 0.25)."""
     e, cap = md_eta(beta, lip), NASH_MD_ETA_BETA / beta
+    cap = (
+        cap.clamp(max=NASH_MD_ETA_MAX)
+        if isinstance(cap, torch.Tensor)
+        else min(cap, NASH_MD_ETA_MAX)
+    )
     if isinstance(e, torch.Tensor) or isinstance(cap, torch.Tensor):
         f64 = torch.float64
         return torch.minimum(torch.as_tensor(e, dtype=f64), torch.as_tensor(cap, dtype=f64))
@@ -57,12 +64,12 @@ def _eta(beta, lip):
 
 
 def resolve(h: Hyper) -> Hyper:
-    """η = None -> η = min(β/(β² + L²), 0.01/β) (the adaptive rule at L̂ = L)."""
+    """η = None -> η = min(β/(β² + L²), 0.01/β, 0.25) (the adaptive rule at L̂ = L)."""
     return h if h.eta is not None else h.with_(eta=_eta(h.beta, LIPSCHITZ))
 
 
 def adapt(h: Hyper, lip) -> Hyper:
-    """Tabular default: η_t = min(β/(β² + L̂_t²), 0.01/β)."""
+    """Tabular default: η_t = min(β/(β² + L̂_t²), 0.01/β, 0.25)."""
     return h.with_(eta=_eta(h.beta, lip))
 
 
