@@ -34,6 +34,9 @@ class LabResult:
     curve_gap: list[float]
     curve_reg_gap: list[float] | None
     init: str = "uniform"
+    #: the earlier algorithm of the same run whose iterates these equal (same update
+    #: under these hyperparameters, e.g. EGPO = Nash-MP, SPPO = MWU), else None.
+    same_as: str | None = None
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -131,6 +134,35 @@ def run_algo(
     )
 
 
+def mark_same_updates(results: list[LabResult], tol: float = 1e-10) -> list[LabResult]:
+    """Set `same_as` on each result whose whole trajectory equals an earlier one's.
+
+    Under the defaults the tabular EGPO is mirror prox (egpo.py) and SPPO is
+    MWU with η = 1/β (sppo.py), so their rows would otherwise read as an
+    independent comparison. Compared on the recorded gap curves, the final
+    policy and the query count, so a different --eta or --beta unmarks them.
+    """
+    for i, r in enumerate(results):
+        for s in results[:i]:
+            if s.same_as is None and _same_run(r, s, tol):
+                r.same_as = s.algo
+                break
+    return results
+
+
+def _same_run(a: LabResult, b: LabResult, tol: float) -> bool:
+    if a.curve_iters != b.curve_iters or a.preference_queries != b.preference_queries:
+        return False
+    if np.ptp(a.curve_gap) <= tol:  # nothing moved (e.g. started at the NE): nothing to tell
+        return False
+    curves = [(a.curve_gap, b.curve_gap), (a.policy, b.policy)]
+    if (a.curve_reg_gap is None) != (b.curve_reg_gap is None):
+        return False
+    if a.curve_reg_gap is not None:
+        curves.append((a.curve_reg_gap, b.curve_reg_gap))
+    return all(np.allclose(x, y, rtol=0, atol=tol) for x, y in curves)
+
+
 def plot_gaps(results: list[LabResult], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -164,10 +196,17 @@ def plot_gaps(results: list[LabResult], path: Path, title: str) -> Path:
 def format_table(results: list[LabResult]) -> str:
     head = f"{'algo':<11}{'iters':>8}{'queries':>14}{'gap':>12}{'reg_gap':>12}{'seconds':>9}"
     rows = [head, "-" * len(head)]
+    notes = []
     for r in results:
         reg = f"{r.regularized_gap:.3e}" if r.regularized_gap is not None else "-"
+        name = r.algo if r.same_as is None else f"{r.algo}*"
         rows.append(
-            f"{r.algo:<11}{r.iterations:>8}{r.preference_queries:>14}"
+            f"{name:<11}{r.iterations:>8}{r.preference_queries:>14}"
             f"{r.gap:>12.3e}{reg:>12}{r.seconds:>9.2f}"
         )
-    return "\n".join(rows)
+        if r.same_as is not None:
+            notes.append(
+                f"* {r.algo} ran the same update as {r.same_as} here (identical iterates): "
+                "not an independent comparison"
+            )
+    return "\n".join(rows + notes)

@@ -104,6 +104,7 @@ def game(
                 init=init,
             )
         )
+    lab.mark_same_updates(results)
     plot_path = lab.plot_gaps(results, Path(plot), f"{source} (n={P.shape[0]})")
     if not no_mlflow:
         _log(
