@@ -196,9 +196,19 @@ def test_early_stop_and_recording():
 def test_log_space_survives_tiny_probabilities(name):
     P = generate("rps", 5, 1)
     init = np.array([1e-300, 0.25, 0.25, 0.25, 0.25 - 1e-300])
-    tr = algos.run(name, P, iterations=200, init=init, mu=np.full(5, 0.2), record_every=200)
+    mu = np.array([0.1, 0.15, 0.2, 0.25, 0.3])  # non-uniform: π*_β of P and Pᵀ differ
+    tr = algos.run(name, P, iterations=200, init=init, mu=mu, record_every=200)
     assert torch.isfinite(tr.policy).all() and torch.isfinite(tr.gap).all()
     assert abs(float(tr.policy.sum()) - 1) < 1e-12
+    # the same trajectory as the log-space NumPy loop of each paper's rule, where the
+    # 1e-300 action has log-probability −690.8 and still moves by η·q per step
+    A = algos.get(name)
+    d = A.resolve(A.default_hyper(5))
+    h = dict(eta=d.eta, beta=d.beta, alpha=d.alpha, every=d.magnet_every, adaptive=d.adaptive)
+    want = loop(name, P, h, 200, mu, init)
+    np.testing.assert_allclose(tr.policy[0].numpy(), want, atol=1e-9, rtol=0)
+    logp = torch.log(tr.policy[0, 0]).item()
+    assert np.isfinite(logp) and abs(logp - np.log(want[0])) < 1e-6 * max(1.0, abs(logp))
 
 
 def test_registry_and_errors():
