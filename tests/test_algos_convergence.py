@@ -126,7 +126,7 @@ def _authors_step(kind: str, P, mu, beta: float, T: int) -> torch.Tensor:
         x = torch.log_softmax(
             (1 - eb) * x + eb * lmu + eta * (P @ opp.exp()[..., None])[..., 0], -1
         )
-    return regularized_gap(P, x.exp(), torch.full((10,), beta), mu)
+    return regularized_gap(P, x.exp(), torch.full((10,), beta, dtype=torch.float64), mu)
 
 
 def test_regularized_defaults_beat_the_egpo_authors_step_at_small_beta():
@@ -145,5 +145,5 @@ def test_regularized_defaults_beat_the_egpo_authors_step_at_small_beta():
     for name, bound in theirs.items():
         h = algos.get(name).default_hyper(10).with_(beta=beta)
         tr = algos.run(name, P, hyper=h, iterations=T, mu=mu, init=mu, record_every=T)
-        ours = regularized_gap(P, tr.policy, torch.full((10,), beta), mu)
+        ours = regularized_gap(P, tr.policy, torch.full((10,), beta, dtype=torch.float64), mu)
         assert float(ours.median()) <= bound, (name, float(ours.median()), bound)

@@ -26,5 +26,5 @@ def test_authors_omd_is_online_ipo_at_their_step() -> None:
     theirs = bench_games._authors_run("omd", P, mu, 0.1, 0.7, 40)
     h = algos.Hyper(eta=0.7, beta=0.1)
     ours = algos.run("online-ipo", P, hyper=h, iterations=40, mu=mu, init=mu, record_every=40)
-    assert torch.allclose(ours.regularized_gap[-1], theirs, atol=1e-15, rtol=1e-8)
+    assert torch.allclose(ours.regularized_gap[-1], theirs, atol=1e-15, rtol=1e-10)
     assert (theirs > 1e-6).all()  # not yet converged: the comparison is not vacuous

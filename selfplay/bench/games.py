@@ -157,7 +157,9 @@ def _authors_run(kind: str, P, mu, beta: float, eta: float, iterations: int) -> 
         else:
             opp = x
         x = torch.log_softmax((1 - eb) * x + eb * lmu + eta * q(opp), -1)
-    return games.regularized_gap(P, x.exp(), torch.full((P.shape[0],), beta), mu)
+    return games.regularized_gap(
+        P, x.exp(), torch.full((P.shape[0],), beta, dtype=torch.float64), mu
+    )
 
 
 def format_egpo(r: dict) -> str:
