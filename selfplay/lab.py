@@ -1,7 +1,8 @@
 """The game lab: run last-iterate algorithms on a matrix preference game.
 
 Backs `selfplay game`. Each algorithm runs its exact (or query-sampled)
-tabular update from the uniform policy for a fixed number of iterations; we
+tabular update from π_0 (`initial_policy`; the reference μ of the
+regularized algorithms is uniform) for a fixed number of iterations; we
 record the duality gap `2·max_y P(y ≻ π_t) − 1` of the last iterate π_t and,
 for algorithms that solve the β-regularized game, its regularized gap.
 """
@@ -32,6 +33,10 @@ class LabResult:
     curve_iters: list[int]
     curve_gap: list[float]
     curve_reg_gap: list[float] | None
+    init: str = "uniform"
+    #: the earlier algorithm of the same run whose iterates these equal (same update
+    #: under these hyperparameters, e.g. EGPO = Nash-MP, SPPO = MWU), else None.
+    same_as: str | None = None
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -51,6 +56,26 @@ def parse_algos(spec: str) -> list[str]:
     return names
 
 
+INITS = ("random", "uniform")
+
+
+def initial_policy(kind: str, n: int, seed: int) -> np.ndarray:
+    """π_0 of `selfplay game`: "uniform", or "random" = softmax of N(0, 1) logits.
+
+    "random" is seeded (its own stream of `seed`, independent of the game's)
+    and has full support. It is the default because the uniform policy is
+    the NE of every circulant game (`rps`): started there, every algorithm,
+    MWU included, sits at gap 0 and the comparison shows nothing.
+    """
+    if kind == "uniform":
+        return np.full(n, 1.0 / n)
+    if kind == "random":
+        z = np.random.default_rng([int(seed), 1]).standard_normal(n)
+        p = np.exp(z - z.max())
+        return p / p.sum()
+    raise InputError(f"unknown --init {kind!r}; choose from {', '.join(INITS)}")
+
+
 def _record_every(iterations: int) -> int:
     # ~400 points per curve keeps plots and MLflow light at any length.
     return max(1, iterations // 400)
@@ -65,6 +90,7 @@ def run_algo(
     eta: float | None,
     queries: int | None,
     seed: int,
+    init: str = "uniform",
 ) -> LabResult:
     import torch
 
@@ -86,6 +112,7 @@ def run_algo(
         queries=queries,
         seed=seed,
         record_every=_record_every(iterations),
+        init=initial_policy(init, P.shape[0], seed),
     )
     secs = time.perf_counter() - t0
     regularized = algo.objective == "regularized"
@@ -103,7 +130,37 @@ def run_algo(
         curve_iters=[int(i) for i in tr.recorded],
         curve_gap=tr.gap[:, 0].tolist(),
         curve_reg_gap=reg,
+        init=init,
     )
+
+
+def mark_same_updates(results: list[LabResult], tol: float = 1e-10) -> list[LabResult]:
+    """Set `same_as` on each result whose whole trajectory equals an earlier one's.
+
+    Under the defaults the tabular EGPO is mirror prox (egpo.py) and SPPO is
+    MWU with η = 1/β (sppo.py), so their rows would otherwise read as an
+    independent comparison. Compared on the recorded gap curves, the final
+    policy and the query count, so a different --eta or --beta unmarks them.
+    """
+    for i, r in enumerate(results):
+        for s in results[:i]:
+            if s.same_as is None and _same_run(r, s, tol):
+                r.same_as = s.algo
+                break
+    return results
+
+
+def _same_run(a: LabResult, b: LabResult, tol: float) -> bool:
+    if a.curve_iters != b.curve_iters or a.preference_queries != b.preference_queries:
+        return False
+    if np.ptp(a.curve_gap) <= tol:  # nothing moved (e.g. started at the NE): nothing to tell
+        return False
+    curves = [(a.curve_gap, b.curve_gap), (a.policy, b.policy)]
+    if (a.curve_reg_gap is None) != (b.curve_reg_gap is None):
+        return False
+    if a.curve_reg_gap is not None:
+        curves.append((a.curve_reg_gap, b.curve_reg_gap))
+    return all(np.allclose(x, y, rtol=0, atol=tol) for x, y in curves)
 
 
 def plot_gaps(results: list[LabResult], path: Path, title: str) -> Path:
@@ -139,10 +196,17 @@ def plot_gaps(results: list[LabResult], path: Path, title: str) -> Path:
 def format_table(results: list[LabResult]) -> str:
     head = f"{'algo':<11}{'iters':>8}{'queries':>14}{'gap':>12}{'reg_gap':>12}{'seconds':>9}"
     rows = [head, "-" * len(head)]
+    notes = []
     for r in results:
         reg = f"{r.regularized_gap:.3e}" if r.regularized_gap is not None else "-"
+        name = r.algo if r.same_as is None else f"{r.algo}*"
         rows.append(
-            f"{r.algo:<11}{r.iterations:>8}{r.preference_queries:>14}"
+            f"{name:<11}{r.iterations:>8}{r.preference_queries:>14}"
             f"{r.gap:>12.3e}{reg:>12}{r.seconds:>9.2f}"
         )
-    return "\n".join(rows)
+        if r.same_as is not None:
+            notes.append(
+                f"* {r.algo} ran the same update as {r.same_as} here (identical iterates): "
+                "not an independent comparison"
+            )
+    return "\n".join(rows + notes)

@@ -49,6 +49,39 @@ def test_lp_nash_is_fixed_point(name):
     assert np.abs(moved["main"].exp()[0].numpy() - x).max() > 1e-4
 
 
+def _published_gain(name: str, h) -> float:
+    """c in log π' = log π + c·P(·≻π) + const, when every role equals π: each paper's
+    rule written out (mwu.py, sppo.py, omwu.py, mpo.py docstrings), not the plan."""
+    if name == "mwu":
+        return h.eta  # π' ∝ π·exp(η q)
+    if name == "sppo":
+        return 1.0 / h.beta  # π' ∝ π·exp(q/β)
+    if name == "omwu":
+        return h.eta  # π' ∝ π·exp(η(2q_t − q_{t−1})) with π_{t−1} = π_t
+    if name == "mpo":
+        return h.eta / (1 + h.eta * h.alpha)  # (log π + ηq + ηα log ρ)/(1 + ηα), ρ = π
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", NASH_ALGOS)
+def test_step_off_equilibrium_follows_the_published_direction(name):
+    """Off the NE, one step moves log π by +c·q (c > 0): a flipped payoff sign, which
+    leaves the full-support NE fixed, fails here."""
+    P = _full_support_game()
+    x = np.random.default_rng(3).dirichlet(np.ones(5))
+    h = algos.get(name).default_hyper(5).with_(adaptive=False)
+    out = step(name, P, _state(main=x, prev=x, magnet=x, lead=x, ref=np.full(5, 0.2)), hyper=h)
+    delta = out["main"][0].numpy() - np.log(x)
+    want = _published_gain(name, h) * (P @ x)
+    assert _published_gain(name, h) > 0
+    np.testing.assert_allclose(delta - delta.mean(), want - want.mean(), atol=1e-12)
+    # with a small step, π moves towards the actions that beat it (⟨q, π_1⟩ > ⟨q, π⟩)
+    small = h.with_(eta=1e-3, beta=1e3) if name == "sppo" else h.with_(eta=1e-3)
+    out = step(name, P, _state(main=x, prev=x, magnet=x, lead=x, ref=x), hyper=small)
+    pi1 = out["main"].exp()[0].numpy()
+    assert (P @ x) @ pi1 > (P @ x) @ x  # moved towards actions that beat π
+
+
 def test_mmd_fixed_point_is_magnet_regularized_nash():
     """MPO's inner step (MMD) fixes the α-regularized NE with the magnet as reference."""
     P = _full_support_game()
@@ -96,7 +129,7 @@ def test_nash_md_constant_step_is_biased_by_order_eta():
     pi = solve_regularized(P, beta, mu)
     moves, offsets = [], []
     for eta in (0.1, 0.01):
-        h = algos.get("nash-md").default_hyper(7).with_(eta=eta, beta=beta)
+        h = algos.get("nash-md").default_hyper(7).with_(eta=eta, beta=beta, adaptive=False)
         out = step("nash-md", P, _state(main=pi, ref=mu), hyper=h)
         moves.append(np.abs(out["main"].exp()[0].numpy() - pi).max())
         tr = algos.run(

@@ -50,7 +50,7 @@ def loop(name: str, P: np.ndarray, h: dict, T: int, mu: np.ndarray, init: np.nda
     def q(z):
         return P @ np.exp(z)
 
-    x_prev, mag, lip = x, x, LipschitzLoop()
+    x_prev, mag, lip, last_mix = x, x, LipschitzLoop(), None
     for t in range(T):
         if name == "mwu":
             x = lsm(x + eta * q(x))
@@ -77,9 +77,17 @@ def loop(name: str, P: np.ndarray, h: dict, T: int, mu: np.ndarray, init: np.nda
             lead = lsm((1 - eb) * x + eb * lmu + eta * q(x))
             x = lsm((1 - eb) * x + eb * lmu + eta * q(lead))
         elif name == "nash-md":  # π^μ ∝ π^{1−ηβ}μ^{ηβ}; π' ∝ π^μ·exp(η·P(·≻π^μ))
+            if h.get("adaptive"):  # L̂ from the two previous mixtures (no extra query)
+                lhat = lip(*last_mix) if last_mix is not None else lip.L
+                eta, last_mix = min(beta / (beta**2 + lhat**2), 0.01 / beta, 0.25), None
             mix = lsm((1 - eta * beta) * x + eta * beta * lmu)
-            x = lsm(mix + eta * q(mix))
+            qm = q(mix)
+            last_mix = (mix, qm)
+            x = lsm(mix + eta * qm)
         elif name == "online-ipo":
+            if h.get("adaptive"):
+                lhat = lip(x, q(x))
+                eta = beta / (beta**2 + lhat**2)
             eb = eta * beta
             x = lsm((1 - eb) * x + eb * lmu + eta * q(x))
     return np.exp(x)
@@ -130,13 +138,16 @@ def test_batched_equals_numpy_loop(name):
         assert abs(float(tr.gap[-1, b]) - gap(P, want)) < 1e-10
 
 
-@pytest.mark.parametrize("name", ["omwu", "mpo"])
+@pytest.mark.parametrize("name", ["omwu", "mpo", "online-ipo", "nash-md"])
 def test_adaptive_step_equals_numpy_loop(name):
     n, T = 5, 300
     games = [generate("uniform", n, s) for s in (14, 21, 30)]
-    tr = algos.run(name, np.stack(games), iterations=T, record_every=T)
+    beta = 0.01  # small β: where the adaptive rule matters for online IPO and Nash-MD
+    hyper = algos.get(name).default_hyper(n)
+    hyper = hyper.with_(beta=beta) if algos.get(name).objective == "regularized" else hyper
+    tr = algos.run(name, np.stack(games), hyper=hyper, iterations=T, record_every=T)
     assert tr.hyper.adaptive
-    h = {"adaptive": True, "alpha": None, "every": 5}
+    h = {"adaptive": True, "alpha": None, "every": 5, "beta": beta}
     for b, P in enumerate(games):
         want = loop(name, P, h, T, np.full(n, 1 / n), np.full(n, 1 / n))
         np.testing.assert_allclose(tr.policy[b].numpy(), want, atol=1e-9, rtol=0)
@@ -185,9 +196,19 @@ def test_early_stop_and_recording():
 def test_log_space_survives_tiny_probabilities(name):
     P = generate("rps", 5, 1)
     init = np.array([1e-300, 0.25, 0.25, 0.25, 0.25 - 1e-300])
-    tr = algos.run(name, P, iterations=200, init=init, mu=np.full(5, 0.2), record_every=200)
+    mu = np.array([0.1, 0.15, 0.2, 0.25, 0.3])  # non-uniform: π*_β of P and Pᵀ differ
+    tr = algos.run(name, P, iterations=200, init=init, mu=mu, record_every=200)
     assert torch.isfinite(tr.policy).all() and torch.isfinite(tr.gap).all()
     assert abs(float(tr.policy.sum()) - 1) < 1e-12
+    # the same trajectory as the log-space NumPy loop of each paper's rule, where the
+    # 1e-300 action has log-probability −690.8 and still moves by η·q per step
+    A = algos.get(name)
+    d = A.resolve(A.default_hyper(5))
+    h = dict(eta=d.eta, beta=d.beta, alpha=d.alpha, every=d.magnet_every, adaptive=d.adaptive)
+    want = loop(name, P, h, 200, mu, init)
+    np.testing.assert_allclose(tr.policy[0].numpy(), want, atol=1e-9, rtol=0)
+    logp = torch.log(tr.policy[0, 0]).item()
+    assert np.isfinite(logp) and abs(logp - np.log(want[0])) < 1e-6 * max(1.0, abs(logp))
 
 
 def test_registry_and_errors():

@@ -151,3 +151,43 @@ def test_help_is_light() -> None:
         "assert not heavy & {m.split('.')[0] for m in sys.modules}, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _game_json(tmp_path, capsys, *extra: str) -> dict:
+    args = ["game", "--generate", "rps", "--n", "3", "--algos", "mwu,mpo", "--json"]
+    code, out, err = _cli([*args, "--no-mlflow", "--plot", str(tmp_path / "g.png"), *extra], capsys)
+    assert code == 0, err
+    return {r["algo"]: r for r in json.loads(out)["results"]}
+
+
+def test_default_init_shows_mwu_cycling_and_mpo_converging(tmp_path, capsys) -> None:
+    """rps's NE is uniform: the default π_0 is a seeded non-uniform point instead."""
+    res = _game_json(tmp_path, capsys)
+    assert res["mwu"]["gap"] > 0.01  # MWU's last iterate cycles away from the NE
+    assert res["mpo"]["gap"] < 1e-6  # MPO's converges
+    assert res["mwu"]["init"] == res["mpo"]["init"] == "random"
+    P = games.generate("rps", 3, 0)
+    for r in res.values():  # gaps agree with a recomputation from the reported policy
+        assert r["gap"] == pytest.approx(float(games.gap(P, np.asarray(r["policy"]))), abs=1e-9)
+    # started at the uniform policy (the NE) nothing moves: the old, uninformative default
+    uni = _game_json(tmp_path, capsys, "--init", "uniform")
+    assert uni["mwu"]["gap"] < 1e-12 and uni["mpo"]["gap"] < 1e-12
+    code, _, err = _cli(["game", "--generate", "rps", "--n", "3", "--init", "bogus"], capsys)
+    assert code == 2 and err.startswith("error:") and "bogus" in err
+
+
+def test_rows_that_run_the_same_update_are_marked(tmp_path, capsys) -> None:
+    """Default EGPO is mirror prox and default SPPO is MWU: the table says so."""
+    args = ["game", "--generate", "uniform", "--n", "5", "--seed", "14", "--iterations", "200"]
+    args += ["--no-mlflow", "--plot", str(tmp_path / "g.png"), "--algos"]
+    code, out, err = _cli([*args, "nash-mp,egpo,sppo,mwu,omwu"], capsys)
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()[2:7]}
+    assert set(rows) == {"nash-mp", "egpo*", "sppo", "mwu*", "omwu"}
+    assert "egpo ran the same update as nash-mp" in out and "mwu ran the same update as sppo" in out
+    code, out, err = _cli([*args, "nash-mp,egpo,omwu", "--json"], capsys)
+    same = {r["algo"]: r["same_as"] for r in json.loads(out)["results"]}
+    assert same == {"nash-mp": None, "egpo": "nash-mp", "omwu": None}
+    # with a given η the two mirror-prox forms differ (η_MP = η/(1 − ηβ)): no mark
+    code, out, err = _cli([*args, "nash-mp,egpo", "--eta", "0.5"], capsys)
+    assert "*" not in out

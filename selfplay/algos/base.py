@@ -30,12 +30,14 @@ BETA = 0.1
 LIPSCHITZ = 0.5
 #: Mirror prox / extragradient step η = 1/L (Nash-MP's and EGPO's theory).
 PROX_ETA = 1.0 / LIPSCHITZ
-#: Online mirror descent (MMD) on the β-regularized game: η ≤ α/L² (Sokota
-#: et al. 2022, Thm 3.4, here α = β) — as a multiple of β: η = 4β.
-MD_ETA_OVER_BETA = 1.0 / LIPSCHITZ**2
-#: Nash-MD's mixture weight ηβ: with a constant step its fixed point is biased
-#: by O(η) (see nash_md.py); 0.01 trades a ~1e-6..1e-8 floor against speed.
+#: Nash-MD's largest mixture weight ηβ: with a constant step its fixed point is
+#: biased by O(η) (see nash_md.py); 0.01 trades a ~1e-6..1e-8 floor against speed.
 NASH_MD_ETA_BETA = 0.01
+#: ... and its largest η: the fixed point's regularized gap grows like
+#: η²·Var_π(K q)/β (nash_md.py), so at small β (0.01) a step that keeps ηβ =
+#: 0.01 leaves a floor above the EGPO authors' own step's; η ≤ 0.25 halves
+#: their mixture weight there and leaves β ≥ 0.025 unchanged.
+NASH_MD_ETA_MAX = 0.25
 
 # Adaptive step sizes (OMWU, MPO; tabular runner). The local Lipschitz
 # constant of the payoff in the KL geometry at π_t,
@@ -54,6 +56,18 @@ OMWU_ETA_TIMES_L = 0.4
 MPO_ALPHA_OVER_L = 1.0
 MPO_ETA_ALPHA = 2.0
 MPO_EVERY = 5
+#: Online IPO and Nash-MD (regularized mirror descent, one payoff per step):
+#: linearised at the fixed point a mode of frequency λ ≤ L̂ multiplies by
+#: 1 − ηβ + iηλ (online IPO) or (1 − ηβ)(1 + iηλ) (Nash-MD). η = β/(β² + L̂²)
+#: minimises the online-IPO factor at λ = L̂ (|·|² = 1 − ηβ there) and is
+#: stable for both up to λ ≈ √2·L̂; at L̂ = L it is MMD's theorem step
+#: η_MMD = β/L² (Sokota et al. 2022) mapped to the explicit form. Nash-MD also
+#: caps ηβ at NASH_MD_ETA_BETA (its O(ηβ) bias, nash_md.py).
+
+
+def md_eta(beta, lip):
+    """η = β/(β² + L̂²): the regularized mirror-descent step at local Lipschitz L̂."""
+    return beta / (beta * beta + lip * lip)
 
 
 @dataclass(frozen=True)

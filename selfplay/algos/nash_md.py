@@ -7,7 +7,12 @@ Update (one phase; the mixture samples and is the opponent, μ = π_ref):
 
 i.e. a = 1 − ηβ, b = ηβ, c = η.
 
-Step size (default, ours): ηβ = 0.01 (η = 0.1 at β = 0.1).
+Step size, default (tabular): η = min(β/(β² + L̂_t²), 0.01/β, 0.25) (adaptive, base.md_eta;
+L̂ = L without the tabular runner): ηβ ≤ 0.01 and η ≤ 0.25 bound the bias
+(η = 0.1 at β = 0.1, floor ~1e-6..1e-8 reached in a few thousand
+iterations; the floor grows like η²/β, base.NASH_MD_ETA_MAX) and the first
+term keeps small β stable ((1 − ηβ)(1 + iηλ) is a contraction only for
+η ≲ 2β/λ²).
 
 Paper: Munos et al. 2023, arXiv 2312.00886.
 
@@ -20,22 +25,53 @@ Deviations:
    sequence-level mixture only up to normalisation.
 
 Derivation: docs/algorithms.md#nash-md
+
 """
 
 from __future__ import annotations
 
-from selfplay.algos.base import BETA, NASH_MD_ETA_BETA, Algorithm, Hyper, check_n
+import torch
+
+from selfplay.algos.base import (
+    BETA,
+    LIPSCHITZ,
+    NASH_MD_ETA_BETA,
+    NASH_MD_ETA_MAX,
+    Algorithm,
+    Hyper,
+    check_n,
+    md_eta,
+)
 from selfplay.algos.plan import Mixture, Phase, StepPlan
 
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=None, beta=BETA)
+    return Hyper(eta=None, beta=BETA, adaptive=True)
+
+
+def _eta(beta, lip):
+    """min(β/(β² + L̂²), 0.01/β, 0.25): stable, and a bounded bias (ηβ ≤ 0.01, η ≤ 0.25)."""
+    e, cap = md_eta(beta, lip), NASH_MD_ETA_BETA / beta
+    cap = (
+        cap.clamp(max=NASH_MD_ETA_MAX)
+        if isinstance(cap, torch.Tensor)
+        else min(cap, NASH_MD_ETA_MAX)
+    )
+    if isinstance(e, torch.Tensor) or isinstance(cap, torch.Tensor):
+        f64 = torch.float64
+        return torch.minimum(torch.as_tensor(e, dtype=f64), torch.as_tensor(cap, dtype=f64))
+    return min(e, cap)
 
 
 def resolve(h: Hyper) -> Hyper:
-    """η = None -> η = 0.01/β (mixture weight ηβ = NASH_MD_ETA_BETA)."""
-    return h if h.eta is not None else h.with_(eta=NASH_MD_ETA_BETA / h.beta)
+    """η = None -> η = min(β/(β² + L²), 0.01/β, 0.25) (the adaptive rule at L̂ = L)."""
+    return h if h.eta is not None else h.with_(eta=_eta(h.beta, LIPSCHITZ))
+
+
+def adapt(h: Hyper, lip) -> Hyper:
+    """Tabular default: η_t = min(β/(β² + L̂_t²), 0.01/β, 0.25)."""
+    return h.with_(eta=_eta(h.beta, lip))
 
 
 def plan(h: Hyper) -> StepPlan:
@@ -63,4 +99,5 @@ ALGORITHM = Algorithm(
     plan=plan,
     resolve=resolve,
     summary="mirror descent against the geometric mixture of π_t and μ",
+    adapt=adapt,
 )

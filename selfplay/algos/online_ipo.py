@@ -8,8 +8,13 @@ i.e. a = 1 − ηβ, b = ηβ, c = η: EGPO's lead phase alone, one IPO gradient
 step (learning rate n·η·β/4 in the tabular analysis). Also MMD with the
 magnet fixed at μ, α = β and η_MMD = η/(1 − ηβ). Last iterate → π*_β.
 
-Step size: MMD's η_MMD ≤ α/L² = 4β (Sokota et al. 2022, Thm 3.4), i.e.
-η = 4β/(1 + 4β²).
+Step size (default, Sokota et al. 2022): MMD's theorem η_MMD ≤ α/L² =
+4β (L = ½), i.e. η = 4β/(1 + 4β²) — linear convergence at rate
+≈ 1/(1 + 4β²) per iteration (a few hundred iterations to 1e-8 at β = 0.1;
+a larger step is unstable on games whose local frequencies λ exceed β,
+since a mode multiplies by (1 + iη_MMD·λ)/(1 + η_MMD·β)). That is
+η = β/(β² + L²); the tabular default replaces L by the measured L̂_t
+(`adapt`, base.md_eta), which is what makes small β (0.01) converge.
 
 Paper: Calandriello et al. 2024, arXiv 2403.08635 (EGPO's baseline).
 
@@ -22,21 +27,23 @@ Derivation: docs/algorithms.md#online-ipo
 
 from __future__ import annotations
 
-from selfplay.algos.base import BETA, MD_ETA_OVER_BETA, Algorithm, Hyper, check_n
+from selfplay.algos.base import BETA, LIPSCHITZ, Algorithm, Hyper, check_n, md_eta
 from selfplay.algos.plan import Phase, StepPlan
 
 
 def default_hyper(n: int) -> Hyper:
     check_n(n)
-    return Hyper(eta=None, beta=BETA)
+    return Hyper(eta=None, beta=BETA, adaptive=True)
 
 
 def resolve(h: Hyper) -> Hyper:
-    """η = None -> η = η_MMD/(1 + η_MMD·β) with η_MMD = α/L² = 4β (MMD's theorem)."""
-    if h.eta is not None:
-        return h
-    e = MD_ETA_OVER_BETA * h.beta
-    return h.with_(eta=e / (1.0 + e * h.beta))
+    """η = None -> η = β/(β² + L²) = η_MMD/(1 + η_MMD·β), η_MMD = α/L² = 4β (MMD's theorem)."""
+    return h if h.eta is not None else h.with_(eta=md_eta(h.beta, LIPSCHITZ))
+
+
+def adapt(h: Hyper, lip) -> Hyper:
+    """Tabular default: η_t = β/(β² + L̂_t²) (base.md_eta)."""
+    return h.with_(eta=md_eta(h.beta, lip))
 
 
 def plan(h: Hyper) -> StepPlan:
@@ -64,4 +71,5 @@ ALGORITHM = Algorithm(
     plan=plan,
     resolve=resolve,
     summary="one online-IPO gradient step per iteration",
+    adapt=adapt,
 )

@@ -22,10 +22,11 @@ evaluated once per version and reused (OMWU's q_{t−1} is the q_t of the
 previous step), so OMWU, MWU, MPO and Nash-MD query once per iteration and
 Nash-MP, EGPO twice.
 
-With `hyper.adaptive` (the default for OMWU and MPO) the plan is rebuilt
-every step from `Algorithm.adapt(hyper, L̂_t)`, with L̂_t the local Lipschitz
-estimate of `LipschitzEstimate` (base.py explains the rule); `Trace.hyper`
-holds the last step's values.
+With `hyper.adaptive` (the default for OMWU, MPO, online IPO and Nash-MD)
+the plan is rebuilt every step from `Algorithm.adapt(hyper, L̂_t)`, with L̂_t
+the local Lipschitz estimate of `LipschitzEstimate` (base.py explains the
+rule; Nash-MD measures it on its mixtures); `Trace.hyper` holds the last
+step's values.
 
 MPO's adaptive magnet (`Refresh.tol`) is checked at the start of a step on
 the payoff of π_t that the step queries anyway, so it costs no queries: that
@@ -168,10 +169,14 @@ class Executor:
         self.refreshes = torch.zeros(B, dtype=torch.long)
         self.lipschitz = LipschitzEstimate(B) if adapt is not None else None
         self._inner_start: dict[str, torch.Tensor] = {}
+        self._last_mixture: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def q(self, src: Source) -> torch.Tensor:
         if isinstance(src, Mixture):
-            return self.payoffs(mixture_logp(self.state, src))
+            logp = mixture_logp(self.state, src)
+            q = self.payoffs(logp)
+            self._last_mixture = (logp, q)
+            return q
         logp = self.state[src]
         for t, q in self._cache:
             if t is logp:
@@ -182,7 +187,7 @@ class Executor:
 
     def step(self, t: int) -> None:
         if self.lipschitz is not None:
-            self.plan = self.adapt(self.lipschitz.update(self.state["main"], self.q("main")))
+            self.plan = self.adapt(self._lipschitz())
         for rf in self.plan.refresh:
             if rf.tol is not None:
                 self._refresh(rf, self._inner_converged(rf), self.state)
@@ -198,6 +203,18 @@ class Executor:
             self._refresh(rf, due, before if rf.when == "before" else self.state)
         live = {id(v) for v in self.state.values()}
         self._cache = [(t_, q) for t_, q in self._cache if id(t_) in live]
+
+    def _lipschitz(self) -> torch.Tensor:
+        """L̂_t from payoffs the plan queries anyway: π_t's (queried by this step)
+        or, when the first opponent is a mixture (Nash-MD), the last two mixtures'
+        (queried by the previous steps; the mixture of this step depends on η_t)."""
+        src = self.plan.phases[0].opponents[0][0]
+        if not isinstance(src, Mixture):
+            return self.lipschitz.update(self.state[src], self.q(src))
+        if self._last_mixture is None:
+            return self.lipschitz.L
+        pair, self._last_mixture = self._last_mixture, None
+        return self.lipschitz.update(*pair)
 
     def _refresh(self, rf: Refresh, due: torch.Tensor, src_state) -> None:
         if rf.dst == "magnet":

@@ -41,6 +41,16 @@ def _positive(name: str, v: float | int | None) -> None:
     default=None,
     help="Estimate P(·≻π) from this many sampled preference queries per action.",
 )
+@click.option(
+    "--init",
+    type=str,
+    default="random",
+    show_default=True,
+    help="Initial policy π_0: 'random' is softmax of N(0,1) logits seeded by --seed "
+    "(full support; the uniform policy is the NE of every rps game, so starting there "
+    "shows nothing); 'uniform' starts at μ. The reference μ of the regularized "
+    "algorithms stays uniform either way.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 @click.option(
     "--plot",
@@ -51,7 +61,7 @@ def _positive(name: str, v: float | int | None) -> None:
 )
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
 def game(
-    matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, as_json, plot, no_mlflow
+    matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, init, as_json, plot, no_mlflow
 ) -> None:
     """Run algorithms on a matrix game; report last-iterate gaps, plot, log to MLflow."""
     from selfplay import games, lab
@@ -84,6 +94,7 @@ def game(
     else:
         P = games.load(matrix)
         source = str(matrix)
+    lab.initial_policy(init, 2, seed)  # an unknown --init fails here, before any run
 
     from tqdm import tqdm
 
@@ -95,9 +106,17 @@ def game(
         bar.set_postfix_str(name)
         results.append(
             lab.run_algo(
-                name, P, iterations=iterations, beta=beta, eta=eta, queries=queries, seed=seed
+                name,
+                P,
+                iterations=iterations,
+                beta=beta,
+                eta=eta,
+                queries=queries,
+                seed=seed,
+                init=init,
             )
         )
+    lab.mark_same_updates(results)
     plot_path = lab.plot_gaps(results, Path(plot), f"{source} (n={P.shape[0]})")
     if not no_mlflow:
         _log(
@@ -111,6 +130,7 @@ def game(
                 eta=eta,
                 queries=queries,
                 seed=seed,
+                init=init,
                 algos=algo_spec,
             ),
         )
