@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
@@ -54,10 +53,6 @@ def train(
         from selfplay.runtime.cluster import check_reachable
 
         check_reachable(cfg.runtime.address)  # a GCS that does not answer would hang ray.init
-    if not cfg.runtime.address:
-        # An in-process cluster binds to loopback: Ray reads this before it is imported
-        # (by default it advertises the machine's address even for a one-node cluster).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from selfplay.runtime.driver.trainer import format_summary
     from selfplay.runtime.driver.trainer import train as run_train
 

@@ -149,6 +149,7 @@ def build(cfg: Config, workers: int | None = None):
         load_policy,
         load_tokenizer,
     )
+    from selfplay.runtime.cluster import check_run_resources
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
@@ -172,6 +173,7 @@ def build(cfg: Config, workers: int | None = None):
     workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, r)
     scaler = _autoscaler(r)
+    check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
     make_judge = functools.partial(make_judge_server, game, j)
     judges = [make_judge() for _ in range(j.servers)]
