@@ -244,7 +244,17 @@ def submit(client, sub: Submission) -> str:
 def status(client, job_id: str) -> JobState:
     with _sdk_errors(client.get_address(), job_id):
         info = client.get_job_info(job_id)
-    return JobState(job_id, str(info.status.value), info.message or "")
+    return JobState(job_id, str(info.status.value), one_line(info.message or ""))
+
+
+def one_line(message: str) -> str:
+    """Ray's job message on one line: a failed job's carries its last logs after a first
+    line; keep that line (less its ", last available logs ..." tail) and the run's own
+    one-line `error: ...`, if the logs have one (the whole logs: `selfplay logs`)."""
+    first, *rest = message.strip().splitlines() or [""]
+    first = first.split(", last available logs")[0].rstrip(":")
+    errors = [ln.strip() for ln in rest if ln.strip().startswith("error: ")]
+    return first + (f"; {errors[-1]}" if errors else "")
 
 
 def logs(client, job_id: str) -> str:

@@ -319,3 +319,18 @@ def test_submission_forwards_tracking_uri_and_resolves_paths(tmp_path, monkeypat
     assert sub.output_dir == "/shared/runs"
     with pytest.raises(InputError, match="absolute path on the cluster"):
         build_submission("conf/c.yaml", [], resume="runs/omwu-1")
+
+
+def test_job_message_is_one_line():
+    from selfplay.jobs import one_line
+
+    failed = (
+        "Job entrypoint command failed with exit code 1, last available logs (truncated to "
+        "20,000 chars):\nrun starts\nerror: the run needs 3 CPUs but the cluster has 2\n"
+    )
+    assert one_line(failed) == (
+        "Job entrypoint command failed with exit code 1; "
+        "error: the run needs 3 CPUs but the cluster has 2"
+    )
+    assert one_line("Job finished successfully.") == "Job finished successfully."
+    assert one_line("") == ""
