@@ -154,6 +154,7 @@ def test_in_process_cluster_refuses_what_it_cannot_give(tmp_path, override, mess
     r, took = _cli("train", "conf/quickstart.yaml", override, f"output_dir={tmp_path}", *TINY)
     line = _one_line_error(r, 2)
     assert line.startswith(f"error: {message}"), line
+    print(f"{override}: exit {r.returncode} in {took:.1f} s")
     assert took < 30, took
     assert not list(tmp_path.iterdir())  # no run dir: nothing started
 
@@ -179,6 +180,7 @@ def test_existing_cluster_waits_then_fails(cluster, tmp_path):
         "(waited 3 s for the cluster to grow)"
     )
     assert "waiting up to 3 s for the cluster to grow" in r.stderr
+    print(f"existing cluster: exit {r.returncode} in {took:.1f} s")
     assert took < 60, took
 
 
@@ -216,6 +218,7 @@ def test_scale_reaches_a_loopback_train_at_its_printed_address(tmp_path):
         r, took = _cli("scale", name, "--rollout-workers", "2", "--address", address, timeout=90)
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.startswith(f"{name}: rollout workers 1 -> 2"), r.stdout
+        print(f"scale took {took:.1f} s")
         assert took < 45, took
     finally:
         stop_server(proc, group=True, timeout=30)
