@@ -15,10 +15,13 @@ MLflow tracking URI (`tracking.uri`, else `$MLFLOW_TRACKING_URI`) in
 or file URI is made absolute first; it only means something to a head that
 shares the caller's filesystem (a local head, or a shared mount).
 
-Token authentication: the SDK sends the cluster token when the caller's
-environment enables it (`RAY_AUTH_MODE=token`, with `RAY_AUTH_TOKEN`,
-`RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`); a rejected request is reported
-as one line saying so.
+Token authentication: a default head (`ray start --head`, Ray >= 2.52) asks for
+the cluster token once one exists in ~/.ray/auth_token, while the SDK sends it
+only with `RAY_AUTH_MODE=token`. So when the job server asks for a token and
+RAY_AUTH_MODE is unset, `connect` reads it where Ray keeps it ($RAY_AUTH_TOKEN,
+the file $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token, in that order) and sends it
+as the `Authorization` header of every request. A request still refused is one
+line saying so.
 """
 
 from __future__ import annotations
@@ -173,11 +176,23 @@ def _sdk_errors(address: str, job_id: str | None = None) -> Iterator[None]:
 
     try:
         yield
-    except AuthenticationError:
+    except AuthenticationError as e:
+        text = str(e)
+        if "Authentication failed" in text or "403" in text:  # a token was sent, and refused
+            raise InputError(
+                f"the Ray job server at {address} rejected the cluster token "
+                f"({_token_source()}); use the token the head was started with"
+            ) from None
+        mode = os.environ.get("RAY_AUTH_MODE")
+        where = (
+            f"RAY_AUTH_MODE is {mode!r}: set it to 'token'"
+            if mode and mode.lower() != "token"
+            else "put it in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or "
+            "~/.ray/auth_token (none found)"
+        )
         raise InputError(
             f"the Ray job server at {address} rejected the request: it needs the "
-            f"cluster token (set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, or put the "
-            f"token in ~/.ray/auth_token)"
+            f"cluster token; {where}"
         ) from None
     except ConnectionError:
         raise InputError(f"cannot reach the Ray job server at {address}") from None
@@ -188,13 +203,35 @@ def _sdk_errors(address: str, job_id: str | None = None) -> Iterator[None]:
         raise
 
 
+def _token_source() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "from $RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"from {os.environ['RAY_AUTH_TOKEN_PATH']}"
+    return "from ~/.ray/auth_token"
+
+
 def connect(address: str | None = None):
-    """A `JobSubmissionClient` for the job server at `address` (checked to answer)."""
+    """A `JobSubmissionClient` for the job server at `address` (checked to answer); when
+    the server asks for a token that the SDK did not send, send the cluster's (above)."""
     addr = job_address(address)
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    from selfplay.runtime.cluster import find_token
+
     with _sdk_errors(addr):
-        return JobSubmissionClient(addr)
+        try:
+            return JobSubmissionClient(addr)
+        except AuthenticationError as e:
+            token = find_token()
+            if (
+                "RAY_AUTH_MODE" in os.environ
+                or token is None
+                or "Authentication required" not in str(e)
+            ):
+                raise
+        return JobSubmissionClient(addr, headers={"Authorization": f"Bearer {token}"})
 
 
 def submit(client, sub: Submission) -> str:
@@ -207,7 +244,17 @@ def submit(client, sub: Submission) -> str:
 def status(client, job_id: str) -> JobState:
     with _sdk_errors(client.get_address(), job_id):
         info = client.get_job_info(job_id)
-    return JobState(job_id, str(info.status.value), info.message or "")
+    return JobState(job_id, str(info.status.value), one_line(info.message or ""))
+
+
+def one_line(message: str) -> str:
+    """Ray's job message on one line: a failed job's carries its last logs after a first
+    line; keep that line (less its ", last available logs ..." tail) and the run's own
+    one-line `error: ...`, if the logs have one (the whole logs: `selfplay logs`)."""
+    first, *rest = message.strip().splitlines() or [""]
+    first = first.split(", last available logs")[0].rstrip(":")
+    errors = [ln.strip() for ln in rest if ln.strip().startswith("error: ")]
+    return first + (f"; {errors[-1]}" if errors else "")
 
 
 def logs(client, job_id: str) -> str:

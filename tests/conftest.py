@@ -7,10 +7,13 @@ import os
 
 import pytest
 
+from selfplay.runtime.cluster import use_loopback
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Local test clusters bind to loopback (Ray otherwise picks the machine's address).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every Ray cluster of the suite (and the CLI subprocesses, which inherit this env)
+# binds to loopback, as `selfplay train`'s in-process one does.
+use_loopback()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,6 +38,6 @@ def cluster():
     """One local Ray cluster per test module (2 CPUs, no dashboard); yields its GCS address."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False)  # loopback: see use_loopback above
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -75,9 +75,9 @@ TRAIN_CASES = [
     ("init-std-inf", ["model.tiny.init_std=.inf"], {}, "model.tiny.init_std", None),
     ("beta-nan", ["algo.beta=.nan"], {}, "algo.beta", None),
     ("resources-nan", ["rollout.resources={a: .nan}"], {}, "rollout.resources.a", None),
-    ("cpus-do-not-fit", ["rollout.num_cpus=3"], {}, "in-process cluster", None),
+    ("cpus-do-not-fit", ["rollout.num_cpus=3"], {}, "but the cluster has 2", None),
     ("ray-address-env", [], {"RAY_ADDRESS": "127.0.0.1:1"}, "RAY_ADDRESS=127.0.0.1:1", None),
-    ("resources-in-process", ["rollout.resources={rollout: 1}"], {}, "custom Ray resources", None),
+    ("resources-in-process", ["rollout.resources={rollout: 1}"], {}, "resource 'rollout'", None),
     (
         "vllm",
         ["rollout.backend=vllm"],

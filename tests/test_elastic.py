@@ -41,7 +41,7 @@ TINY = [
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False)  # loopback: conftest's use_loopback()
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -53,8 +53,10 @@ def _cfg(tmp_path, *extra: str):
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    # As from a user's shell: `ray.init` above set RAY_AUTH_MODE=token in this process only.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    # As from a user's shell: `ray.init` above set RAY_AUTH_MODE=token in this process only,
+    # and conftest the loopback switch, which `selfplay scale` must set itself.
+    drop = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run(
         [sys.executable, "-m", "selfplay.cli", *args],
         env=env,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from selfplay.cli import FINITE_FLOAT
@@ -27,8 +25,9 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
     """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
-    # Its in-process Ray cluster binds to loopback, as `selfplay train`'s does.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from selfplay.runtime.cluster import use_loopback
+
+    use_loopback()  # its in-process Ray cluster binds to loopback, as `selfplay train`'s does
     from selfplay.bench import pipeline as p
     from selfplay.errors import InputError
 

@@ -10,27 +10,7 @@ next phase boundary (selfplay/runtime/workers/control.py).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import click
-
-
-def _client_env() -> None:
-    """Environment for a client process; call it before `ray` is imported (Ray reads it then).
-
-    A local `ray.init()` (as `selfplay train` does) turns token authentication on
-    by default once a token exists (Ray >= 2.52), but a client joining by
-    address sends its token only with RAY_AUTH_MODE=token: without it the GCS
-    rejects us and Ray retries for ~20 s. So, with RAY_AUTH_MODE unset, send
-    the token when there is one (a wrong token still costs those ~20 s).
-    """
-    if "RAY_AUTH_MODE" not in os.environ and (
-        os.environ.get("RAY_AUTH_TOKEN")
-        or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        or (Path.home() / ".ray" / "auth_token").is_file()
-    ):
-        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @click.command("scale")
@@ -55,7 +35,6 @@ def scale(run: str, workers: int, address: str | None) -> None:
 
     if workers < 1:  # before connecting: no cluster needed to refuse it
         raise InputError(f"--rollout-workers must be >= 1, got {workers}")
-    _client_env()  # before the first `import ray` in this process
     from selfplay.runtime.cluster import connect
     from selfplay.runtime.workers import control
 

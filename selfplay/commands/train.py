@@ -52,10 +52,6 @@ def train(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
     _preflight(cfg, new_run=resume is None)
-    if not cfg.runtime.address:
-        # An in-process cluster binds to loopback: Ray reads this before it is imported
-        # (by default it advertises the machine's address even for a one-node cluster).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from selfplay.runtime.driver.trainer import train as run_train
 
     result = run_train(cfg, progress=not no_progress, resume=ckpt)
@@ -83,19 +79,10 @@ def _preflight(cfg, *, new_run: bool) -> None:
         from selfplay.rollout import check_vllm
 
         check_vllm()
-    if local:
-        _fits_in_process(cfg)
-    gpus = max(cfg.rollout.num_gpus, cfg.learner.num_gpus)
-    if local and gpus > 0:
-        import torch
+    if local:  # its actors must fit this machine: an unplaceable one waits forever
+        from selfplay.runtime.cluster import precheck_in_process
 
-        have = torch.cuda.device_count()
-        if gpus > have:
-            raise InputError(
-                f"rollout.num_gpus/learner.num_gpus={gpus:g}: the in-process cluster has "
-                f"{have} GPU{'' if have == 1 else 's'}"
-                + (" (no CUDA GPU is visible here)" if have == 0 else "")
-            )
+        precheck_in_process(cfg)
     if cfg.tracking.enabled:
         from selfplay.tracking import check_store
 
@@ -113,28 +100,6 @@ def _preflight(cfg, *, new_run: bool) -> None:
                 raise InputError(
                     f"runtime.address=auto: {e}; start one with `ray start --head`"
                 ) from None
-
-
-def _fits_in_process(cfg) -> None:
-    """The in-process cluster has runtime.num_cpus CPUs and no custom resources: an
-    actor that can never be placed would make the run wait forever."""
-    from selfplay.errors import InputError
-
-    r, j, lr = cfg.rollout, cfg.judge, cfg.learner
-    for name, res in (("rollout.resources", r.resources), ("learner.resources", lr.resources)):
-        if any(v > 0 for v in res.values()):
-            raise InputError(
-                f"{name}={dict(res)}: custom Ray resources need a cluster "
-                f"(runtime.address), the in-process one has none"
-            )
-    # Every learner shard and judge, and at least one rollout worker, run at once.
-    need = lr.shards * lr.num_cpus + j.servers * j.num_cpus + r.num_cpus
-    if need > cfg.runtime.num_cpus:
-        raise InputError(
-            f"the in-process cluster has runtime.num_cpus={cfg.runtime.num_cpus} CPUs, "
-            f"but the learner shards, judges and one rollout worker need {need:g}; "
-            f"raise runtime.num_cpus or lower the actors' num_cpus"
-        )
 
 
 def _auto_address() -> str:

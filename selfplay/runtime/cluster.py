@@ -1,20 +1,102 @@
-"""Joining or starting the Ray cluster a command talks to.
+"""Joining or starting the Ray cluster a command talks to, and what a run needs from it.
 
 `init_ray` is how `selfplay train` gets its cluster (in-process, or `runtime.address`);
 `connect` is how `selfplay scale` joins a running run's cluster; `check_reachable`
 refuses an address whose GCS does not answer before `ray.init` could hang on it.
+
+Loopback: an in-process cluster, and any cluster whose GCS address is a loopback
+one, is a loopback-only Ray node (`use_loopback`). Ray (2.x, checked on 2.60)
+rewrites every loopback address it is given, `ray.init(address="127.0.0.1:P")`,
+`_node_ip_address="127.0.0.1"` and `ray start --node-ip-address 127.0.0.1`
+alike, to the machine's own address (`services.resolve_ip_for_localhost`),
+unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: that switch, not the name it
+carries, is Ray's loopback setting. So a client dialling the GCS of a
+loopback-only cluster must set it too, or it waits on the machine's address.
+
+Resources: `check_resources` compares what a run's actors will ask for with what
+the cluster has, before any actor exists: an actor Ray can never place waits
+forever, silently.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-
-import ray
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from selfplay.config import Config
-from selfplay.errors import InputError
-from selfplay.runtime.workers.control import NAMESPACE
+from selfplay.errors import InputError, RunError
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# How long a run on an existing cluster (runtime.address) waits for resources it
+# lacks, which an autoscaler may still add; $SELFPLAY_RESOURCE_WAIT_S overrides it.
+RESOURCE_WAIT_S = 60.0
+
+
+def use_loopback() -> None:
+    """Make this process, and the Ray processes it starts, a loopback-only Ray node.
+
+    Sets `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (read by Ray when it is imported,
+    and inherited by the raylet, GCS and workers it starts) and, when Ray is
+    already imported, the constant it was read into.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    consts = sys.modules.get("ray._private.ray_constants")
+    if consts is not None:
+        consts.ENABLE_RAY_CLUSTER = False
+
+
+def find_token() -> str | None:
+    """The cluster token where Ray keeps it: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH,
+    else ~/.ray/auth_token (which `ray start --head` and a local `ray.init()` use)."""
+    if tok := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return tok
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def send_token() -> None:
+    """A client joining a cluster by address sends the token only with RAY_AUTH_MODE=token
+    (Ray >= 2.52), while a default head asks for it once a token exists: without it the GCS
+    refuses us and Ray retries for ~20 s. So, with RAY_AUTH_MODE unset, send it when there is
+    one (a wrong token still costs those ~20 s)."""
+    if "RAY_AUTH_MODE" in os.environ or find_token() is None:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray._raylet" in sys.modules:  # Ray read its config already: read it again
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _host(address: str) -> str:
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    return host or address
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a GCS address (None: an in-process cluster; 'auto': the one Ray would
+    find, from $RAY_ADDRESS or the last `ray start` on this machine) is a loopback one."""
+    if address is None:
+        return True
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            found = get_ray_address_from_environment("auto", None)
+        except Exception:  # none found: `ray.init` says so itself
+            return False
+        if not found or found == "auto":
+            return False
+        address = found
+    return _host(address) in LOOPBACK_HOSTS
 
 
 def init_ray(cfg: Config) -> None:
@@ -23,7 +105,10 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if is_loopback(cfg.runtime.address):
+        use_loopback()
     if cfg.runtime.address:
+        send_token()
         ray.init(address=cfg.runtime.address, log_to_driver=False)
     else:
         ray.init(
@@ -45,7 +130,7 @@ def check_reachable(address: str) -> None:
     if not host or not port.isdigit():
         raise InputError(f"--address must be HOST:PORT of the Ray GCS or 'auto', got {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=3).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
     except OSError as e:
         raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
 
@@ -55,6 +140,13 @@ def connect(address: str | None) -> str:
     addr = (address or os.environ.get("RAY_ADDRESS") or "auto").strip()
     if addr != "auto":
         check_reachable(addr)  # also refuses a job-server URL
+    if is_loopback(addr):
+        use_loopback()  # else Ray dials the machine's address, where nothing listens
+    send_token()
+    import ray
+
+    from selfplay.runtime.workers.control import NAMESPACE
+
     if not ray.is_initialized():
         try:
             ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
@@ -64,3 +156,206 @@ def connect(address: str | None) -> str:
                 f"with token authentication set RAY_AUTH_TOKEN"
             ) from None
     return addr
+
+
+# --- resources -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Need:
+    """`count` actors of one kind (`what`, e.g. "rollout worker"), each asking Ray for
+    `bundle` (resource name -> amount); `keys` are the config keys that set them."""
+
+    what: str
+    count: int
+    bundle: dict[str, float]
+    keys: dict[str, str]  # resource name -> the config key to lower (CPU: the count)
+
+
+def _bundle(cpus: float, gpus: float = 0.0, extra: dict | None = None) -> dict[str, float]:
+    b = {"CPU": float(cpus), "GPU": float(gpus), **{k: float(v) for k, v in (extra or {}).items()}}
+    return {k: v for k, v in b.items() if v > 0}
+
+
+def run_needs(cfg: Config, workers: int | None = None) -> list[Need]:
+    """What a run's actors ask Ray for: learner shards, rollout workers (`workers`, else
+    `rollout.workers`), preference servers. The run's control actor takes nothing."""
+    lc, rc, jc = cfg.learner, cfg.rollout, cfg.judge
+
+    def keys(section: str, count: str, extra: dict) -> dict[str, str]:
+        k = {"CPU": f"{section}.{count}", "GPU": f"{section}.num_gpus"}
+        return {**k, **{r: f"{section}.resources.{r}" for r in extra}}
+
+    return [
+        Need(
+            "learner shard",
+            lc.shards,
+            _bundle(lc.num_cpus, lc.num_gpus, lc.resources),
+            keys("learner", "shards", lc.resources),
+        ),
+        Need(
+            "rollout worker",
+            rc.workers if workers is None else workers,
+            _bundle(rc.num_cpus, rc.num_gpus, rc.resources),
+            keys("rollout", "workers", rc.resources),
+        ),
+        Need("judge server", jc.servers, _bundle(jc.num_cpus), keys("judge", "servers", {})),
+    ]
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _unit(name: str, amount: float) -> str:
+    if name in ("CPU", "GPU"):
+        return f"{_num(amount)} {name}" + ("s" if amount != 1 else "")
+    return f"{_num(amount)} of resource {name!r}"
+
+
+def shortfall(
+    needs: list[Need],
+    total: dict[str, float],
+    nodes: list[dict[str, float]],
+    remedies: dict[str, str] | None = None,
+) -> str | None:
+    """Why a cluster with `total` resources (`nodes`: each alive node's) can never place
+    `needs`, as one line, or None when it can. An actor fits on one node or nowhere.
+    `remedies`: resource name (or "*": any) -> a fix besides lowering the config keys."""
+    eps = 1e-6
+    remedies = remedies or {}
+
+    def fix(r: str, keys) -> str:
+        *most, last = dict.fromkeys(keys)
+        text = f"lower {', '.join(most)} or {last}" if most else f"lower {last}"
+        text += " (or their num_cpus)" if r == "CPU" else ""
+        more = remedies.get(r) or remedies.get("*")
+        return text + (f", or {more}" if more else "")
+
+    for r in dict.fromkeys(r for n in needs for r in n.bundle):  # the cluster as a whole
+        parts = [n for n in needs if n.count and n.bundle.get(r, 0.0) > 0]
+        want = sum(n.count * n.bundle[r] for n in parts)
+        have = total.get(r, 0.0)
+        if want > have + eps:
+            detail = ", ".join(
+                f"{n.count} {n.what}{'s' if n.count != 1 else ''} × {_num(n.bundle[r])}"
+                for n in parts
+            )
+            return (
+                f"the run needs {_unit(r, want)} ({detail}) but the cluster has "
+                f"{_num(have) if have else 'none'}; {fix(r, (n.keys[r] for n in parts))}"
+            )
+    for n in needs:  # one actor on one node
+        if not n.count or any(
+            all(node.get(r, 0.0) + eps >= a for r, a in n.bundle.items()) for node in nodes
+        ):
+            continue
+        most = {r: max((x.get(r, 0.0) for x in nodes), default=0.0) for r in n.bundle}
+        short = [r for r, a in n.bundle.items() if most[r] + eps < a] or list(n.bundle)
+        want = ", ".join(_unit(r, a) for r, a in n.bundle.items())
+        return (
+            f"a {n.what} needs {want} on one node, but no node has that (the most on one "
+            f"node: {', '.join(_unit(r, most[r]) for r in short)}); "
+            f"{fix(short[0], (n.keys[r] for r in short))}"
+        )
+    return None
+
+
+def _cluster_view() -> tuple[dict[str, float], list[dict[str, float]]]:
+    import ray
+
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    return dict(ray.cluster_resources()), nodes
+
+
+def check_resources(
+    needs: list[Need],
+    *,
+    wait_s: float = 0.0,
+    remedies: dict[str, str] | None = None,
+    view: Callable[[], tuple[dict, list]] = _cluster_view,
+    say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    ask: Callable[[list[dict]], None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Refuse, in one line, a run whose actors the cluster can never place.
+
+    With `wait_s` (a cluster that may grow: an autoscaler adds nodes), ask Ray's
+    autoscaler for the run's bundles, say so once, and wait up to `wait_s` seconds
+    for the cluster to have them; then `RunError`. Without it, `InputError`.
+    `view`, `say`, `ask` (Ray's `request_resources(bundles=...)`) are seams for tests."""
+    why = shortfall(needs, *view(), remedies)
+    if why is None:
+        return
+    if wait_s <= 0:
+        raise InputError(why)
+    if ask is None:
+        from ray.autoscaler.sdk import request_resources
+
+        def ask(bundles: list[dict]) -> None:
+            request_resources(bundles=bundles)
+
+    bundles = [dict(n.bundle) for n in needs for _ in range(n.count) if n.bundle]
+    say(f"waiting up to {_num(wait_s)} s for the cluster to grow: {why}")
+    ask(bundles)  # what an autoscaler needs to know to add nodes
+    deadline = time.monotonic() + wait_s
+    try:
+        while why is not None:
+            if time.monotonic() >= deadline:
+                raise RunError(f"{why} (waited {_num(wait_s)} s for the cluster to grow)")
+            time.sleep(poll_s)
+            why = shortfall(needs, *view(), remedies)
+    finally:
+        ask([])  # the actors themselves hold the nodes from here on
+
+
+IN_PROCESS_REMEDIES = {"CPU": "raise runtime.num_cpus"}
+
+
+def _local_gpus() -> float | None:
+    """The GPUs Ray's in-process cluster will detect (as `ray.init` does), None if unknown."""
+    try:
+        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+        mgr, n = ResourceAndLabelSpec._get_current_node_accelerator(None, {})
+        return float(n) if mgr is not None and mgr.get_resource_name() == "GPU" else 0.0
+    except Exception:  # a private API of Ray: `build`'s check covers it then
+        return None
+
+
+def precheck_in_process(cfg: Config) -> None:
+    """The in-process cluster will have `runtime.num_cpus` CPUs, this machine's GPUs and
+    no custom resources: refuse a run that cannot fit before Ray starts (seconds). A
+    resumed run's own pool size is left to `build`'s `check_run_resources`."""
+    r = cfg.rollout
+    workers = r.workers
+    if r.autoscale is not None:
+        workers = max(r.autoscale.min_workers, min(r.autoscale.max_workers, workers))
+    needs = run_needs(cfg, workers)
+    have = {"CPU": float(cfg.runtime.num_cpus)}
+    if any("GPU" in n.bundle for n in needs):
+        gpus = _local_gpus()
+        if gpus is None:
+            needs = [
+                Need(n.what, n.count, {k: a for k, a in n.bundle.items() if k != "GPU"}, n.keys)
+                for n in needs
+            ]
+        elif gpus:
+            have["GPU"] = gpus
+    why = shortfall(needs, have, [have], IN_PROCESS_REMEDIES)
+    if why is not None:
+        raise InputError(why)
+
+
+def check_run_resources(cfg: Config, workers: int) -> None:
+    """`check_resources` for run `cfg` with `workers` rollout workers, as `build` starts it:
+    the in-process cluster is what it is; an existing one may grow for a while."""
+    if cfg.runtime.address:
+        wait = float(os.environ.get("SELFPLAY_RESOURCE_WAIT_S", RESOURCE_WAIT_S))
+        check_resources(
+            run_needs(cfg, workers),
+            wait_s=wait,
+            remedies={"*": "add nodes that have them"},
+        )
+    else:  # the in-process cluster: runtime.num_cpus CPUs and this machine's GPUs
+        check_resources(run_needs(cfg, workers), remedies=IN_PROCESS_REMEDIES)

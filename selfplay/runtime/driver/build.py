@@ -142,6 +142,7 @@ class Run:
 def build(cfg: Config, workers: int | None = None) -> Run:
     """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
     resumed run restores its own."""
+    from selfplay.runtime.cluster import check_run_resources
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
@@ -157,6 +158,7 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, cfg, sampling)
     scaler = _autoscaler(r)
+    check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
     make_judge = functools.partial(make_judge_server, task.judge_spec(j.batch_size), j)
     judges = [make_judge() for _ in range(j.servers)]
