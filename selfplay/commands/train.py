@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import click
 
@@ -31,8 +32,11 @@ def train(
     """Train on a Ray cluster from a YAML CONFIG with dotted key=value overrides.
 
     With --resume RUN_DIR, CONFIG may be left out (the run's own config.yaml is
-    used); if given, it must match the run's config except for where and how
-    long it runs (runtime.steps, addresses, worker counts, tracking)."""
+    used); either way the config, overrides included, must match the one stored in
+    the run's checkpoint except for where and how long it runs (runtime.steps,
+    addresses, worker counts, tracking). A run dir is locked by the process
+    training in it. SIGTERM or Ctrl-C stops at the next step boundary with a
+    checkpoint (exit 143 or 130)."""
     from selfplay.config import load_config
     from selfplay.errors import InputError
 
@@ -58,10 +62,15 @@ def train(
         # An in-process cluster binds to loopback: Ray reads this before it is imported
         # (by default it advertises the machine's address even for a one-node cluster).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from selfplay.runtime.driver.rundir import Stopped
     from selfplay.runtime.driver.trainer import format_summary
     from selfplay.runtime.driver.trainer import train as run_train
 
-    result = run_train(cfg, progress=not no_progress, resume=ckpt)
+    try:
+        result = run_train(cfg, progress=not no_progress, resume=ckpt)
+    except Stopped as e:  # SIGTERM/SIGINT: one line, exit 128 + signal (143, 130)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
     click.echo(format_summary(result.summary))
     if as_json:
         click.echo(json.dumps(result.summary))

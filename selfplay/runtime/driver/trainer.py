@@ -21,7 +21,14 @@ from selfplay.config import Config
 from selfplay.errors import RunError
 from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.cluster import init_ray
-from selfplay.runtime.driver.build import RunResult, build, new_run_dir, write_config
+from selfplay.runtime.driver.build import RunResult, build, new_run_dir
+from selfplay.runtime.driver.rundir import (
+    Stopped,
+    create_run_dir,
+    lock_run_dir,
+    stop_on_signals,
+    write_config,
+)
 
 
 def _step_metrics(step: int, recs, pi, game, beta, pi_ref, elapsed) -> dict:
@@ -99,17 +106,30 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
 
 def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     """Run `cfg`; with `resume` (a `Checkpoint` from `resume.check_resume`) continue
-    that run in its own run dir from the checkpoint's step."""
+    that run in its own run dir from the checkpoint's step.
+
+    SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
+    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    init_ray(cfg)
+    with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
+        return _train(cfg, progress, resume, stop)
+
+
+def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
     from tqdm import tqdm
 
-    init_ray(cfg)
     done = 0 if resume is None else int(resume.step)
     workers = None
     if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
         workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
     game, ctl, ev, algo, hyper = build(cfg, workers=workers)
-    run_dir = new_run_dir(cfg) if resume is None else resume.path.parent.parent
-    cfg_path = write_config(cfg, run_dir)
+    if resume is None:
+        run_dir = create_run_dir(new_run_dir(cfg))  # and lock it
+    else:
+        run_dir = resume.path.parent.parent
+        lock_run_dir(run_dir)  # already held when `check_resume` ran in this process
+    stop.run_dir = run_dir
+    cfg_path = write_config(cfg, run_dir)  # atomically, after the config was checked
     beta = float(hyper.beta) if algo.objective == "regularized" else 0.0
     if resume is None:
         ctl.init_versions()
@@ -168,8 +188,10 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
                 )
             bar.update(1)
             bar.set_postfix(gap=f"{m['gap']:.3g}", stale=m["staleness"])
-            if every and (step + 1) % every == 0 and step + 1 < cfg.runtime.steps:
+            if step + 1 < cfg.runtime.steps and (stop or (every and (step + 1) % every == 0)):
                 save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
+            if stop and step + 1 < cfg.runtime.steps:
+                _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
 
         try:
             ctl.run(cfg.runtime.steps, on_step=on_step)
@@ -196,6 +218,15 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
                 tracker.log_artifact(p)
             tracker.log_artifacts(final, "checkpoint")
     return RunResult(summary=summary, history=history, run_dir=run_dir, records=ctl.records)
+
+
+def _stopped(stop, done: int, steps: int, run_dir: Path) -> None:
+    """Raise `Stopped` at a step boundary, after the checkpoint of `done` steps was written."""
+    raise Stopped(
+        f"stopped by {stop.name} after step {done} of {steps}, checkpoint written; "
+        f"continue with `selfplay train --resume {run_dir}`",
+        stop.signum,
+    )
 
 
 def _kill_workers(ctl) -> None:
