@@ -185,3 +185,40 @@ def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed at step {done}" in res.stderr
     assert ck.list_checkpoints(d / "checkpoints")[0].name == f"step-{done + 1:06d}"
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> cmdline of every live process in session `sid`."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ProcessLookupError):
+                continue
+    return out
+
+
+def test_driver_sigkill_leaves_no_process_behind(tmp_path):
+    out = tmp_path / "run"
+    proc = start(str(QUICKSTART), "runtime.steps=40", *SMALL, f"output_dir={out}")
+    try:
+        deadline = time.monotonic() + 240
+        while not (out.exists() and any(out.glob("*/checkpoints/step-*"))):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        assert any("DashboardAgent" in c for c in _session(proc.pid).values())
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 15  # without the reaper the agents stay over 60 s
+        while (left := _session(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, left
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()

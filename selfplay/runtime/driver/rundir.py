@@ -17,6 +17,10 @@ progress is finished, a checkpoint is written, one line says how to resume, and
 the process exits with 128 + the signal number (143 for SIGTERM, 130 for
 SIGINT). A second signal stops at once, without a checkpoint: the last periodic
 one is intact (checkpoints are written atomically), and so is the run.
+
+Leftovers. A driver killed with SIGKILL leaves its in-process cluster's two agents
+behind for over a minute; `reap_cluster_with_driver` starts a watcher that kills
+them when the driver dies (see `selfplay.runtime.driver.reaper`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,24 @@ def write_config(cfg: Config, run_dir: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+_watchers: list = []  # held until the process ends: their pipes close when it does
+
+
+def reap_cluster_with_driver() -> None:
+    """Have the in-process Ray cluster this process just started cleared when it dies."""
+    from selfplay.runtime.driver import reaper
+
+    try:
+        from ray._private import worker
+
+        raylet = worker._global_node.all_processes["raylet"][0].process.pid
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return  # not a head started here, or Ray's internals moved: nothing to watch
+    w = reaper.watch(raylet)
+    if w is not None:
+        _watchers.append(w)
 
 
 # ------------------------------------------------------------------ signals

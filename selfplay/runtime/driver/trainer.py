@@ -26,6 +26,7 @@ from selfplay.runtime.driver.rundir import (
     Stopped,
     create_run_dir,
     lock_run_dir,
+    reap_cluster_with_driver,
     stop_on_signals,
     write_config,
 )
@@ -110,7 +111,10 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
     `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    own_cluster = not ray.is_initialized() and not cfg.runtime.address
     init_ray(cfg)
+    if own_cluster:
+        reap_cluster_with_driver()
     with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
         return _train(cfg, progress, resume, stop)
 
