@@ -154,7 +154,7 @@ def test_pruning_keeps_the_checkpoint_just_written_not_the_corrupt_one(run_dir):
 
 def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    proc = start(str(QUICKSTART), "runtime.steps=40", *SMALL, f"output_dir={out}")
+    proc = start(str(QUICKSTART), "runtime.steps=100000", *SMALL, f"output_dir={out}")
     try:
         deadline = time.monotonic() + 240
         while not (out.exists() and any(out.glob("*/checkpoints/step-*"))):
@@ -163,7 +163,7 @@ def test_sigterm_stops_at_a_step_boundary_and_resume_finishes(tmp_path):
             time.sleep(0.05)
         (d,) = list(out.iterdir())
         # A second process on the same run dir is refused while this one runs.
-        second = run("--resume", str(d), "runtime.steps=50", timeout=60)
+        second = run("--resume", str(d), "runtime.steps=100001", timeout=60)
         assert one_line(second, 2) == f"error: run dir {d} is in use by pid {proc.pid}"
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -202,7 +202,7 @@ def _session(sid: int) -> dict[int, str]:
 
 def test_driver_sigkill_leaves_no_process_behind(tmp_path):
     out = tmp_path / "run"
-    proc = start(str(QUICKSTART), "runtime.steps=40", *SMALL, f"output_dir={out}")
+    proc = start(str(QUICKSTART), "runtime.steps=100000", *SMALL, f"output_dir={out}")
     try:
         deadline = time.monotonic() + 240
         while not (out.exists() and any(out.glob("*/checkpoints/step-*"))):
