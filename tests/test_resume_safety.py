@@ -15,6 +15,8 @@ dir (oracle: the SHA-256 of every file before and after).
   `verify` on what is left, and summary.json pointing at an existing dir).
 - SIGTERM mid-run: exit 143 with one line saying how to resume, a checkpoint at
   the step boundary, and `--resume` finishes the run.
+- SIGKILL of the driver: within 15 s no process of its session is left (Ray's
+  agents used to linger over a minute; oracle: /proc, by session id).
 """
 
 from __future__ import annotations
@@ -81,15 +83,15 @@ def refused(d: Path, *args: str) -> str:
 
 def test_resume_overrides_are_checked_against_the_checkpoint(run_dir):
     line = refused(run_dir, "algo.name=omwu", "runtime.steps=6")
-    assert "another config (algo.name: 'mpo' there, 'omwu' here;" in line
+    assert "step-000004 was made with another config (algo.name: 'mpo' in it, 'omwu' asked)" in line
     assert "a resume may change only runtime.steps" in line
     line = refused(run_dir, "learner.lr=0.5", "runtime.steps=6")
-    assert "(learner.lr: 0.02 there, 0.5 here;" in line
+    assert "(learner.lr: 0.02 in it, 0.5 asked)" in line
     line = refused(run_dir, "learner.lr=0.5", "algo.name=omwu", "runtime.steps=6")
-    assert "algo.name: 'mpo' there" in line and "learner.lr: 0.02 there" in line
+    assert "(algo.name: 'mpo' in it, 'omwu' asked; learner.lr: 0.02 in it, 0.5 asked)" in line
     # With a CONFIG file: the same check, against the checkpoint, not config.yaml.
     line = refused(run_dir, str(QUICKSTART), *SMALL, "runtime.steps=6", "learner.lr=0.5")
-    assert "(learner.lr: 0.02 there, 0.5 here;" in line
+    assert "(learner.lr: 0.02 in it, 0.5 asked)" in line
 
 
 def test_edited_config_yaml_is_refused(run_dir):
@@ -98,7 +100,7 @@ def test_edited_config_yaml_is_refused(run_dir):
     assert "lr: 0.02" in text
     cfg.write_text(text.replace("lr: 0.02", "lr: 0.5"))
     line = refused(run_dir, "runtime.steps=6")
-    assert "(learner.lr: 0.02 there, 0.5 here;" in line
+    assert "(learner.lr: 0.02 in it, 0.5 asked)" in line
 
 
 def test_steps_must_exceed_the_checkpoint(run_dir):

@@ -122,11 +122,11 @@ def check_resume(
     a, b = _flat(have.model_dump(mode="json")), _flat(want.model_dump(mode="json"))
     diff = [k for k in sorted(set(a) | set(b)) if not _resumable(k) and a.get(k) != b.get(k)]
     if diff:
-        shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in diff[:4])
+        shown = "; ".join(f"{k}: {a.get(k)!r} in it, {b.get(k)!r} asked" for k in diff[:4])
         more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
         raise InputError(
-            f"--resume {d}: the run was made with another config ({shown}{more}; checkpoint "
-            f"{ckpt.path.name}); a resume may change only {', '.join(RESUMABLE)}"
+            f"--resume {d}: checkpoint {ckpt.path.name} was made with another config "
+            f"({shown}{more}); a resume may change only {', '.join(RESUMABLE)}"
         )
     if ckpt.step >= want.runtime.steps:
         raise InputError(
