@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -32,8 +33,11 @@ def train(
     """Train on a Ray cluster from a YAML CONFIG with dotted key=value overrides.
 
     With --resume RUN_DIR, CONFIG may be left out (the run's own config.yaml is
-    used); if given, it must match the run's config except for where and how
-    long it runs (runtime.steps, addresses, worker counts, tracking)."""
+    used); either way the config, overrides included, must match the one stored in
+    the run's checkpoint except for where and how long it runs (runtime.steps,
+    addresses, worker counts, tracking). A run dir is locked by the process
+    training in it. SIGTERM or Ctrl-C stops at the next step boundary with a
+    checkpoint (exit 143 or 130)."""
     from selfplay.config import load_config
     from selfplay.errors import InputError
 
@@ -52,9 +56,14 @@ def train(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
     _preflight(cfg, new_run=resume is None)
+    from selfplay.runtime.driver.rundir import Stopped
     from selfplay.runtime.driver.trainer import train as run_train
 
-    result = run_train(cfg, progress=not no_progress, resume=ckpt)
+    try:
+        result = run_train(cfg, progress=not no_progress, resume=ckpt)
+    except Stopped as e:  # SIGTERM/SIGINT: one line, exit 128 + signal (143, 130)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
     click.echo(result.text)
     if as_json:
         click.echo(dumps(result.summary))

@@ -11,7 +11,10 @@ Atomicity. A checkpoint is built in `.tmp-step-XXXXXX-<pid>/`, every file and
 the directory are fsynced, the manifest is written LAST, and the directory is
 renamed into place (a rename is atomic on POSIX). A crash at any point leaves
 either the old set of step directories or the old set plus a complete new one;
-stale `.tmp-*` directories are removed by the next successful write.
+stale `.tmp-*` directories are removed by the next successful write (only this
+process's own and those of processes no longer alive: another live writer's are
+never touched). Retention (`prune`) keeps the checkpoint just written and the
+`keep - 1` newest older ones that verify, and removes corrupt ones.
 
 Integrity. `verify` checks that the manifest exists and that every file it
 lists has the recorded size and SHA-256, so a truncated or bit-flipped file
@@ -100,7 +103,8 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 def write_checkpoint(
     root: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]], keep: int = 2
 ) -> Path:
-    """Write checkpoint `step` atomically under `root`; keep the `keep` newest. Returns its path."""
+    """Write checkpoint `step` atomically under `root`, then `prune` to the `keep` newest
+    verifying ones (this one included). Returns its path."""
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
     if step < 0 or keep < 1:
@@ -128,11 +132,66 @@ def write_checkpoint(
         raise
     final = root / name
     _promote(tmp, final)
-    for old in list_checkpoints(root)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(f"{_TMP}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    prune(root, final, keep)
+    _remove_stale_tmp(root)
     return final
+
+
+def prune(root: Path, newest: Path, keep: int) -> list[Path]:
+    """Remove checkpoints under `root` that `newest` (just written, complete) makes
+    unnecessary; returns what was removed.
+
+    Retention is by verification and by recency of writing, not by step number
+    alone: `newest` is always kept, whatever older or newer step directories
+    exist, and so are the `keep - 1` next-newest older checkpoints that verify.
+    Removed are: older verifying checkpoints beyond those, and every checkpoint
+    that fails `verify` (corrupt or incomplete: it cannot be resumed from). A
+    step directory NEWER than `newest` exists only when a resume skipped it
+    because it failed verification, so it is removed if it still fails; one that
+    verifies (it would have to have been repaired meanwhile) is left alone, as is
+    anything this process cannot tell is corrupt. So pruning never removes the
+    newest checkpoint that verifies, nor any of the `keep` newest that do.
+    Older ones are verified newest first, and only until `keep - 1` good ones are
+    found: each write re-reads at most that many checkpoints.
+    """
+    m = _STEP_RE.match(Path(newest).name)
+    step = int(m.group(1)) if m else -1
+    removed, good = [], 1  # `newest` counts
+    for path in list_checkpoints(root):
+        if path == newest:
+            continue
+        later = int(_STEP_RE.match(path.name).group(1)) > step
+        if not later and good >= keep:
+            removed.append(path)  # beyond the keep newest good ones: no need to verify
+        elif verify(path) is not None:
+            removed.append(path)  # corrupt or incomplete: nothing can be resumed from it
+        elif not later:
+            good += 1
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Remove this process's leftover `.tmp-*` directories and those of dead processes;
+    another live process's (a second writer) are left alone."""
+    for stale in root.glob(f"{_TMP}*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _promote(tmp: Path, final: Path) -> None:

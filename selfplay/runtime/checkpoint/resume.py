@@ -82,38 +82,59 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _resumable(key: str) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+
+
+def _config_of(ckpt: Checkpoint, d: Path) -> Config:
+    """The config the checkpoint was written with (its meta.json), validated."""
+    try:
+        return Config.model_validate(ckpt.meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"--resume {d}: {ckpt.path.name} holds no valid config ({msg})") from None
+
+
 def check_resume(
     cfg: Config | None, overrides: list[str], run_dir: str | Path, warn=None
 ) -> tuple[Config, Checkpoint]:
-    """The config to resume with and the newest usable checkpoint of `run_dir`.
+    """Lock `run_dir`; return the config to resume with and its newest usable checkpoint.
 
-    `cfg` None: the run dir's own config.yaml plus `overrides`. Otherwise it must
-    equal the run's config except for the `RESUMABLE` keys. Raises InputError (one
-    line) before anything is started or written.
+    The requested config is `cfg`, or (`cfg` None) the run dir's config.yaml plus
+    `overrides`. It must equal the config stored in the checkpoint itself (its
+    meta.json, not config.yaml, which a user can edit) except for the `RESUMABLE`
+    keys, and `runtime.steps` must exceed the checkpoint's step. Anything else raises
+    InputError (one line naming every differing key) before anything is started or
+    written; the only trace a refusal can leave is an empty RUN_DIR/.lock in a run
+    dir made before run dirs were locked.
     """
+    from selfplay.runtime.driver.rundir import lock_run_dir
+
     d = Path(run_dir)
     if not d.is_dir():
         raise InputError(f"--resume {d}: no such run directory")
     if not (d / "config.yaml").is_file():
         raise InputError(f"--resume {d}: not a selfplay run directory (no config.yaml)")
-    saved = load_config(d / "config.yaml", overrides if cfg is None else [])
-    cfg = saved if cfg is None else cfg
-    a, b = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
-    for key in sorted(set(a) | set(b)):
-        if any(key == r or key.startswith(r + ".") for r in RESUMABLE):
-            continue
-        if a.get(key) != b.get(key):
-            raise InputError(
-                f"--resume {d}: the run was made with another config "
-                f"({key}: {a.get(key)!r} there, {b.get(key)!r} here)"
-            )
+    lock_run_dir(d)  # a second process stops here; the checks below read a quiet run dir
+    want = cfg if cfg is not None else load_config(d / "config.yaml", overrides)
     ckpt = load_latest(d / CHECKPOINT_DIR, warn=warn)
-    if ckpt.step >= cfg.runtime.steps:
+    have = _config_of(ckpt, d)
+    a, b = _flat(have.model_dump(mode="json")), _flat(want.model_dump(mode="json"))
+    diff = [k for k in sorted(set(a) | set(b)) if not _resumable(k) and a.get(k) != b.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {a.get(k)!r} in it, {b.get(k)!r} asked" for k in diff[:4])
+        more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
         raise InputError(
-            f"--resume {d}: the run already finished {ckpt.step} steps; "
-            f"raise runtime.steps to continue it"
+            f"--resume {d}: checkpoint {ckpt.path.name} was made with another config "
+            f"({shown}{more}); a resume may change only {', '.join(RESUMABLE)}"
         )
-    return cfg, ckpt
+    if ckpt.step >= want.runtime.steps:
+        raise InputError(
+            f"--resume {d}: its checkpoint {ckpt.path.name} has {ckpt.step} steps done and "
+            f"runtime.steps={want.runtime.steps}; pass runtime.steps above {ckpt.step} to "
+            f"continue it"
+        )
+    return want, ckpt
 
 
 # ------------------------------------------------------------------ save

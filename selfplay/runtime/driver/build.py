@@ -9,11 +9,10 @@ task (`selfplay.tasks`) is the only source of problem-specific pieces.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfplay.config import Config, to_yaml
+from selfplay.config import Config
 
 
 def _hyper(cfg: Config, n: int):
@@ -193,19 +192,3 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     run = Run(task, ctl, None, algo, hyper)
     run.evaluator = task.evaluator(tok, run.beta)
     return run
-
-
-def write_config(cfg: Config, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    p = run_dir / "config.yaml"
-    p.write_text(to_yaml(cfg))
-    return p
-
-
-def new_run_dir(cfg: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.output_dir) / f"{cfg.algo.name}-{stamp}"
-    d, i = base, 1
-    while d.exists():
-        d, i = Path(f"{base}-{i}"), i + 1
-    return d

@@ -21,24 +21,48 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.cluster import init_ray
-from selfplay.runtime.driver.build import RunResult, build, new_run_dir, write_config
+from selfplay.runtime.driver.build import RunResult, build
 from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
+from selfplay.runtime.driver.rundir import (
+    Stopped,
+    create_run_dir,
+    lock_run_dir,
+    reap_cluster_with_driver,
+    stop_on_signals,
+    write_config,
+)
 
 
 def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     """Run `cfg`; with `resume` (a `Checkpoint` from `resume.check_resume`) continue
-    that run in its own run dir from the checkpoint's step."""
+    that run in its own run dir from the checkpoint's step.
+
+    SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
+    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    own_cluster = not ray.is_initialized() and not cfg.runtime.address
+    init_ray(cfg)
+    if own_cluster:
+        reap_cluster_with_driver()
+    with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
+        return _train(cfg, progress, resume, stop)
+
+
+def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
     from tqdm import tqdm
 
-    init_ray(cfg)
     done = 0 if resume is None else int(resume.step)
     workers = None
     if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
         workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
     run = build(cfg, workers=workers)
     ctl, ev = run.controller, run.evaluator
-    run_dir = new_run_dir(cfg) if resume is None else resume.path.parent.parent
-    cfg_path = write_config(cfg, run_dir)
+    if resume is None:
+        run_dir = create_run_dir(cfg)  # and lock it
+    else:
+        run_dir = resume.path.parent.parent
+        lock_run_dir(run_dir)  # already held when `check_resume` ran in this process
+    stop.run_dir = run_dir
+    cfg_path = write_config(cfg, run_dir)  # atomically, after the config was checked
     if resume is None:
         ctl.init_versions()
     else:
@@ -92,8 +116,10 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
             bar.update(1)
             if ev.headline in m:
                 bar.set_postfix({ev.headline: f"{m[ev.headline]:.3g}", "stale": m["staleness"]})
-            if every and (step + 1) % every == 0 and step + 1 < cfg.runtime.steps:
+            if step + 1 < cfg.runtime.steps and (stop or (every and (step + 1) % every == 0)):
                 save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
+            if stop and step + 1 < cfg.runtime.steps:
+                _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
 
         try:
             ctl.run(cfg.runtime.steps, on_step=on_step)
@@ -130,6 +156,15 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
         run_dir=run_dir,
         records=ctl.records,
         text=format_summary(summary, ev),
+    )
+
+
+def _stopped(stop, done: int, steps: int, run_dir: Path) -> None:
+    """Raise `Stopped` at a step boundary, after the checkpoint of `done` steps was written."""
+    raise Stopped(
+        f"stopped by {stop.name} after step {done} of {steps}, checkpoint written; "
+        f"continue with `selfplay train --resume {run_dir}`",
+        stop.signum,
     )
 
 
