@@ -265,8 +265,9 @@ class Learner:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        # At least float32 (bf16/fp16 models); a float64 model keeps float64.
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
     def _seq_logprobs(self, mb: _Micro, normalize: bool) -> torch.Tensor:
