@@ -100,12 +100,12 @@ LEAD = Phase(
 )
 
 
-def two_phase_step(learner, batches, kw):
+def two_phase_step(learner, batches):
     """Nash-MP-shaped step: lead phase, restore θ_t, update phase; returns metrics + weights."""
     learner.start_phase(LEAD)
-    m_lead = learner.train_phase(LEAD, batches[0], **kw)
+    m_lead = learner.train_phase(LEAD, batches[0])
     learner.start_phase(PHASE)
-    m_main = learner.train_phase(PHASE, batches[1], **kw)
+    m_main = learner.train_phase(PHASE, batches[1])
     b = batches[0]
     lp = learner.policy_logprobs(b.input_ids, b.attention_mask, b.response_mask, role="lead")
     return (m_lead, m_main), lp, learner.publish("lead"), learner.publish()
@@ -130,17 +130,23 @@ def test_two_shards_match_one(ray_cluster, strategy):
     # (rank 0: [5], [2, 3]; rank 1: [4], [2], [6]). Phase 2: ONE group, so rank 0 is
     # empty and only joins the collectives.
     batches = (ragged_batch([5, 2, 3, 4, 2, 6]), ragged_batch([4], seed=1))
-    kw = dict(updates=3, micro_batch=5, normalize_logprobs=strategy == "fsdp2")
+    settings = LearnerSettings(
+        strategy=strategy,
+        updates_per_phase=3,
+        micro_batch=5,
+        normalize_logprobs=strategy == "fsdp2",
+        **CONFIG,
+    )
     rows = [len(shard(batches[0], r, 2)) for r in range(2)]
     assert rows == [10, 12] and len(shard(batches[1], 0, 2)) == 0
     torch.set_num_threads(1)
-    learner = Learner(model_fn, LearnerSettings(strategy=strategy, **CONFIG))
+    learner = Learner(model_fn, settings)
     learner.set_role("ref", ref_fn().state_dict())
-    want_metrics, want_lp, *want = two_phase_step(learner, batches, kw)
-    group = LearnerGroup(model_fn, LearnerSettings(strategy=strategy, **CONFIG), 2, num_cpus=1)
+    want_metrics, want_lp, *want = two_phase_step(learner, batches)
+    group = LearnerGroup(model_fn, settings, 2, num_cpus=1)
     try:
         group.set_role("ref", ray.put(ref_fn().state_dict()))
-        got_metrics, got_lp, *refs = two_phase_step(group, batches, kw)
+        got_metrics, got_lp, *refs = two_phase_step(group, batches)
         got = [ray.get(r) for r in refs]
     finally:
         group.shutdown()

@@ -33,6 +33,7 @@ from selfplay.algos.plan import Phase
 
 Reduction = Literal["mean", "sum"]
 Form = Literal["regression", "ipo", "pg"]
+FORMS: tuple[str, ...] = ("regression", "ipo", "pg")
 
 
 def sequence_logprob(

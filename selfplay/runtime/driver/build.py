@@ -177,7 +177,15 @@ def build(cfg: Config, workers: int | None = None):
     judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(
         functools.partial(_build_model, spec),
-        LearnerSettings(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
+        LearnerSettings(
+            lr=lcfg.lr,
+            grad_clip=lcfg.grad_clip,
+            strategy=lcfg.strategy,
+            loss=cfg.algo.loss,
+            normalize_logprobs=cfg.algo.normalize_logprobs,
+            updates_per_phase=lcfg.updates_per_phase,
+            micro_batch=lcfg.micro_batch,
+        ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,
         num_gpus=lcfg.num_gpus,
@@ -194,10 +202,6 @@ def build(cfg: Config, workers: int | None = None):
         max_staleness=cfg.runtime.max_staleness,
         seed=cfg.seed,
         max_reissues=cfg.runtime.max_reissues,
-        loss_form=cfg.algo.loss,
-        normalize_logprobs=cfg.algo.normalize_logprobs,
-        updates_per_phase=lcfg.updates_per_phase,
-        micro_batch=lcfg.micro_batch,
         allowed_token_ids=move_ids,
         pad_id=tok.pad_token_id,
     )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selfplay.algos.losses import phase_loss, sequence_logprob
+from selfplay.algos.losses import FORMS, phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime.learner import sharding
@@ -46,7 +46,16 @@ from selfplay.runtime.learner.state import LearnerState, RoleWeights, clone_opti
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """AdamW hyperparameters and the data-parallel strategy ("ddp" or "fsdp2")."""
+    """Everything the learner needs besides a phase and its batch, given once at construction.
+
+    AdamW: lr, betas, eps, weight_decay, grad_clip (None: no clipping).
+    strategy:           data-parallel strategy, "ddp" or "fsdp2".
+    loss:               the loss form of `selfplay.algos.losses.phase_loss`
+                        (which forms a run may use: `selfplay.algos.compat`).
+    normalize_logprobs: length-normalised sequence log-probs instead of summed.
+    updates_per_phase:  full-batch AdamW steps per `train_phase`.
+    micro_batch:        rows per forward (whole groups; a larger group goes alone).
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -54,6 +63,18 @@ class LearnerSettings:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     strategy: str = "ddp"
+    loss: str = "regression"
+    normalize_logprobs: bool = False
+    updates_per_phase: int = 1
+    micro_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.loss not in FORMS:
+            raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
+        if self.updates_per_phase < 1:
+            raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
+        if self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
 
 
 @dataclass(frozen=True)
@@ -164,24 +185,16 @@ class Learner:
                 self.opt.state[self._params[i]] = st
 
     # -------------------------------------------------------------- training
-    def train_phase(
-        self,
-        phase: Phase,
-        batch: TrainBatch,
-        *,
-        form: str = "regression",
-        normalize_logprobs: bool = False,
-        updates: int = 1,
-        micro_batch: int = 64,
-    ) -> PhaseMetrics:
-        """`updates` full-batch AdamW steps on this rank's shard of the phase loss.
+    def train_phase(self, phase: Phase, batch: TrainBatch) -> PhaseMetrics:
+        """`updates_per_phase` full-batch AdamW steps on this rank's shard of the phase
+        loss (in the settings' loss form).
 
         The model should already hold the anchor (call `start_phase`); anchor and μ
         log-probs come from the stored role weights. Stores the result as phase.output.
         """
-        if updates < 1:
-            raise ValueError(f"updates must be >= 1, got {updates}")
-        mbs = self._micro_batches(batch, micro_batch)
+        cfg = self.config
+        form, norm, updates = cfg.loss, cfg.normalize_logprobs, cfg.updates_per_phase
+        mbs = self._micro_batches(batch, cfg.micro_batch)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
             [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())]
@@ -190,7 +203,6 @@ class Learner:
         denom = rows if form == "pg" else m_global
         if denom == 0:
             raise ValueError("train batch has no pairs: every group holds a single response")
-        norm = normalize_logprobs
         anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
         losses, gnorm = [], 0.0
