@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from selfplay.algos.compat import runtime_notes
 from selfplay.config import Config, to_yaml
 from selfplay.errors import InputError
 from selfplay.tasks.token_game import TokenGame, from_config
@@ -168,6 +170,8 @@ def build(cfg: Config, workers: int | None = None):
         )
     algo, hyper = _hyper(cfg, game.n)
     plan = algo.plan(hyper)
+    for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once
+        print(note, file=sys.stderr)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
     workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, r)

@@ -106,6 +106,7 @@ class _Micro:
     target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
     g: torch.Tensor  # [n]
     pairs: torch.Tensor  # [m, 2] local row indices
+    behaviour: torch.Tensor  # [n] sequence log-prob under the sampler, as sampled
 
 
 class Learner:
@@ -194,6 +195,8 @@ class Learner:
         """
         cfg = self.config
         form, norm, updates = cfg.loss, cfg.normalize_logprobs, cfg.updates_per_phase
+        if form == "pg" and norm:
+            raise ValueError("the pg form needs summed sequence log-probs (normalize_logprobs)")
         mbs = self._micro_batches(batch, cfg.micro_batch)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
@@ -249,6 +252,14 @@ class Learner:
                 continue
             mb = mbs[i]
             logp = self._seq_logprobs(mb, normalize)
+            # pg: importance weight π_θ/π_b at the current θ, so every update's gradient
+            # is the on-policy one in expectation (the sampler may be tempered, stale,
+            # the lead or a mixture, and θ leaves the sampler after the first update).
+            weight = (
+                torch.exp(logp.detach().double() - mb.behaviour).to(logp.dtype)
+                if form == "pg"
+                else None
+            )
             loss = (
                 phase_loss(
                     phase,
@@ -259,6 +270,7 @@ class Learner:
                     mb.g,
                     mb.pairs,
                     reduction="sum",
+                    weight=weight,
                 )
                 / denom
             )
@@ -354,6 +366,7 @@ class Learner:
             target_mask=resp[:, 1:],
             g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
             pairs=all_pairs(b.group).to(dev),
+            behaviour=torch.as_tensor(b.sampler_logprobs, device=dev).double().sum(-1),
         )
 
     # --------------------------------------------------- weights and state

@@ -1,0 +1,93 @@
+"""Which (algorithm, loss form) pairs the runtime runs, and why the others are refused.
+
+Pure: no Ray, torch or transformers. `selfplay.config.Config` calls `check_config`
+when a config is validated, so a refused pair is a one-line `InputError` before
+anything starts. The tabular runner and `selfplay.algos.losses` are unaffected:
+every form stays available there (`tests/test_algos_losses.py`).
+
+The rule (docs/algorithms.md#llm-loss-forms, docs/asynchrony.md):
+
+- regression: every algorithm. Its minimiser is the plan's update for any
+  full-support behaviour policy, so tempered, stale, lead- or mixture-sampled
+  responses do not move it.
+- pg: every algorithm, with summed sequence log-probs. The learner weights each
+  sample by π_θ(y)/π_b(y) (π_b: the sampler's log-probs as sampled, i.e. at the
+  explore temperature, from the possibly stale version, lead or mixture), which
+  makes the REINFORCE and k2 gradients unbiased for the on-policy ones at every
+  update, so its stationary point is the plan's update whatever sampled. With
+  `normalize_logprobs` the "log-prob" is a per-token mean, neither a density for
+  REINFORCE nor for the weight: refused.
+- ipo: refused. It is the update only as ONE plain gradient step at
+  lr = n·η·β/4 on a softmax over n responses with all n² pairs; the LM learner
+  takes `updates_per_phase` AdamW steps, which drift towards the IPO loss's
+  minimiser (log π = log μ + ĝ/β, a best response), not the update.
+
+`runtime_notes` lists what the runtime does differently from the tabular
+runner for a resolved hyperparameter set (adaptive steps, tolerance refreshes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALGORITHMS = ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu")
+FORMS = ("regression", "ipo", "pg")
+
+IPO_REASON = (
+    "algo.loss=ipo is the update only as one plain gradient step at lr = n·η·β/4 "
+    "on a tabular softmax; the LM learner takes updates_per_phase AdamW steps, which "
+    "drift towards the IPO minimiser (a best response). Use algo.loss=regression"
+)
+PG_NORMALIZED_REASON = (
+    "algo.loss=pg needs summed sequence log-probs (REINFORCE and its importance "
+    "weight are densities); set algo.normalize_logprobs=false"
+)
+
+
+def refusal(algo: str, loss: str, *, normalize_logprobs: bool = False) -> str | None:
+    """Why the runtime refuses `algo` trained with loss form `loss` (one line), or None."""
+    if algo not in ALGORITHMS:
+        return f"unknown algorithm {algo!r}; expected one of {ALGORITHMS}"
+    if loss not in FORMS:
+        return f"unknown loss form {loss!r}; expected one of {FORMS}"
+    if loss == "ipo":
+        return IPO_REASON
+    if loss == "pg" and normalize_logprobs:
+        return PG_NORMALIZED_REASON
+    return None
+
+
+def accepted(normalize_logprobs: bool = False) -> list[tuple[str, str]]:
+    """Every (algorithm, loss form) pair the runtime runs."""
+    return [
+        (a, f)
+        for a in ALGORITHMS
+        for f in FORMS
+        if refusal(a, f, normalize_logprobs=normalize_logprobs) is None
+    ]
+
+
+def check_config(cfg: Any) -> None:
+    """Raise ValueError with the one-line reason when `cfg` (a Config) is refused."""
+    why = refusal(cfg.algo.name, cfg.algo.loss, normalize_logprobs=cfg.algo.normalize_logprobs)
+    if why is not None:
+        raise ValueError(why)
+
+
+def runtime_notes(algo: str, hyper: Any) -> list[str]:
+    """One line per thing the runtime runs differently from the tabular runner."""
+    notes = []
+    if getattr(hyper, "adaptive", False):
+        steps = f"η = {hyper.eta:.4g}" + (
+            f", α = {hyper.alpha:.4g}" if getattr(hyper, "alpha", None) else ""
+        )
+        notes.append(
+            f"note: {algo}'s adaptive step size is tabular-only; the runtime runs the "
+            f"fixed initial step ({steps})"
+        )
+    if getattr(hyper, "magnet_tol", None) is not None:
+        notes.append(
+            f"note: {algo}'s magnet_tol refresh is tabular-only; the runtime refreshes "
+            f"every {hyper.magnet_every} steps"
+        )
+    return notes
