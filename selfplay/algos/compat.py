@@ -17,6 +17,10 @@ The rule (docs/algorithms.md#llm-loss-forms, docs/asynchrony.md):
   update, so its stationary point is the plan's update whatever sampled. With
   `normalize_logprobs` the "log-prob" is a per-token mean, neither a density for
   REINFORCE nor for the weight: refused.
+- omwu with max_staleness ≥ 1: refused, whatever the form. Stale opponents
+  make its ĝ = 2q_{t−1} − q_{t−2} ≈ q_t, i.e. plain MWU: linearised at the
+  NE a mode obeys r³ = r² + iθ(2r − 1), whose largest root has |r| > 1 for
+  every θ = ηλ > 0 (docs/asynchrony.md).
 - ipo: refused. It is the update only as ONE plain gradient step at
   lr = n·η·β/4 on a softmax over n responses with all n² pairs; the LM learner
   takes `updates_per_phase` AdamW steps, which drift towards the IPO loss's
@@ -38,13 +42,20 @@ IPO_REASON = (
     "on a tabular softmax; the LM learner takes updates_per_phase AdamW steps, which "
     "drift towards the IPO minimiser (a best response). Use algo.loss=regression"
 )
+OMWU_STALE_REASON = (
+    "algo.name=omwu needs runtime.max_staleness=0: with stale opponents its "
+    "ĝ = 2q_{t−1} − q_{t−2} ≈ q_t is plain MWU, whose last iterate diverges for "
+    "every step size (docs/asynchrony.md)"
+)
 PG_NORMALIZED_REASON = (
     "algo.loss=pg needs summed sequence log-probs (REINFORCE and its importance "
     "weight are densities); set algo.normalize_logprobs=false"
 )
 
 
-def refusal(algo: str, loss: str, *, normalize_logprobs: bool = False) -> str | None:
+def refusal(
+    algo: str, loss: str, *, normalize_logprobs: bool = False, max_staleness: int = 0
+) -> str | None:
     """Why the runtime refuses `algo` trained with loss form `loss` (one line), or None."""
     if algo not in ALGORITHMS:
         return f"unknown algorithm {algo!r}; expected one of {ALGORITHMS}"
@@ -54,22 +65,25 @@ def refusal(algo: str, loss: str, *, normalize_logprobs: bool = False) -> str | 
         return IPO_REASON
     if loss == "pg" and normalize_logprobs:
         return PG_NORMALIZED_REASON
+    if algo == "omwu" and max_staleness > 0:
+        return OMWU_STALE_REASON
     return None
 
 
-def accepted(normalize_logprobs: bool = False) -> list[tuple[str, str]]:
-    """Every (algorithm, loss form) pair the runtime runs."""
-    return [
-        (a, f)
-        for a in ALGORITHMS
-        for f in FORMS
-        if refusal(a, f, normalize_logprobs=normalize_logprobs) is None
-    ]
+def accepted(**settings: Any) -> list[tuple[str, str]]:
+    """Every (algorithm, loss form) pair the runtime runs under `settings`
+    (`normalize_logprobs`, `max_staleness`)."""
+    return [(a, f) for a in ALGORITHMS for f in FORMS if refusal(a, f, **settings) is None]
 
 
 def check_config(cfg: Any) -> None:
     """Raise ValueError with the one-line reason when `cfg` (a Config) is refused."""
-    why = refusal(cfg.algo.name, cfg.algo.loss, normalize_logprobs=cfg.algo.normalize_logprobs)
+    why = refusal(
+        cfg.algo.name,
+        cfg.algo.loss,
+        normalize_logprobs=cfg.algo.normalize_logprobs,
+        max_staleness=cfg.runtime.max_staleness,
+    )
     if why is not None:
         raise ValueError(why)
 
