@@ -181,3 +181,18 @@ def test_accepted_pair_converges_to_its_fixed_point(cluster, tmp_path, algo, los
     if stale and algo not in ("nash-mp", "egpo"):
         assert seen == stale  # it did run ahead (Nash-MP/EGPO stay synchronous at 1)
     assert end <= start / RATIO[kind] and end < CAP[kind], (algo, loss, start, end)
+
+
+def test_tabular_only_step_sizes_are_noted_once():
+    from selfplay import algos
+
+    omwu, mpo, nash_mp = (algos.get(a) for a in ("omwu", "mpo", "nash-mp"))
+    (note,) = compat.runtime_notes("omwu", omwu.resolve(omwu.default_hyper(3)))
+    assert "tabular-only" in note and "η = 0.8" in note
+    (note,) = compat.runtime_notes("mpo", mpo.resolve(mpo.default_hyper(3)))
+    assert "α = 0.5" in note
+    assert compat.runtime_notes("nash-mp", nash_mp.resolve(nash_mp.default_hyper(3))) == []
+    tol = mpo.resolve(mpo.default_hyper(3)).with_(adaptive=False, magnet_tol=0.01)
+    assert compat.runtime_notes("mpo", tol) == [
+        "note: mpo's magnet_tol refresh is tabular-only; the runtime refreshes every 5 steps"
+    ]
