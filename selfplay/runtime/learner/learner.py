@@ -6,7 +6,10 @@ onto the closed-form update (docs/algorithms.md#llm-loss-forms)
     log π_θ(y) − log π_θ(y')  ≈  a·Δ log π_anchor + b·Δ log μ + c·Δ ĝ
 
 over pairs (y, y') of responses to the same prompt, with the loss from
-`selfplay.algos.losses.phase_loss`. What this class adds is the bookkeeping:
+`selfplay.algos.losses.phase_loss` in the form of `LearnerSettings.loss` (the pg
+form instead weights each sample by π_θ(y)/π_sampler(y), recomputed at every
+update, so its gradient is the on-policy one in expectation). Which forms a run
+may use: `selfplay.algos.compat`. What this class adds is the bookkeeping:
 
 - Anchor and μ log-probs are RECOMPUTED here from the stored role weights
   (never the sampler's log-probs): the minimiser is the closed-form update only
