@@ -221,6 +221,13 @@ class Config(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _loss_fits_algorithm(self) -> Config:
+        from selfplay.algos.compat import check_config  # the (algorithm, loss) rule
+
+        check_config(self)
+        return self
+
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -22,12 +23,19 @@ from selfplay.runtime.learner.learner import Learner, LearnerSettings
 from selfplay.types import Samples, Version
 
 VOCAB = 14
-model_fn = functools.partial(
-    tiny_causal_lm, VOCAB, seed=3, hidden=16, layers=2, heads=2, init_std=0.2
-)
-ref_fn = functools.partial(
-    tiny_causal_lm, VOCAB, seed=4, hidden=16, layers=2, heads=2, init_std=0.2
-)
+
+
+def _model64(seed: int) -> torch.nn.Module:
+    """The tiny LM in float64: see test_two_shards_match_one for why."""
+    return tiny_causal_lm(VOCAB, seed=seed, hidden=16, layers=2, heads=2, init_std=0.2).double()
+
+
+# The learner actors cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+model_fn = functools.partial(_model64, 3)
+ref_fn = functools.partial(_model64, 4)
 PHASE = Phase(
     sample="main",
     opponents=(("main", 1.0),),
@@ -92,15 +100,27 @@ LEAD = Phase(
 )
 
 
-def two_phase_step(learner, batches, kw):
+def two_phase_step(learner, batches):
     """Nash-MP-shaped step: lead phase, restore θ_t, update phase; returns metrics + weights."""
     learner.start_phase(LEAD)
-    m_lead = learner.train_phase(LEAD, batches[0], **kw)
+    m_lead = learner.train_phase(LEAD, batches[0])
     learner.start_phase(PHASE)
-    m_main = learner.train_phase(PHASE, batches[1], **kw)
+    m_main = learner.train_phase(PHASE, batches[1])
     b = batches[0]
     lp = learner.policy_logprobs(b.input_ids, b.attention_mask, b.response_mask, role="lead")
     return (m_lead, m_main), lp, learner.publish("lead"), learner.publish()
+
+
+# Why float64 and this tolerance. One shard and two sum the same per-pair gradients in a
+# different order (and FSDP2 reduce-scatters). In float32 the summed gradient then
+# differs by ~K·2⁻²⁴ relative to Σ|terms| (K terms), and AdamW's first steps are
+# lr·m/(√v + eps) ≈ lr·sign(g) per weight, so wherever the terms of g nearly cancel
+# the reorder error is amplified up to lr (0.02) itself: measured 1e-6 on one x86 CPU,
+# under 1e-6 on another (the BLAS kernels differ). In float64 the same amplification
+# of a 2⁻⁵³ relative error stays below 1e-12 unless the terms cancel to 1 part in 1e4
+# after the first step; measured max |Δw| 2.5e-16 over 3 + 3 updates. A real bug (a
+# missing all-reduce, a dropped group, a wrong pair count) moves weights by ~1e-3.
+ATOL = 1e-10
 
 
 @pytest.mark.ray
@@ -110,17 +130,23 @@ def test_two_shards_match_one(ray_cluster, strategy):
     # (rank 0: [5], [2, 3]; rank 1: [4], [2], [6]). Phase 2: ONE group, so rank 0 is
     # empty and only joins the collectives.
     batches = (ragged_batch([5, 2, 3, 4, 2, 6]), ragged_batch([4], seed=1))
-    kw = dict(updates=3, micro_batch=5, normalize_logprobs=strategy == "fsdp2")
+    settings = LearnerSettings(
+        strategy=strategy,
+        updates_per_phase=3,
+        micro_batch=5,
+        normalize_logprobs=strategy == "fsdp2",
+        **CONFIG,
+    )
     rows = [len(shard(batches[0], r, 2)) for r in range(2)]
     assert rows == [10, 12] and len(shard(batches[1], 0, 2)) == 0
     torch.set_num_threads(1)
-    learner = Learner(model_fn, LearnerSettings(strategy=strategy, **CONFIG))
+    learner = Learner(model_fn, settings)
     learner.set_role("ref", ref_fn().state_dict())
-    want_metrics, want_lp, *want = two_phase_step(learner, batches, kw)
-    group = LearnerGroup(model_fn, LearnerSettings(strategy=strategy, **CONFIG), 2, num_cpus=1)
+    want_metrics, want_lp, *want = two_phase_step(learner, batches)
+    group = LearnerGroup(model_fn, settings, 2, num_cpus=1)
     try:
         group.set_role("ref", ray.put(ref_fn().state_dict()))
-        got_metrics, got_lp, *refs = two_phase_step(group, batches, kw)
+        got_metrics, got_lp, *refs = two_phase_step(group, batches)
         got = [ray.get(r) for r in refs]
     finally:
         group.shutdown()
@@ -130,13 +156,14 @@ def test_two_shards_match_one(ray_cluster, strategy):
         g, w = flat_got.to_state_dict(), flat_want.to_state_dict()
         assert set(g) == set(w)
         for k in w:
-            assert torch.allclose(g[k], w[k], atol=1e-6, rtol=0), k
+            assert g[k].dtype == torch.float64
+            assert torch.allclose(g[k], w[k], atol=ATOL, rtol=0), k
         assert max((w[k] - start[k]).abs().max().item() for k in w) > 1e-2  # moved >> tol
     for gm, wm, batch in zip(got_metrics, want_metrics, batches, strict=True):
         assert gm.pairs == wm.pairs == batch.num_pairs
         assert gm.tokens == wm.tokens == int(batch.response_mask.sum())
         for field in ("loss", "loss_initial", "grad_norm", "kl_anchor", "kl_ref"):
-            assert getattr(gm, field) == pytest.approx(getattr(wm, field), rel=1e-5), field
+            assert getattr(gm, field) == pytest.approx(getattr(wm, field), rel=1e-9), field
 
 
 def test_all_pairs_matches_loop():

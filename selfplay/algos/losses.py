@@ -13,8 +13,9 @@ responses; targets (anchor, μ, ĝ) are detached, they come from frozen versions
    learning rate n·η·β/4 (softmax over n responses, mean over all n² pairs).
 3. **Policy gradient** (optional; TRL's Nash-MD, MPO's practical loss):
    REINFORCE with baseline ½ plus k2 KL penalties (b/c toward μ, a/c toward
-   the anchor). Needs on-policy samples; its maximiser is the tabular update
-   when a + b = 1 (every plan here).
+   the anchor). Needs on-policy samples, or importance weights π_θ/π_b for
+   samples from a behaviour π_b (the runtime's learner always passes them);
+   its maximiser is the tabular update when a + b = 1 (every plan here).
 
 Sequence log-probs: summed over tokens, or length-normalised (EGPO's choice).
 
@@ -33,6 +34,7 @@ from selfplay.algos.plan import Phase
 
 Reduction = Literal["mean", "sum"]
 Form = Literal["regression", "ipo", "pg"]
+FORMS: tuple[str, ...] = ("regression", "ipo", "pg")
 
 
 def sequence_logprob(
@@ -102,12 +104,16 @@ def pg_loss(
     kl_mu: float = 0.0,
     logp_anchor: torch.Tensor | None = None,
     kl_anchor: float = 0.0,
+    weight: torch.Tensor | None = None,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
-    """REINFORCE with baseline ½ plus k2 KL penalties; samples must come from π_θ.
+    """REINFORCE with baseline ½ plus k2 KL penalties.
 
-    loss_i = −(g_i − ½)·logp_i + kl_mu·½(logp_i − logp_mu_i)² + kl_anchor·½(logp_i − logp_anc_i)²
+    loss_i = w_i·[−(g_i − ½)·logp_i + kl_mu·½(logp_i − logp_mu_i)² + kl_anchor·½(logp_i − logp_anc_i)²]
 
+    Without `weight` (w = 1) the samples must come from π_θ. With
+    w_i = π_θ(y_i)/π_b(y_i) (detached) for samples from any full-support π_b, the
+    gradient is the on-policy one in expectation (importance sampling).
     TRL's Nash-MD is `kl_mu = β`, `kl_anchor = 0` with ĝ against the mixture
     (the proximity to π_t comes from taking one small step instead).
     """
@@ -116,6 +122,8 @@ def pg_loss(
         loss = loss + kl_mu * 0.5 * (logp - logp_mu.detach()) ** 2
     if logp_anchor is not None and kl_anchor:
         loss = loss + kl_anchor * 0.5 * (logp - logp_anchor.detach()) ** 2
+    if weight is not None:
+        loss = weight.detach() * loss
     return _reduce(loss, reduction)
 
 
@@ -128,14 +136,16 @@ def phase_loss(
     g: torch.Tensor,
     pairs: torch.Tensor | None,
     reduction: Reduction = "mean",
+    *,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of one plan phase in the chosen form (the learner's entry point).
 
     regression: target_regression_loss with the phase's (a, b, c).
     ipo:        ipo_loss against μ with β = b/c (= β for EGPO/online-IPO
                 plans); take one step from the anchor's weights.
-    pg:         pg_loss with kl_mu = b/c, kl_anchor = a/c (on-policy samples;
-                `pairs` unused).
+    pg:         pg_loss with kl_mu = b/c, kl_anchor = a/c and the importance
+                weights `weight` (None: on-policy samples; `pairs` unused).
     """
     if form == "regression":
         return target_regression_loss(
@@ -153,6 +163,7 @@ def phase_loss(
             kl_mu=phase.b / phase.c if phase.mu else 0.0,
             logp_anchor=logp_anchor,
             kl_anchor=phase.a / phase.c,
+            weight=weight,
             reduction=reduction,
         )
     raise ValueError(f"loss form must be 'regression', 'ipo' or 'pg', got {form!r}")

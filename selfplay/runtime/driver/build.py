@@ -9,9 +9,11 @@ task (`selfplay.tasks`) is the only source of problem-specific pieces.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfplay.algos.compat import runtime_notes
 from selfplay.config import Config
 
 
@@ -153,6 +155,8 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     tok = _tokenizer(cfg, spec)
     sampling = task.sampling(tok, cfg.rollout)
     algo, hyper = _hyper(cfg, task.n)
+    for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once
+        print(note, file=sys.stderr)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
     workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, cfg, sampling)
@@ -163,7 +167,15 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(
         functools.partial(_build_model, spec, cfg.model.dtype),
-        LearnerSettings(lr=lcfg.lr, grad_clip=lcfg.grad_clip, strategy=lcfg.strategy),
+        LearnerSettings(
+            lr=lcfg.lr,
+            grad_clip=lcfg.grad_clip,
+            strategy=lcfg.strategy,
+            loss=cfg.algo.loss,
+            normalize_logprobs=cfg.algo.normalize_logprobs,
+            updates_per_phase=lcfg.updates_per_phase,
+            micro_batch=lcfg.micro_batch,
+        ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,
         num_gpus=lcfg.num_gpus,
@@ -177,10 +189,6 @@ def build(cfg: Config, workers: int | None = None) -> Run:
         max_staleness=cfg.runtime.max_staleness,
         seed=cfg.seed,
         max_reissues=cfg.runtime.max_reissues,
-        loss_form=cfg.algo.loss,
-        normalize_logprobs=cfg.algo.normalize_logprobs,
-        updates_per_phase=lcfg.updates_per_phase,
-        micro_batch=lcfg.micro_batch,
         pad_id=tok.pad_token_id,
     )
     pool = RolloutPool(

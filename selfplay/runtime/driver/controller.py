@@ -57,10 +57,6 @@ class ControllerSettings:
     max_staleness: int
     seed: int
     max_reissues: int = 3
-    loss_form: str = "regression"
-    normalize_logprobs: bool = False
-    updates_per_phase: int = 8
-    micro_batch: int = 64
     pad_id: int | None = None
 
 
@@ -286,14 +282,7 @@ class Controller:
         anchor = self.store.roles[phase.anchor]
         info = self.collect(pend)  # a lost batch is reissued before the learner waits on it
         self.learners.start_phase(phase)
-        metrics = self.learners.train_phase(
-            phase,
-            pend.batch_ref,
-            form=s.loss_form,
-            normalize_logprobs=s.normalize_logprobs,
-            updates=s.updates_per_phase,
-            micro_batch=s.micro_batch,
-        )
+        metrics = self.learners.train_phase(phase, pend.batch_ref)
         out = Version(pend.step + 1 if phase.output == "main" else pend.step, phase.output)
         self.store.add(out, self.learners.publish(phase.output))
         self.store.assign(phase.output, out)

@@ -39,8 +39,11 @@ class TrainBatch:
     prompt_ids:       [N] int64, dataset prompt id of each row.
     versions:         per-row sampler version (staleness accounting).
     sampler_logprobs: [N, L] float32, the sampler's token log-probs aligned with
-                      input_ids (0 off the response). Diagnostics only: the
-                      learner never uses them for the anchor or μ.
+                      input_ids (0 off the response), of the distribution actually
+                      sampled (explore temperature, mixture, allowed tokens). The
+                      learner never uses them for the anchor or μ; the pg form
+                      uses their sum as the behaviour log-prob of its importance
+                      weight.
     """
 
     input_ids: np.ndarray

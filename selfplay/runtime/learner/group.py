@@ -73,10 +73,9 @@ class LearnerActor:
     def start_phase(self, phase: Phase | str) -> None:
         self._l().start_phase(phase)
 
-    def train_phase(self, phase: Phase, batch: TrainBatch, kwargs: dict) -> PhaseMetrics:
+    def train_phase(self, phase: Phase, batch: TrainBatch) -> PhaseMetrics:
         learner = self._l()
-        mine = shard(batch, learner.ctx.rank, learner.ctx.world)
-        return learner.train_phase(phase, mine, **kwargs)
+        return learner.train_phase(phase, shard(batch, learner.ctx.rank, learner.ctx.world))
 
     def publish_ref(self, role: str | None = None) -> list[ray.ObjectRef]:
         flat = self._l().publish(role)
@@ -150,12 +149,11 @@ class LearnerGroup:
     def start_phase(self, phase: Phase | str) -> None:
         self._all("start_phase", phase)
 
-    def train_phase(
-        self, phase: Phase, batch: TrainBatch | ray.ObjectRef, **kwargs
-    ) -> PhaseMetrics:
-        """Every rank gets the same batch ref and trains on its own whole-group shard."""
+    def train_phase(self, phase: Phase, batch: TrainBatch | ray.ObjectRef) -> PhaseMetrics:
+        """Every rank gets the same batch ref and trains on its own whole-group shard
+        (loss form, updates and micro-batch: the group's LearnerSettings)."""
         ref = batch if isinstance(batch, ray.ObjectRef) else ray.put(batch)
-        return self._all("train_phase", phase, ref, kwargs)[0]
+        return self._all("train_phase", phase, ref)[0]
 
     def publish(self, role: str | None = None) -> ray.ObjectRef:
         """Object ref of the full FlatWeights, put by rank 0 (weights skip the driver)."""

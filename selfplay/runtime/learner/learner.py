@@ -6,7 +6,10 @@ onto the closed-form update (docs/algorithms.md#llm-loss-forms)
     log π_θ(y) − log π_θ(y')  ≈  a·Δ log π_anchor + b·Δ log μ + c·Δ ĝ
 
 over pairs (y, y') of responses to the same prompt, with the loss from
-`selfplay.algos.losses.phase_loss`. What this class adds is the bookkeeping:
+`selfplay.algos.losses.phase_loss` in the form of `LearnerSettings.loss` (the pg
+form instead weights each sample by π_θ(y)/π_sampler(y), recomputed at every
+update, so its gradient is the on-policy one in expectation). Which forms a run
+may use: `selfplay.algos.compat`. What this class adds is the bookkeeping:
 
 - Anchor and μ log-probs are RECOMPUTED here from the stored role weights
   (never the sampler's log-probs): the minimiser is the closed-form update only
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from selfplay.algos.losses import phase_loss, sequence_logprob
+from selfplay.algos.losses import FORMS, phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime.learner import sharding
@@ -46,7 +49,16 @@ from selfplay.runtime.learner.state import LearnerState, RoleWeights, clone_opti
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """AdamW hyperparameters and the data-parallel strategy ("ddp" or "fsdp2")."""
+    """Everything the learner needs besides a phase and its batch, given once at construction.
+
+    AdamW: lr, betas, eps, weight_decay, grad_clip (None: no clipping).
+    strategy:           data-parallel strategy, "ddp" or "fsdp2".
+    loss:               the loss form of `selfplay.algos.losses.phase_loss`
+                        (which forms a run may use: `selfplay.algos.compat`).
+    normalize_logprobs: length-normalised sequence log-probs instead of summed.
+    updates_per_phase:  full-batch AdamW steps per `train_phase`.
+    micro_batch:        rows per forward (whole groups; a larger group goes alone).
+    """
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -54,6 +66,18 @@ class LearnerSettings:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     strategy: str = "ddp"
+    loss: str = "regression"
+    normalize_logprobs: bool = False
+    updates_per_phase: int = 1
+    micro_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.loss not in FORMS:
+            raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
+        if self.updates_per_phase < 1:
+            raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
+        if self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,7 @@ class _Micro:
     target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
     g: torch.Tensor  # [n]
     pairs: torch.Tensor  # [m, 2] local row indices
+    behaviour: torch.Tensor  # [n] sequence log-prob under the sampler, as sampled
 
 
 class Learner:
@@ -161,24 +186,18 @@ class Learner:
                 self.opt.state[self._params[i]] = st
 
     # -------------------------------------------------------------- training
-    def train_phase(
-        self,
-        phase: Phase,
-        batch: TrainBatch,
-        *,
-        form: str = "regression",
-        normalize_logprobs: bool = False,
-        updates: int = 1,
-        micro_batch: int = 64,
-    ) -> PhaseMetrics:
-        """`updates` full-batch AdamW steps on this rank's shard of the phase loss.
+    def train_phase(self, phase: Phase, batch: TrainBatch) -> PhaseMetrics:
+        """`updates_per_phase` full-batch AdamW steps on this rank's shard of the phase
+        loss (in the settings' loss form).
 
         The model should already hold the anchor (call `start_phase`); anchor and μ
         log-probs come from the stored role weights. Stores the result as phase.output.
         """
-        if updates < 1:
-            raise ValueError(f"updates must be >= 1, got {updates}")
-        mbs = self._micro_batches(batch, micro_batch)
+        cfg = self.config
+        form, norm, updates = cfg.loss, cfg.normalize_logprobs, cfg.updates_per_phase
+        if form == "pg" and norm:
+            raise ValueError("the pg form needs summed sequence log-probs (normalize_logprobs)")
+        mbs = self._micro_batches(batch, cfg.micro_batch)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
             [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())]
@@ -187,7 +206,6 @@ class Learner:
         denom = rows if form == "pg" else m_global
         if denom == 0:
             raise ValueError("train batch has no pairs: every group holds a single response")
-        norm = normalize_logprobs
         anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
         losses, gnorm = [], 0.0
@@ -234,6 +252,14 @@ class Learner:
                 continue
             mb = mbs[i]
             logp = self._seq_logprobs(mb, normalize)
+            # pg: importance weight π_θ/π_b at the current θ, so every update's gradient
+            # is the on-policy one in expectation (the sampler may be tempered, stale,
+            # the lead or a mixture, and θ leaves the sampler after the first update).
+            weight = (
+                torch.exp(logp.detach().double() - mb.behaviour).to(logp.dtype)
+                if form == "pg"
+                else None
+            )
             loss = (
                 phase_loss(
                     phase,
@@ -244,6 +270,7 @@ class Learner:
                     mb.g,
                     mb.pairs,
                     reduction="sum",
+                    weight=weight,
                 )
                 / denom
             )
@@ -262,8 +289,9 @@ class Learner:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        # At least float32 (bf16/fp16 models); a float64 model keeps float64.
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
     def _seq_logprobs(self, mb: _Micro, normalize: bool) -> torch.Tensor:
@@ -338,6 +366,7 @@ class Learner:
             target_mask=resp[:, 1:],
             g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
             pairs=all_pairs(b.group).to(dev),
+            behaviour=torch.as_tensor(b.sampler_logprobs, device=dev).double().sum(-1),
         )
 
     # --------------------------------------------------- weights and state
