@@ -17,8 +17,9 @@ import torch
 
 from selfplay import algos
 from selfplay.algos import losses
+from selfplay.algos.payoffs import Payoffs
 from selfplay.algos.plan import ROLES, Mixture, StepPlan
-from selfplay.algos.tabular import Executor, Payoffs
+from selfplay.algos.tabular import Executor
 from selfplay.games import generate
 
 N = 6

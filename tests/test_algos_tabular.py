@@ -11,7 +11,7 @@ import torch
 
 from selfplay import algos
 from selfplay.algos.base import ADAPT_FLOOR, ADAPT_FORGET, ADAPT_GROW, LIPSCHITZ
-from selfplay.algos.tabular import Payoffs
+from selfplay.algos.payoffs import Payoffs
 from selfplay.errors import InputError
 from selfplay.games import gap, generate
 

@@ -218,3 +218,42 @@ def all_pairs(group: np.ndarray | torch.Tensor) -> torch.Tensor:
     pairs = torch.cat(out)
     key = pairs[:, 0] * n + pairs[:, 1]
     return pairs[torch.argsort(key)]
+
+
+@dataclass
+class Micro:
+    """A micro-batch on the learner's device: whole groups, with their pairs."""
+
+    input_ids: torch.Tensor  # [n, L]
+    attention_mask: torch.Tensor  # [n, L]
+    target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
+    g: torch.Tensor  # [n]
+    pairs: torch.Tensor  # [m, 2] local row indices
+    behaviour: torch.Tensor  # [n] sequence log-prob under the sampler, as sampled
+
+
+def micro_batches(batch: TrainBatch, micro_batch: int, device) -> list[Micro]:
+    """Whole groups packed into micro-batches of at most `micro_batch` rows
+    (a larger group goes alone), in sorted group order."""
+    order = np.argsort(batch.group, kind="stable")
+    _, starts, counts = np.unique(batch.group[order], return_index=True, return_counts=True)
+    chunks: list[list[int]] = []
+    for s, c in zip(starts, counts, strict=True):
+        rows = order[s : s + c].tolist()
+        if chunks and len(chunks[-1]) + c <= micro_batch:
+            chunks[-1].extend(rows)
+        else:
+            chunks.append(rows)
+    return [to_micro(batch.take(np.asarray(rows)), device) for rows in chunks]
+
+
+def to_micro(b: TrainBatch, dev) -> Micro:
+    resp = torch.as_tensor(b.response_mask, dtype=torch.float32, device=dev)
+    return Micro(
+        input_ids=torch.as_tensor(b.input_ids, dtype=torch.int64, device=dev),
+        attention_mask=torch.as_tensor(b.attention_mask, dtype=torch.int64, device=dev),
+        target_mask=resp[:, 1:],
+        g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
+        pairs=all_pairs(b.group).to(dev),
+        behaviour=torch.as_tensor(b.sampler_logprobs, device=dev).double().sum(-1),
+    )

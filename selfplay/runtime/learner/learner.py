@@ -33,83 +33,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from selfplay.algos.losses import FORMS, phase_loss, sequence_logprob
+from selfplay.algos.losses import phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime.learner import sharding
-from selfplay.runtime.learner.batch import TrainBatch, all_pairs
+from selfplay.runtime.learner.batch import Micro, TrainBatch, micro_batches
+from selfplay.runtime.learner.settings import LearnerSettings, PhaseMetrics
 from selfplay.runtime.learner.sharding import DistContext, local
-from selfplay.runtime.learner.state import LearnerState, RoleWeights, clone_optim, local_optim
-
-
-@dataclass(frozen=True)
-class LearnerSettings:
-    """Everything the learner needs besides a phase and its batch, given once at construction.
-
-    AdamW: lr, betas, eps, weight_decay, grad_clip (None: no clipping).
-    strategy:           data-parallel strategy, "ddp" or "fsdp2".
-    loss:               the loss form of `selfplay.algos.losses.phase_loss`
-                        (which forms a run may use: `selfplay.algos.compat`).
-    normalize_logprobs: length-normalised sequence log-probs instead of summed.
-    updates_per_phase:  full-batch AdamW steps per `train_phase`.
-    micro_batch:        rows per forward (whole groups; a larger group goes alone).
-    """
-
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    strategy: str = "ddp"
-    loss: str = "regression"
-    normalize_logprobs: bool = False
-    updates_per_phase: int = 1
-    micro_batch: int = 64
-
-    def __post_init__(self) -> None:
-        if self.loss not in FORMS:
-            raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
-        if self.updates_per_phase < 1:
-            raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
-        if self.micro_batch < 1:
-            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
-
-
-@dataclass(frozen=True)
-class PhaseMetrics:
-    """Global (all-reduced) metrics of one `train_phase`.
-
-    loss / loss_initial: mean pair loss at the last / first update (before its step).
-    grad_norm:           total gradient norm of the last update, before clipping.
-    kl_anchor, kl_ref:   k3 estimates E_y[(ρ−1) − log ρ], ρ = π_θ(y)/π_role(y), over the
-                         batch rows after training; unbiased for KL(role‖θ) when the rows
-                         were sampled from that role. kl_ref is NaN without a "ref" role.
-    """
-
-    loss: float
-    loss_initial: float
-    grad_norm: float
-    kl_anchor: float
-    kl_ref: float
-    tokens: int
-    rows: int
-    pairs: int
-    updates: int
-
-
-@dataclass
-class _Micro:
-    input_ids: torch.Tensor  # [n, L]
-    attention_mask: torch.Tensor  # [n, L]
-    target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
-    g: torch.Tensor  # [n]
-    pairs: torch.Tensor  # [m, 2] local row indices
-    behaviour: torch.Tensor  # [n] sequence log-prob under the sampler, as sampled
+from selfplay.runtime.learner.state import (
+    LearnerState,
+    RoleWeights,
+    clone_optim,
+    local_optim,
+    optim_like,
+)
 
 
 class Learner:
@@ -197,7 +138,7 @@ class Learner:
         form, norm, updates = cfg.loss, cfg.normalize_logprobs, cfg.updates_per_phase
         if form == "pg" and norm:
             raise ValueError("the pg form needs summed sequence log-probs (normalize_logprobs)")
-        mbs = self._micro_batches(batch, cfg.micro_batch)
+        mbs = micro_batches(batch, cfg.micro_batch, self.ctx.device)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
             [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())]
@@ -236,7 +177,7 @@ class Learner:
         self,
         phase: Phase,
         form: str,
-        mbs: list[_Micro],
+        mbs: list[Micro],
         steps: int,
         anchor: list[torch.Tensor],
         mu: list[torch.Tensor] | None,
@@ -294,12 +235,12 @@ class Learner:
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
-    def _seq_logprobs(self, mb: _Micro, normalize: bool) -> torch.Tensor:
+    def _seq_logprobs(self, mb: Micro, normalize: bool) -> torch.Tensor:
         tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
         return sequence_logprob(tok, mb.target_mask, normalize)
 
     def _role_logprobs(
-        self, role: str | None, mbs: list[_Micro], steps: int, normalize: bool
+        self, role: str | None, mbs: list[Micro], steps: int, normalize: bool
     ) -> list[torch.Tensor]:
         """Sequence log-probs [n] per micro-batch under `role`'s weights (None: current)."""
         out = []
@@ -342,32 +283,6 @@ class Learner:
         logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         if grad:
             (logits.sum() * 0.0).backward()
-
-    def _micro_batches(self, batch: TrainBatch, micro_batch: int) -> list[_Micro]:
-        """Whole groups packed into micro-batches of at most `micro_batch` rows
-        (a larger group goes alone), in sorted group order."""
-        order = np.argsort(batch.group, kind="stable")
-        _, starts, counts = np.unique(batch.group[order], return_index=True, return_counts=True)
-        chunks: list[list[int]] = []
-        for s, c in zip(starts, counts, strict=True):
-            rows = order[s : s + c].tolist()
-            if chunks and len(chunks[-1]) + c <= micro_batch:
-                chunks[-1].extend(rows)
-            else:
-                chunks.append(rows)
-        return [self._to_micro(batch.take(np.asarray(rows))) for rows in chunks]
-
-    def _to_micro(self, b: TrainBatch) -> _Micro:
-        dev = self.ctx.device
-        resp = torch.as_tensor(b.response_mask, dtype=torch.float32, device=dev)
-        return _Micro(
-            input_ids=torch.as_tensor(b.input_ids, dtype=torch.int64, device=dev),
-            attention_mask=torch.as_tensor(b.attention_mask, dtype=torch.int64, device=dev),
-            target_mask=resp[:, 1:],
-            g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
-            pairs=all_pairs(b.group).to(dev),
-            behaviour=torch.as_tensor(b.sampler_logprobs, device=dev).double().sum(-1),
-        )
 
     # --------------------------------------------------- weights and state
     def publish(self, role: str | None = None) -> FlatWeights | None:
@@ -418,44 +333,20 @@ class Learner:
             )
         dev = self.ctx.device
         self._roles = {
-            k: RoleWeights([t.to(dev) for t in v.params], self._optim_in(v.optim))
+            k: RoleWeights(
+                [t.to(dev) for t in v.params], optim_like(v.optim, self._params, self.ctx.device)
+            )
             for k, v in state.roles.items()
         }
         self._roles["__load__"] = RoleWeights(
-            [t.to(dev) for t in state.params], self._optim_in(state.optim)
+            [t.to(dev) for t in state.params],
+            optim_like(state.optim, self._params, self.ctx.device),
         )
         self.start_phase("__load__")
         del self._roles["__load__"]
 
     def close(self) -> None:
         self.ctx.close()
-
-    def _optim_in(self, state):
-        """Local optimizer state as this learner keeps it: on its device, and laid out like
-        its parameter (a DTensor shard under FSDP2). AdamW keeps `step` on the CPU unless
-        capturable, so that one stays where it is."""
-        if state is None:
-            return None
-        out = {}
-        for i, st in state.items():
-            p, new = self._params[i], {}
-            for k, v in st.items():
-                if torch.is_tensor(v) and k != "step":
-                    v = v.to(self.ctx.device)
-                    if hasattr(p, "device_mesh") and v.shape == local(p).shape:
-                        from torch.distributed.tensor import DTensor
-
-                        v = DTensor.from_local(
-                            v,
-                            p.device_mesh,
-                            p.placements,
-                            run_check=False,
-                            shape=p.shape,
-                            stride=p.stride(),
-                        )
-                new[k] = v
-            out[i] = new
-        return out
 
     def _role(self, role: str) -> RoleWeights:
         if role not in self._roles:

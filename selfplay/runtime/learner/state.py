@@ -53,3 +53,31 @@ def local_optim(state):
         i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
         for i, st in state.items()
     }
+
+
+def optim_like(state, params: list, device):
+    """Local optimizer state as a learner with `params` keeps it: on `device`, and laid
+    out like its parameter (a DTensor shard under FSDP2). AdamW keeps `step` on the
+    CPU unless capturable, so that one stays where it is."""
+    if state is None:
+        return None
+    out = {}
+    for i, st in state.items():
+        p, new = params[i], {}
+        for k, v in st.items():
+            if torch.is_tensor(v) and k != "step":
+                v = v.to(device)
+                if hasattr(p, "device_mesh") and v.shape == local(p).shape:
+                    from torch.distributed.tensor import DTensor
+
+                    v = DTensor.from_local(
+                        v,
+                        p.device_mesh,
+                        p.placements,
+                        run_check=False,
+                        shape=p.shape,
+                        stride=p.stride(),
+                    )
+            new[k] = v
+        out[i] = new
+    return out

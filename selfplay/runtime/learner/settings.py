@@ -1,0 +1,63 @@
+"""What a learner is given once, at construction (`LearnerSettings`), and what one
+`train_phase` reports (`PhaseMetrics`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selfplay.algos.losses import FORMS
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Everything the learner needs besides a phase and its batch, given once at construction.
+
+    AdamW: lr, betas, eps, weight_decay, grad_clip (None: no clipping).
+    strategy:           data-parallel strategy, "ddp" or "fsdp2".
+    loss:               the loss form of `selfplay.algos.losses.phase_loss`
+                        (which forms a run may use: `selfplay.algos.compat`).
+    normalize_logprobs: length-normalised sequence log-probs instead of summed.
+    updates_per_phase:  full-batch AdamW steps per `train_phase`.
+    micro_batch:        rows per forward (whole groups; a larger group goes alone).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    strategy: str = "ddp"
+    loss: str = "regression"
+    normalize_logprobs: bool = False
+    updates_per_phase: int = 1
+    micro_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.loss not in FORMS:
+            raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
+        if self.updates_per_phase < 1:
+            raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
+        if self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+
+
+@dataclass(frozen=True)
+class PhaseMetrics:
+    """Global (all-reduced) metrics of one `train_phase`.
+
+    loss / loss_initial: mean pair loss at the last / first update (before its step).
+    grad_norm:           total gradient norm of the last update, before clipping.
+    kl_anchor, kl_ref:   k3 estimates E_y[(ρ−1) − log ρ], ρ = π_θ(y)/π_role(y), over the
+                         batch rows after training; unbiased for KL(role‖θ) when the rows
+                         were sampled from that role. kl_ref is NaN without a "ref" role.
+    """
+
+    loss: float
+    loss_initial: float
+    grad_norm: float
+    kl_anchor: float
+    kl_ref: float
+    tokens: int
+    rows: int
+    pairs: int
+    updates: int
