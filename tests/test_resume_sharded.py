@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from selfplay.config import load_config
 from selfplay.runtime.checkpoint.format import list_checkpoints
-from selfplay.runtime.checkpoint.resume import check_resume
+from selfplay.runtime.driver.resume import check_resume
 from selfplay.runtime.driver.trainer import train
 
 pytestmark = pytest.mark.ray

@@ -177,7 +177,7 @@ def test_resume_continues_the_same_mlflow_run(ray_cluster, mlflow_server, tmp_pa
     from mlflow.tracking import MlflowClient
 
     from selfplay.config import load_config
-    from selfplay.runtime.checkpoint.resume import check_resume
+    from selfplay.runtime.driver.resume import check_resume
     from selfplay.runtime.driver.trainer import train
 
     over = [

@@ -50,7 +50,7 @@ def train(
     cfg = load_config(config, overrides) if config is not None else None
     ckpt = None
     if resume is not None:
-        from selfplay.runtime.checkpoint.resume import check_resume  # imports no Ray
+        from selfplay.runtime.driver.resume import check_resume  # imports no Ray
 
         cfg, ckpt = check_resume(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)

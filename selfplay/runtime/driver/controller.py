@@ -26,7 +26,7 @@ rollout worker or preference server died is reissued: the dead actors are
 replaced in their slots and the same prompts are sampled again from the same
 versions with the same seeds (`collect`), at most `max_reissues` times.
 
-Checkpoints (`selfplay.runtime.checkpoint.resume`) are taken at step boundaries; the
+Checkpoints (`selfplay.runtime.driver.resume`) are taken at step boundaries; the
 controller's state is `next_step`, the prompt `cursor`, the policy store and
 the `queue` of requested batches not yet trained on.
 """

@@ -19,10 +19,10 @@ import ray
 from selfplay.config import Config
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
-from selfplay.runtime.checkpoint.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
 from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
+from selfplay.runtime.driver.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.driver.rundir import (
     Stopped,
     create_run_dir,
