@@ -102,20 +102,12 @@ def game(
     bar = tqdm(
         names, desc="algorithms", file=sys.stderr, disable=as_json and not sys.stderr.isatty()
     )
+    settings = dict(
+        iterations=iterations, beta=beta, eta=eta, queries=queries, seed=seed, init=init
+    )
     for name in bar:
         bar.set_postfix_str(name)
-        results.append(
-            lab.run_algo(
-                name,
-                P,
-                iterations=iterations,
-                beta=beta,
-                eta=eta,
-                queries=queries,
-                seed=seed,
-                init=init,
-            )
-        )
+        results.append(lab.run_algo(name, P, **settings))
     lab.mark_same_updates(results)
     plot_path = lab.plot_gaps(results, Path(plot), f"{source} (n={P.shape[0]})")
     if not no_mlflow:
@@ -124,15 +116,7 @@ def game(
             P,
             source,
             plot_path,
-            dict(
-                iterations=iterations,
-                beta=beta,
-                eta=eta,
-                queries=queries,
-                seed=seed,
-                init=init,
-                algos=algo_spec,
-            ),
+            {**settings, "algos": algo_spec},
         )
     if as_json:
         from selfplay.outputs import dumps
