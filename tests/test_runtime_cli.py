@@ -65,6 +65,7 @@ def test_json_summary_is_the_last_stdout_line(tmp_path):
         f"rollout.opponents_k={opp}",
         "learner.updates_per_phase=2",
         "tracking.enabled=false",
+        "runtime.eval_every=2",
         f"output_dir={tmp_path}",
     ]
     p = selfplay("train", str(QUICKSTART), *over, "--json", "--no-progress", timeout=300)
@@ -80,3 +81,8 @@ def test_json_summary_is_the_last_stdout_line(tmp_path):
     assert s["steps"] == steps
     # MPO judges each trained response against `opp` opponents from one source.
     assert s["preference_queries"] == steps * prompts * k * opp
+    # eval_every=2: the task evaluates π_0 and step 2, not step 1 (training metrics every step)
+    hist = json.loads((Path(s["run_dir"]) / "history.json").read_text())
+    assert [h["step"] for h in hist] == [0, 1, 2]
+    assert ["gap" in h for h in hist] == [True, False, True] and "loss" in hist[1]
+    assert hist[2]["gap"] == pytest.approx(s["gap"])
