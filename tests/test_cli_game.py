@@ -172,7 +172,9 @@ def test_default_init_shows_mwu_cycling_and_mpo_converging(tmp_path, capsys) -> 
     # started at the uniform policy (the NE) nothing moves: the old, uninformative default
     uni = _game_json(tmp_path, capsys, "--init", "uniform")
     assert uni["mwu"]["gap"] < 1e-12 and uni["mpo"]["gap"] < 1e-12
-    code, _, err = _cli(["game", "--generate", "rps", "--n", "3", "--init", "bogus"], capsys)
+    code, _, err = _cli(
+        ["game", "--generate", "rps", "--n", "3", "--init", "bogus", "--no-mlflow"], capsys
+    )
     assert code == 2 and err.startswith("error:") and "bogus" in err
 
 

@@ -84,7 +84,7 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     from selfplay.runtime.workers import control
     from selfplay.types import Version
 
-    _, ctl, *_ = build(_cfg(tmp_path, "runtime.max_staleness=1"))
+    ctl = build(_cfg(tmp_path, "runtime.max_staleness=1")).controller
     ctl.init_versions()
     ctl.open_control("elastic-a")
     batches, seen = [], {}

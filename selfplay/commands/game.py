@@ -83,6 +83,7 @@ def game(
     ):
         _positive(name, v)
     names = lab.parse_algos(algo_spec)
+    lab.initial_policy(init, 2, seed)  # an unknown --init fails here, before any run
     check_writable_file(plot, "--plot")
     if not no_mlflow:
         from selfplay.tracking import check_store
@@ -94,7 +95,6 @@ def game(
     else:
         P = games.load(matrix)
         source = str(matrix)
-    lab.initial_policy(init, 2, seed)  # an unknown --init fails here, before any run
 
     from tqdm import tqdm
 

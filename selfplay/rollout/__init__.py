@@ -47,10 +47,10 @@ def _vllm(model, device: str, dtype: str, engine_kwargs: dict) -> GenerationBack
 def check_vllm() -> None:
     """One line, before any actor starts, when vLLM cannot run on this machine: it is
     not installed, or no CUDA GPU is visible (vLLM has no CPU path here)."""
-    import importlib.util
+    from importlib.util import find_spec
 
     problems = []
-    if importlib.util.find_spec("vllm") is None:
+    if find_spec("vllm") is None:
         problems.append("vLLM is not installed (pip install -e '.[vllm]')")
     import torch
 
