@@ -129,6 +129,17 @@ def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
                 f"last checkpoint is intact: continue with `selfplay train --resume "
                 f"{run_dir}`"
             ) from None
+        except ray.exceptions.RayTaskError as e:  # a learner's step raised (e.g. overflow)
+            cause = str(getattr(e, "cause", None) or e).strip().splitlines()
+            saved = any((run_dir / "checkpoints").glob("step-*"))
+            raise RunError(
+                f"a learner failed at step {ctl.next_step}: {cause[-1] if cause else e!r}"
+                + (
+                    f"; its checkpoints are intact (`selfplay train --resume {run_dir}`)"
+                    if saved
+                    else ""
+                )
+            ) from None
         seconds = time.perf_counter() - t0
         final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
         summary = summarize(cfg, run, history, seconds, run_dir)
