@@ -299,3 +299,16 @@ def test_mlflow_failure_during_a_run_is_one_line_and_fast():
     assert time.monotonic() - t0 < BOUND_S
     msg = str(e.value)
     assert "\n" not in msg and "does not answer" in msg and DEAD_MLFLOW in msg
+
+
+@pytest.mark.ray
+def test_a_learner_step_that_overflows_is_one_line(tmp_path):
+    """A finite but absurd lr overflows AdamW inside the learner: exit 1, one error line."""
+    out_dir = tmp_path / "runs"
+    args = ["train", QUICKSTART, "runtime.steps=2", "learner.lr=1e300", "tracking.enabled=false"]
+    p, _ = _selfplay([*args, f"output_dir={out_dir}", "--no-progress"], {}, tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "a learner failed at step 0" in errors[0], p.stderr
+    assert "--resume" not in errors[0]  # no checkpoint was written yet: nothing to resume
