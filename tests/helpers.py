@@ -47,3 +47,16 @@ def wait_http_ok(
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(every)
+
+
+def bits_equal(a, b) -> bool:
+    """Same dtype, shape and bytes (NaN-safe, unlike torch.equal)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.bool:
+        return torch.equal(a, b)
+    return torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
+    )
