@@ -19,8 +19,10 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -82,14 +84,79 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
-class TaskConfig(_Strict):
-    """The token game: one prompt, the response is one of n move tokens."""
+class _GameTask(_Strict):
+    """A matrix game: `matrix` (.npy/.csv) wins over `generate`, `n`, `seed`."""
 
-    kind: Literal["token_game"] = "token_game"
     matrix: str | None = None
     generate: Literal["uniform", "bt-cyclic", "rps", "transitive"] = "rps"
     n: int = Field(3, ge=2, le=64)
     seed: Seed = 0
+
+
+class TokenGameTask(_GameTask):
+    """The token game: one prompt, the response is one of n move tokens."""
+
+    kind: Literal["token_game"] = "token_game"
+
+
+class SequenceGameTask(_GameTask):
+    """The sequence game: a response is `length` tokens over `alphabet` move tokens,
+    then EOS; the matrix is over all alphabet**length sequences (lexicographic order,
+    first token most significant), so `n` must equal alphabet**length."""
+
+    kind: Literal["sequence_game"] = "sequence_game"
+    alphabet: int = Field(3, ge=2, le=16)
+    length: int = Field(2, ge=1, le=4)
+    n: int = Field(9, ge=2, le=256)
+
+    @model_validator(mode="after")
+    def _size(self) -> SequenceGameTask:
+        if self.matrix is None and self.n != self.alphabet**self.length:
+            raise ValueError(
+                f"n={self.n} must equal alphabet**length = {self.alphabet}**{self.length}"
+                f" = {self.alphabet**self.length}"
+            )
+        return self
+
+
+class PromptsTask(_Strict):
+    """Prompts from a dataset (`datasets`): a local .jsonl/.json/.csv/.parquet file,
+    a `save_to_disk` directory, or a hub name."""
+
+    kind: Literal["prompts"] = "prompts"
+    dataset: str
+    split: str = "train"
+    prompt_column: str = "prompt"
+    eval_split: str | None = None
+    eval_fraction: float = Field(0.0, ge=0, lt=1)
+    max_prompt_tokens: int = Field(512, ge=1)
+    shuffle: bool = True
+    chat_template: bool = Field(
+        False, description="wrap a string prompt as one user message in the chat template"
+    )
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> PromptsTask:
+        if self.eval_split is not None and self.eval_fraction > 0:
+            raise ValueError("give task.eval_split or task.eval_fraction, not both")
+        return self
+
+
+TASK_KINDS = ("token_game", "sequence_game", "prompts")
+
+
+def _task_kind(v: Any) -> str:
+    """The union's tag: `kind`, token_game when a task section leaves it out."""
+    return v.get("kind", "token_game") if isinstance(v, dict) else getattr(v, "kind", "")
+
+
+TaskConfig = Annotated[
+    Annotated[TokenGameTask, Tag("token_game")]
+    | Annotated[SequenceGameTask, Tag("sequence_game")]
+    | Annotated[PromptsTask, Tag("prompts")],
+    Discriminator(_task_kind),
+]
 
 
 class AutoscaleConfig(_Strict):
@@ -111,6 +178,22 @@ class AutoscaleConfig(_Strict):
 
 class RolloutConfig(_Strict):
     backend: Literal["hf", "vllm"] = "hf"
+    max_new_tokens: int = Field(
+        64, ge=1, description="response length limit (text tasks; the games fix their own)"
+    )
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    stop: list[str] = Field(
+        default_factory=list, description="stop strings (text tasks); a stop is not truncation"
+    )
+    truncated: Literal["lose", "keep"] = Field(
+        "lose",
+        description="lose: a truncated response loses to a finished one and ties another "
+        "truncated one; keep: judged like any other",
+    )
+    save: Literal["every", "none"] = Field(
+        "every", description="write RUN_DIR/rollouts/step-NNNNNN.parquet every step, or never"
+    )
     workers: int = Field(1, ge=1)
     prompts_per_step: int = Field(8, ge=1)
     k: int = Field(4, ge=2, description="responses sampled per prompt")
@@ -137,9 +220,14 @@ class RolloutConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """The preference servers. Which preference model they serve is the task's choice
-    (the token game's is its matrix); these keys size them and set their failure policy."""
+    """The preference servers: which preference model they serve, how they are sized,
+    and their failure policy. `kind` None: the task's own (the games' matrix)."""
 
+    kind: Literal["game", "reward", "pairwise", "llm"] | None = None
+    model: str | None = Field(None, description="the judge model's directory or hub name")
+    template: str | None = Field(
+        None, description="pairwise / llm judge prompt with {prompt}, {a}, {b}"
+    )
     servers: int = Field(1, ge=1)
     batch_size: int = Field(64, ge=1)
     num_cpus: float = Field(0.25, gt=0)
@@ -206,7 +294,7 @@ class Config(_Strict):
     output_dir: str = "runs"
     algo: AlgoConfig = AlgoConfig()
     model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = TokenGameTask()
     rollout: RolloutConfig = RolloutConfig()
     judge: JudgeConfig = JudgeConfig()
     learner: LearnerConfig = LearnerConfig()
@@ -219,6 +307,21 @@ class Config(_Strict):
             raise ValueError(
                 "rollout.backend=vllm cannot sample Nash-MD's mixture policy; use rollout.backend=hf"
             )
+        kind, judge = self.task.kind, self.judge.kind
+        if kind == "prompts":
+            if judge in (None, "game"):
+                raise ValueError(
+                    "task.kind=prompts needs a model judge: judge.kind reward, pairwise or llm"
+                )
+            if self.model.name == "tiny":
+                raise ValueError(
+                    "task.kind=prompts needs model.name: a model directory or hub name "
+                    "(`selfplay demo text` writes a tiny one)"
+                )
+        elif judge not in (None, "game"):
+            raise ValueError(f"task.kind={kind} is judged by its matrix; leave judge.kind unset")
+        if judge in ("reward", "pairwise", "llm") and not self.judge.model:
+            raise ValueError(f"judge.kind={judge} needs judge.model (a directory or hub name)")
         return self
 
     @model_validator(mode="after")
@@ -256,10 +359,17 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 def _format_error(e: ValidationError) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
+    parts = [str(x) for x in err["loc"]]
+    if parts[:1] == ["task"] and parts[1:2] and parts[1] in TASK_KINDS:
+        del parts[1]  # the union's tag: task.prompts.dataset reads task.dataset
+    loc = ".".join(parts)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "union_tag_invalid":
+        parts.append("kind")
+        loc = ".".join(parts)
+        msg = f"unknown kind {err['ctx']['tag']!r}; expected one of {', '.join(TASK_KINDS)}"
     elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
         msg = str(err["ctx"]["error"])  # a validator's own sentence, without "Value error, "
     extra = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""

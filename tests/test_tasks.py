@@ -112,5 +112,5 @@ def test_model_dtype_reaches_the_learner_and_the_rollout_backend(setup):
 
 
 def test_unknown_task_kind_is_refused():
-    with pytest.raises(InputError, match="task.kind"):
-        load_config(None, ["task.kind=sequence_game"])
+    with pytest.raises(InputError, match="task.kind: unknown kind 'chess'; expected one of"):
+        load_config(None, ["task.kind=chess"])
