@@ -56,15 +56,40 @@ class MixtureVersion:
 SamplerVersion = Version | MixtureVersion
 
 
+#: A prompt as the dataset gives it: a string, or a list of {role, content} messages.
+RawPrompt = str | list[dict[str, str]]
+
+
 @dataclass
 class Prompts:
-    """A slice of the prompt dataset. ids are stable dataset ids (for accounting)."""
+    """A slice of the task's prompts.
+
+    ids:      [P] int64 stable prompt ids (the controller's cursor counts them).
+    texts:    the raw prompts (a string or a message list): what a model judge sees,
+              through its own chat template.
+    tokens:   the token ids the policy is conditioned on (the task renders them once,
+              with the policy's chat template where it applies); None: the rollout
+              backend encodes `texts` itself (`models.load.encode_prompts`).
+    rendered: the rendered text behind `tokens` (what the policy saw), for outputs.
+    """
 
     ids: np.ndarray  # [P] int64
-    texts: list[str]
+    texts: list[RawPrompt]
+    tokens: list[list[int]] | None = None
+    rendered: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def take(self, rows) -> Prompts:
+        """The prompts at positions `rows`, in that order."""
+        rows = [int(i) for i in rows]
+        return Prompts(
+            ids=np.asarray(self.ids, dtype=np.int64)[rows],
+            texts=[self.texts[i] for i in rows],
+            tokens=None if self.tokens is None else [self.tokens[i] for i in rows],
+            rendered=None if self.rendered is None else [self.rendered[i] for i in rows],
+        )
 
 
 @dataclass
@@ -74,14 +99,16 @@ class Samples:
     tokens:    [N, T] int64 response token ids, right-padded with `pad_id`.
     lengths:   [N] int64 number of real response tokens.
     logprobs:  [N, T] float32 sampler log-probs of each token (0 on padding).
-    texts:     decoded responses (what judges see).
+    texts:     decoded responses (what judges see), without EOS or stop string.
+    truncated: [N] bool, the response reached max_new_tokens without EOS or a stop
+               string (judged on the completion only); None: not recorded.
     version:   the version (or mixture) that sampled every row.
     prompt_tokens: the prompt token ids the sampler saw, one list per prompt
                (set by the rollout worker; the learner rebuilds inputs from them).
     """
 
     prompt_ids: np.ndarray
-    prompt_texts: list[str]
+    prompt_texts: list[RawPrompt]
     tokens: np.ndarray
     lengths: np.ndarray
     logprobs: np.ndarray
@@ -91,6 +118,8 @@ class Samples:
     pad_id: int = 0
     meta: dict[str, float] = field(default_factory=dict)  # timings only
     prompt_tokens: list[list[int]] | None = None
+    truncated: np.ndarray | None = None
+    prompt_rendered: list[str] | None = None  # the text behind prompt_tokens, for outputs
 
     def __len__(self) -> int:
         return len(self.texts)

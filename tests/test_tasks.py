@@ -28,16 +28,19 @@ CFG = load_config(None, ["task.generate=bt-cyclic", "task.n=4", "task.seed=3"])
 def setup():
     task = make_task(CFG.task)
     spec = model_spec(CFG, task)
-    return task, spec, spec.tokenizer()
+    tok = spec.tokenizer()
+    task.bind(tok)
+    return task, spec, tok
 
 
 def test_prompts_have_stable_ids_from_the_cursor(setup):
-    task, _, _ = setup
-    ids, texts = task.prompts(3, 7)
-    assert ids.tolist() == [7, 8, 9] and texts == [PROMPT] * 3
+    task, _, tok = setup
+    p = task.prompts(3, 7)
+    assert p.ids.tolist() == [7, 8, 9] and p.texts == [PROMPT] * 3
+    # the policy's tokens are the prompt encoded once, as a worker would encode it
+    assert p.tokens == encode_prompts(tok, [PROMPT]) * 3
     # the same cursor gives the same prompts: a resumed run continues where it stopped
-    again, _ = task.prompts(3, 7)
-    assert again.tolist() == ids.tolist()
+    assert task.prompts(3, 7).ids.tolist() == p.ids.tolist()
 
 
 def test_sampling_restricts_to_the_move_tokens_once(setup):
@@ -65,7 +68,7 @@ def test_judge_spec_is_the_game_matrix(setup):
     task, _, _ = setup
     from selfplay.judges.factory import make_judge
 
-    judge = make_judge(task.judge_spec(batch_size=8))
+    judge = make_judge(task.judge_spec(CFG.judge.model_copy(update={"batch_size": 8})))
     a, b = ["m0", "m2", "m3"], ["m1", "m2", "m0"]
     got = judge.prob([PROMPT] * 3, a, b)
     want = [task.P[0, 1], task.P[2, 2], task.P[3, 0]]

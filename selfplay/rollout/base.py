@@ -81,6 +81,15 @@ def check_generate_args(
             raise InputError(f"generate: allowed token ids {bad[:5]} outside [0, {vocab_size})")
 
 
+def prompt_token_ids(tokenizer, prompts: Prompts) -> list[list[int]]:
+    """The token ids the policy is conditioned on: the task's, or `texts` encoded here."""
+    if prompts.tokens is not None:
+        return [list(t) for t in prompts.tokens]
+    from selfplay.models.load import encode_prompts
+
+    return encode_prompts(tokenizer, prompts.texts)
+
+
 def check_mixture(version: SamplerVersion) -> None:
     if isinstance(version, MixtureVersion) and not 0.0 <= version.lam <= 1.0:
         raise InputError(f"mixture weight λ={version.lam} must lie in [0, 1]")
@@ -123,4 +132,5 @@ def pack_samples(
         pad_id=pad_id,
         meta=meta,
         prompt_tokens=[list(p) for p in prompt_tokens],
+        prompt_rendered=None if prompts.rendered is None else list(prompts.rendered),
     )

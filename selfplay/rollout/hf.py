@@ -35,7 +35,7 @@ import torch
 from torch.func import functional_call
 from transformers import DynamicCache
 
-from selfplay.models.load import encode_prompts, load_policy
+from selfplay.models.load import load_policy
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import (
     VersionNotLoaded,
@@ -43,6 +43,7 @@ from selfplay.rollout.base import (
     check_mixture,
     needed_versions,
     pack_samples,
+    prompt_token_ids,
 )
 from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
@@ -126,7 +127,7 @@ class HFBackend:
             if v not in self._weights:
                 raise VersionNotLoaded(f"version {v} is not loaded on this worker")
         t0 = time.perf_counter()
-        prompt_tokens = encode_prompts(self.tokenizer, prompts.texts)
+        prompt_tokens = prompt_token_ids(self.tokenizer, prompts)
         ids, attn = self._left_pad(prompt_tokens)
         with torch.inference_mode():
             tokens, logprobs, lengths = self._sample_loop(

@@ -23,10 +23,15 @@ import tempfile
 import time
 
 from selfplay.errors import InputError
-from selfplay.models.load import encode_prompts, load_policy
+from selfplay.models.load import load_policy
 from selfplay.models.tiny import ModelSpec
 from selfplay.models.weights import FlatWeights
-from selfplay.rollout.base import VersionNotLoaded, check_generate_args, pack_samples
+from selfplay.rollout.base import (
+    VersionNotLoaded,
+    check_generate_args,
+    pack_samples,
+    prompt_token_ids,
+)
 from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
 
@@ -116,7 +121,7 @@ class VLLMBackend:
             raise VersionNotLoaded(f"version {version} is not loaded on this worker")
         t0 = time.perf_counter()
         self._activate(version)
-        ids = encode_prompts(self.tokenizer, prompts.texts)
+        ids = prompt_token_ids(self.tokenizer, prompts)
         params = [
             self._vllm.SamplingParams(
                 n=k,

@@ -1,15 +1,20 @@
 """The `Task` protocol: the only link between the training loop and the problem.
 
-The runtime asks a task four things and nothing else:
+The runtime asks a task these things and nothing else:
 
-- `prompts(count, start_id)`: the next prompts, each with a stable integer id. The
-  controller's prompt cursor is the next id, so a resumed run continues exactly
-  where the checkpoint left off.
-- `sampling(tokenizer)`: the constraints every rollout worker applies to generation
-  (allowed tokens, response length), handed to each worker once at construction.
-- `judge_spec(batch_size)`: the preference model the task is judged by.
-- `evaluator(tokenizer)`: how to score the learner's policy, exactly (the duality gap
-  of the token game) or, for open-ended text tasks, by sampling.
+- `bind(tokenizer)`: called once by `build`, with the policy's tokenizer, before
+  anything below; the task renders and encodes its prompts with it (and refuses bad
+  input there, as an `InputError`).
+- `prompts(count, start_id)`: the next prompts (`Prompts`: raw texts for the judge,
+  token ids for the policy), each with a stable integer id. The controller's prompt
+  cursor is the next id, so a resumed run continues exactly where it left off.
+- `sampling(tokenizer, rollout)`: the constraints every rollout worker applies to
+  generation (allowed tokens, response length, temperatures, top-p/k, stop strings),
+  handed to each worker once at construction.
+- `judge_spec(judge)`: the preference model the task is judged by, from the
+  `judge` config section (the games ignore its kind: their judge is the matrix).
+- `evaluator(tokenizer, beta)`: how to score the learner's policy, exactly (the
+  duality gap of the games) or, for open-ended text tasks, by sampling.
 
 A task also names the words a tiny demo model needs (`model_words`), so that
 `model.name: tiny` builds a vocabulary that covers the prompts and responses.
@@ -20,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
+from selfplay.types import Prompts
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,20 @@ class Sampling:
 
     temperature:          of the policy (opponent draws).
     explore_temperature:  of the behaviour policy of the trained-on responses.
-    allowed_token_ids:    generation is restricted to these ids (None: all).
+    allowed_token_ids:    generation is restricted to these ids (None: all). The
+                          learner's policy is restricted the same way (the policy *is*
+                          the masked LM), so sampler and learner log-probs agree.
+    top_p, top_k:         nucleus / top-k cuts of each token's distribution (1.0 / 0: off).
+    stop:                 stop strings: a response ends at the first one (not included).
     """
 
     max_new_tokens: int
     temperature: float
     explore_temperature: float
     allowed_token_ids: tuple[int, ...] | None = None
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
 
 
 class Evaluator(Protocol):
@@ -67,10 +79,12 @@ class Task(Protocol):
 
     def model_words(self) -> list[str]: ...
 
-    def prompts(self, count: int, start_id: int) -> tuple[np.ndarray, list[str]]: ...
+    def bind(self, tokenizer) -> None: ...
+
+    def prompts(self, count: int, start_id: int) -> Prompts: ...
 
     def sampling(self, tokenizer, rollout) -> Sampling: ...
 
-    def judge_spec(self, batch_size: int): ...
+    def judge_spec(self, judge): ...
 
     def evaluator(self, tokenizer, beta: float) -> Evaluator: ...

@@ -21,6 +21,7 @@ import numpy as np
 from selfplay import games
 from selfplay.errors import InputError
 from selfplay.tasks.base import Sampling
+from selfplay.types import Prompts
 
 PROMPT_WORDS = ["choose", "one", "move", ":"]
 PROMPT = "choose one move :"
@@ -46,9 +47,22 @@ class TokenGame:
     def model_words(self) -> list[str]:
         return PROMPT_WORDS + self.moves
 
-    def prompts(self, count: int, start_id: int) -> tuple[np.ndarray, list[str]]:
+    def bind(self, tokenizer) -> None:
+        from selfplay.models.load import encode_prompts, format_prompt
+
+        self._tokens = encode_prompts(tokenizer, [PROMPT])[0]
+        self._rendered = format_prompt(tokenizer, PROMPT)
+
+    def prompts(self, count: int, start_id: int) -> Prompts:
         """`count` copies of the prompt with stable ids start_id, start_id+1, ..."""
-        return np.arange(start_id, start_id + count, dtype=np.int64), [PROMPT] * count
+        ids = np.arange(start_id, start_id + count, dtype=np.int64)
+        tokens = getattr(self, "_tokens", None)
+        return Prompts(
+            ids=ids,
+            texts=[PROMPT] * count,
+            tokens=None if tokens is None else [list(tokens)] * count,
+            rendered=None if tokens is None else [self._rendered] * count,
+        )
 
     def move_ids(self, tokenizer) -> list[int]:
         ids = [tokenizer.convert_tokens_to_ids(m) for m in self.moves]
@@ -65,10 +79,12 @@ class TokenGame:
             allowed_token_ids=tuple(self.move_ids(tokenizer)),
         )
 
-    def judge_spec(self, batch_size: int):
+    def judge_spec(self, judge):
         from selfplay.judges.factory import JudgeSpec
 
-        return JudgeSpec(kind="game", batch_size=batch_size, matrix=self.P, moves=tuple(self.moves))
+        return JudgeSpec(
+            kind="game", batch_size=judge.batch_size, matrix=self.P, moves=tuple(self.moves)
+        )
 
     def evaluator(self, tokenizer, beta: float) -> GameEvaluator:
         from selfplay.models.load import encode_prompts

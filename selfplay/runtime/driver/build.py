@@ -153,6 +153,7 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     task = make_task(cfg.task)
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
+    task.bind(tok)
     sampling = task.sampling(tok, cfg.rollout)
     algo, hyper = _hyper(cfg, task.n)
     for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once
@@ -163,7 +164,7 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     scaler = _autoscaler(r)
     check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
-    make_judge = functools.partial(make_judge_server, task.judge_spec(j.batch_size), j)
+    make_judge = functools.partial(make_judge_server, task.judge_spec(j), j)
     judges = [make_judge() for _ in range(j.servers)]
     learners = LearnerGroup(
         functools.partial(_build_model, spec, cfg.model.dtype),

@@ -46,7 +46,7 @@ from selfplay.errors import RunError
 from selfplay.runtime.driver.store import PolicyStore, staleness
 from selfplay.runtime.workers.actors import assemble
 from selfplay.runtime.workers.pool import Resize, RolloutPool, replace_dead
-from selfplay.types import Prompts, SamplerVersion, Version
+from selfplay.types import SamplerVersion, Version
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Controller:
     rollout_pool: RolloutPool
     judges: list
     learners: object  # LearnerGroup
-    prompt_source: object  # callable(count, start_id) -> (ids, texts)
+    prompt_source: object  # callable(count, start_id) -> Prompts
     make_judge: Callable[[], object] | None = None  # one new JudgeActor, to replace a dead one
     store: PolicyStore = field(default_factory=PolicyStore)
     records: list[PhaseRecord] = field(default_factory=list)
@@ -191,15 +191,15 @@ class Controller:
         phase, chunk): a reissue on a healed pool of the same size draws the same batch."""
         s, pool = self.settings, self.rollout_pool
         needed = self.store.pinned_by(pend.samplers)
-        ids, texts = self.prompt_source(s.prompts_per_step, pend.start)
+        batch_prompts = self.prompt_source(s.prompts_per_step, pend.start)
         sampler, opps = pend.samplers[0], pend.samplers[1:]
         judged = []
-        for c, rows in enumerate(np.array_split(np.arange(len(texts)), len(pool.workers))):
+        for c, rows in enumerate(np.array_split(np.arange(len(batch_prompts)), len(pool.workers))):
             if len(rows) == 0:
                 continue
             w = pool.workers[c]
             pool.ensure_loaded(w, needed, self.store.refs)
-            prompts = Prompts(ids=ids[rows], texts=[texts[i] for i in rows])
+            prompts = batch_prompts.take(rows)
             # Trained-on responses may come from a hotter behaviour policy (target
             # regression is unbiased under any full-support behaviour); opponents may not.
             smp = w.generate.remote(
