@@ -8,8 +8,14 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+# `make bench-trl`: TRL's NashMDTrainer in its own venv (TRL is not a dependency of
+# selfplay; selfplay never imports it), the same CPU torch first. TRL 1.0 imports
+# `requests` without declaring it, so it is installed alongside.
+TRL_VENV ?= .venv-trl
+TRL_SPEC ?= trl==1.0.*
+TRL_STAMP := $(TRL_VENV)/.installed-stamp
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench bench-trl lint clean
 
 install: $(STAMP)
 
@@ -28,10 +34,24 @@ test: install
 bench: install
 	$(VENV)/bin/selfplay bench games
 	$(VENV)/bin/selfplay bench pipeline
+	@if [ -x $(TRL_VENV)/bin/python ]; then \
+		$(VENV)/bin/selfplay bench trl --trl-python $(TRL_VENV)/bin/python; \
+	else \
+		echo "skipping selfplay vs TRL Nash-MD: run 'make bench-trl' (creates $(TRL_VENV) with $(TRL_SPEC))"; \
+	fi
+
+$(TRL_STAMP):
+	@test -x $(TRL_VENV)/bin/python || python3 -m venv $(TRL_VENV)
+	@if [ -z "$(HAS_GPU)" ]; then $(TRL_VENV)/bin/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; fi
+	$(TRL_VENV)/bin/python -m pip install -q "$(TRL_SPEC)" requests
+	@touch $(TRL_STAMP)
+
+bench-trl: install $(TRL_STAMP)
+	$(VENV)/bin/selfplay bench trl --trl-python $(TRL_VENV)/bin/python
 
 lint: install
 	$(VENV)/bin/ruff check selfplay tests
 	$(VENV)/bin/ruff format --check selfplay tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlruns mlflow.db runs
+	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs
