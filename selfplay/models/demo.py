@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import unicodedata
+import uuid
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -212,16 +212,21 @@ def staged_dir(out_dir: str | Path):
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty directory")
+    # mkdir (not mkdtemp, which makes it 0700) so the dir gets the umask's usual mode.
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp.mkdir()
     except OSError as e:
         raise InputError(f"cannot write {out} ({e.strerror or e})") from None
     try:
         yield tmp
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        try:
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except OSError as e:  # e.g. `out` filled up meanwhile
+            raise InputError(f"cannot write {out} ({e.strerror or e})") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
