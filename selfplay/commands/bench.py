@@ -1,4 +1,4 @@
-"""`selfplay bench games|pipeline`: the benchmarks reported in the README."""
+"""`selfplay bench games|pipeline|trl`: the benchmarks reported in the README."""
 
 from __future__ import annotations
 
@@ -59,3 +59,27 @@ def games(n: int, budget: float, as_json: bool) -> None:
 
     r = g.run(n=n, budget=budget)
     click.echo(dumps(r) if as_json else g.format_report(r))
+
+
+@bench.command("trl")
+@click.option(
+    "--trl-python",
+    default=".venv-trl/bin/python",
+    show_default=True,
+    help="Python of a venv with TRL (`make bench-trl` creates it).",
+)
+@click.option("--steps", default=40, show_default=True, help="Steps per run, both sides.")
+@click.option("--warmup", default=10, show_default=True, help="Steps left out of the rate.")
+@click.option("--rounds", default=2, show_default=True, help="Back-to-back repetitions.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON line.")
+def trl(trl_python: str, steps: int, warmup: int, rounds: int, as_json: bool) -> None:
+    """Nash-MD prompts/s: selfplay against TRL's NashMDTrainer on the same saved models."""
+    from selfplay.bench import trl_compare as t
+    from selfplay.errors import InputError
+
+    if rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {rounds}")
+    r = t.run(trl_python, steps=steps, warmup=warmup, rounds=rounds)
+    if not as_json:
+        click.echo(t.format_report(r))
+    click.echo(dumps(t.summary_json(r)))
