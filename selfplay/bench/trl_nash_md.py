@@ -2,8 +2,11 @@
 `selfplay bench trl` (selfplay/bench/trl_compare.py).
 
 Run it with the Python of a venv that has TRL (`make bench-trl` creates `.venv-trl` with
-`trl==1.0.*` and the CPU torch); selfplay never imports this module, and this module
-imports nothing from selfplay, so it runs in that venv without selfplay installed:
+`trl==1.0.*` and the CPU torch); selfplay never imports this module. selfplay is not
+installed in that venv: the script puts this checkout on `sys.path` and loads the three
+models through `selfplay.models.load` (import-light: torch, transformers, safetensors,
+all TRL dependencies too), the loader every selfplay run uses (safetensors only, no
+remote code), so both sides read the same directories the same way:
 
     .venv-trl/bin/python selfplay/bench/trl_nash_md.py --policy DIR --reward DIR \\
         --prompts FILE.jsonl --steps 24 --warmup 8
@@ -37,6 +40,9 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout this script sits in
 
 
 def _patch_mixture_wrapper(wrapper_cls) -> list[str]:
@@ -94,21 +100,18 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers
     import trl
     from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        TrainerCallback,
-    )
+    from transformers import TrainerCallback
     from trl.experimental.nash_md import NashMDConfig, NashMDTrainer
     from trl.experimental.nash_md import nash_md_trainer as nmd
 
+    sys.path.insert(0, str(REPO))
+    from selfplay.models.load import load_classifier, load_policy
+
     patched = _patch_mixture_wrapper(nmd.GeometricMixtureWrapper)
 
-    tok = AutoTokenizer.from_pretrained(a.policy)
-    policy = AutoModelForCausalLM.from_pretrained(a.policy, use_safetensors=True)
-    ref = AutoModelForCausalLM.from_pretrained(a.policy, use_safetensors=True)
-    reward = AutoModelForSequenceClassification.from_pretrained(a.reward, use_safetensors=True)
+    policy, tok = load_policy(a.policy)
+    ref, _ = load_policy(a.policy)
+    reward, _ = load_classifier(a.reward)
     texts = _read_prompts(a.prompts)
     need = a.steps * a.batch
     rows = [texts[i % len(texts)] for i in range(need)]
