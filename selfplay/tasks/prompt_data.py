@@ -38,6 +38,9 @@ def load_splits(name: str) -> dict:
     """{split name: datasets.Dataset} of `task.dataset`."""
     import datasets
 
+    # datasets' progress bars and notes would break the one-line contract of errors
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     p = Path(name).expanduser()
     looks_local = p.suffix.lower() in FILE_BUILDERS or name.startswith(("/", ".", "~"))
     if not p.exists() and looks_local:
