@@ -14,6 +14,8 @@ values; messages keep only those two keys.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,8 +27,51 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 
 
 def _first_line(e: BaseException) -> str:
+    """The root cause's first line (datasets wraps the reader's error in its own)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+#: a text data file smaller than this is read whole to see whether it holds anything
+_SNIFF_BYTES = 1 << 16
+
+
+def _is_empty_file(p: Path) -> bool:
+    """A data file with no rows, which `datasets` cannot load (it raises, unhelpfully)."""
+    size = p.stat().st_size
+    if p.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_metadata(p).num_rows == 0
+        except Exception:  # not parquet: datasets says so below
+            return False
+    if size > _SNIFF_BYTES:
+        return False
+    return not p.read_bytes().strip()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No progress bars, notes or retry warnings from datasets and the hub client while
+    loading: a failure is reported once, as the one-line InputError."""
+    import datasets
+
+    loggers = [logging.getLogger(n) for n in ("datasets", "huggingface_hub", "fsspec")]
+    levels = [lg.level for lg in loggers]
+    bars_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if bars_on:
+            datasets.enable_progress_bars()
 
 
 def _is_saved(p: Path) -> bool:
@@ -38,13 +83,15 @@ def load_splits(name: str) -> dict:
     """{split name: datasets.Dataset} of `task.dataset`."""
     import datasets
 
-    # datasets' progress bars and notes would break the one-line contract of errors
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
     p = Path(name).expanduser()
     looks_local = p.suffix.lower() in FILE_BUILDERS or name.startswith(("/", ".", "~"))
     if not p.exists() and looks_local:
         raise InputError(f"task.dataset {name!r}: no such file or directory")
+    with _quiet():
+        return _load(datasets, name, p)
+
+
+def _load(datasets, name: str, p: Path) -> dict:
     try:
         if p.is_file():
             builder = FILE_BUILDERS.get(p.suffix.lower())
@@ -53,6 +100,8 @@ def load_splits(name: str) -> dict:
                     f"task.dataset {name!r}: unknown file type {p.suffix!r}; expected "
                     f"{', '.join(FILE_BUILDERS)}, a save_to_disk directory or a hub name"
                 )
+            if _is_empty_file(p):
+                raise InputError(f"task.split 'train' of {name!r} is empty: the file has no rows")
             out = datasets.load_dataset(builder, data_files={"train": str(p)})
         elif p.is_dir() and _is_saved(p):
             out = datasets.load_from_disk(str(p))
@@ -62,7 +111,9 @@ def load_splits(name: str) -> dict:
         raise
     except Exception as e:  # datasets raises many kinds (arrow, json, hub, empty data)
         where = "" if p.exists() else " (not a local path, and not loadable from the hub)"
-        raise InputError(f"task.dataset {name!r}: cannot load it{where}: {_first_line(e)}") from None
+        raise InputError(
+            f"task.dataset {name!r}: cannot load it{where}: {_first_line(e)}"
+        ) from None
     if isinstance(out, datasets.Dataset):
         return {"train": out}
     return dict(out)
@@ -98,7 +149,9 @@ def to_prompt(value, where: str) -> RawPrompt:
 
 
 def _is_message(m) -> bool:
-    return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+    return (
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+    )
 
 
 def _brief(value) -> str:

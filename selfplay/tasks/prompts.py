@@ -48,9 +48,7 @@ def hold_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
     drawn without replacement by a generator seeded with (seed, eval stream)."""
     k = max(1, round(fraction * n))
     if k >= n:
-        raise InputError(
-            f"task.eval_fraction={fraction:g} of {n} prompts leaves none to train on"
-        )
+        raise InputError(f"task.eval_fraction={fraction:g} of {n} prompts leaves none to train on")
     perm = np.random.default_rng([seed, _EVAL_STREAM]).permutation(n)
     return np.sort(perm[k:]), np.sort(perm[:k])
 
@@ -127,7 +125,10 @@ class DatasetPrompts:
                 )
         self.train, n_train = self._render(tokenizer, train, "train"), len(train)
         self.held_out = self._render(tokenizer, held, "eval")
-        for part, kept, total in (("train", self.train, n_train), ("eval", self.held_out, len(held))):
+        for part, kept, total in (
+            ("train", self.train, n_train),
+            ("eval", self.held_out, len(held)),
+        ):
             if total and not len(kept):
                 raise InputError(
                     f"every {part} prompt of {c.dataset!r} is longer than "
