@@ -282,6 +282,11 @@ BAD_INPUT = [  # (case, overrides (`{data}`, `{bare}`: filled in), word in the m
         ["task.dataset={data}/strings.jsonl", "task.max_prompt_tokens=2"],
         "every train prompt",
     ),
+    (
+        "wrap-without-chat-template",
+        ["task.dataset={data}/strings.jsonl", "task.chat_template=true", "model.name={bare}"],
+        "task.chat_template: true needs a chat template",
+    ),
     ("empty-split", ["task.dataset={data}/empty.jsonl"], "is empty"),
     ("unknown-split", ["task.dataset={data}/dd", "task.split=validation"], "its splits: train"),
     (

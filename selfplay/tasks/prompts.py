@@ -17,7 +17,8 @@ without `task.shuffle`, else a permutation that is a pure function of
 (task.seed, epoch). So `prompts(count, start_id)` is a pure function of its
 arguments, the controller's cursor (the next id) is all a resumed run needs, and
 epochs go on until runtime.steps. Held-out prompts (`task.eval_split`, or a
-seeded `task.eval_fraction` of the split) have their own ids 0..n_eval-1
+seeded `task.eval_fraction` of the split, drawn before the length filter so the
+split does not depend on the tokenizer) have their own ids 0..n_eval-1
 (`eval_prompts()`).
 
 Deviation: no sampled evaluation yet (win rates against π_ref are a later
