@@ -55,12 +55,12 @@ def train(
         cfg, ckpt = check_resume(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
-    _preflight(cfg, new_run=resume is None)
+    bound = _preflight(cfg, new_run=resume is None)
     from selfplay.runtime.driver.rundir import Stopped
     from selfplay.runtime.driver.trainer import train as run_train
 
     try:
-        result = run_train(cfg, progress=not no_progress, resume=ckpt)
+        result = run_train(cfg, progress=not no_progress, resume=ckpt, bound=bound)
     except Stopped as e:  # SIGTERM/SIGINT: one line, exit 128 + signal (143, 130)
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -69,9 +69,11 @@ def train(
         click.echo(dumps(result.summary))
 
 
-def _preflight(cfg, *, new_run: bool) -> None:
+def _preflight(cfg, *, new_run: bool):
     """What can fail before the run starts fails here, in one line: before Ray starts,
-    before the run dir is created, before any actor is placed."""
+    before the run dir is created, before any actor is placed. Last, the task is bound
+    to the policy's tokenizer (its data loaded and checked); the bound task is returned
+    for the run, so the data is read once."""
     from selfplay.errors import InputError
     from selfplay.outputs import check_writable_dir
 
@@ -109,6 +111,9 @@ def _preflight(cfg, *, new_run: bool) -> None:
                 raise InputError(
                     f"runtime.address=auto: {e}; start one with `ray start --head`"
                 ) from None
+    from selfplay.runtime.driver.build import bind_task  # imports no Ray
+
+    return bind_task(cfg)
 
 
 def _auto_address() -> str:

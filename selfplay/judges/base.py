@@ -14,6 +14,7 @@ definition rather than by trusting two forward passes to agree bit for bit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -96,15 +97,33 @@ def encode_right_padded(
     return ids.to(device), attn.to(device), lengths.to(device)
 
 
-def conversation_text(tokenizer, prompt: str, response: str) -> tuple[str, bool]:
+def prompt_text(prompt) -> str:
+    """A raw prompt as plain text: a string as is; messages as `role: content` lines
+    (where a judge template has one {prompt} slot, or a tokenizer no chat template)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def prompt_key(prompt) -> tuple[int, str]:
+    """A hashable, orderable key of a raw prompt (a string or a message list)."""
+    if isinstance(prompt, str):
+        return (0, prompt)
+    return (1, json.dumps([[m["role"], m["content"]] for m in prompt]))
+
+
+def conversation_text(tokenizer, prompt, response: str) -> tuple[str, bool]:
     """(text, add_special_tokens) of a prompt–response pair for a reward model.
 
-    With a chat template: a user turn and an assistant turn (the template adds its
-    own specials). Without: the formatted prompt, a newline, then the response.
+    `prompt`: a string or a list of {role, content} messages. With a chat template:
+    the messages (a string: one user turn) then an assistant turn (the template adds
+    its own specials). Without: the formatted prompt (messages as `prompt_text`), a
+    newline, then the response.
     """
     from selfplay.models.load import format_prompt  # transformers only when a model judge runs
 
     if getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        head = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        msgs = [*head, {"role": "assistant", "content": response}]
         return tokenizer.apply_chat_template(msgs, tokenize=False), False
-    return f"{format_prompt(tokenizer, prompt)}\n{response}", True
+    return f"{format_prompt(tokenizer, prompt_text(prompt))}\n{response}", True

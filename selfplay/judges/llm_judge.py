@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from selfplay.errors import InputError
-from selfplay.judges.base import batched, encode_right_padded, symmetrized
+from selfplay.judges.base import batched, encode_right_padded, prompt_text, symmetrized
 from selfplay.models.load import format_prompt
 
 DEFAULT_TEMPLATE = "Question: {prompt} Answer A: {a} Answer B: {b} Which is better? A or B"
@@ -57,7 +57,7 @@ class LLMJudge:
 
     def judge_texts(self, prompts: list[str], a: list[str], b: list[str]) -> list[str]:
         return [
-            format_prompt(self.tokenizer, self.template.format(prompt=p, a=x, b=y))
+            format_prompt(self.tokenizer, self.template.format(prompt=prompt_text(p), a=x, b=y))
             for p, x, y in zip(prompts, a, b, strict=True)
         ]
 

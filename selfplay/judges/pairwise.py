@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfplay.judges.base import batched, encode_right_padded, symmetrized
+from selfplay.judges.base import batched, encode_right_padded, prompt_text, symmetrized
 
 DEFAULT_TEMPLATE = "{prompt} [SEP] A: {a} [SEP] B: {b}"
 
@@ -41,7 +41,8 @@ class PairwiseJudge:
     def raw(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
         """[N] σ(logit) for the order given (not symmetrised)."""
         texts = [
-            self.template.format(prompt=p, a=x, b=y) for p, x, y in zip(prompts, a, b, strict=True)
+            self.template.format(prompt=prompt_text(p), a=x, b=y)
+            for p, x, y in zip(prompts, a, b, strict=True)
         ]
 
         def run(s: slice) -> np.ndarray:

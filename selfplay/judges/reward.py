@@ -21,6 +21,7 @@ from selfplay.judges.base import (
     check_batch,
     conversation_text,
     encode_right_padded,
+    prompt_key,
 )
 
 
@@ -55,10 +56,13 @@ class RewardJudge:
         n = check_batch(prompts, a, b)
         # Sorted unique keys: prob(a, b) and prob(b, a) score the very same batches,
         # so their rewards, and hence their P, mirror each other exactly.
-        keys = sorted(set(zip(prompts, a, strict=True)) | set(zip(prompts, b, strict=True)))
+        # A prompt may be a message list: keyed by `prompt_key` (hashable, orderable).
+        pk = [prompt_key(p) for p in prompts]
+        raw = dict(zip(pk, prompts, strict=True))
+        keys = sorted(set(zip(pk, a, strict=True)) | set(zip(pk, b, strict=True)))
         index = {key: i for i, key in enumerate(keys)}
-        r = self.rewards([p for p, _ in keys], [y for _, y in keys])
-        ia = np.array([index[k] for k in zip(prompts, a, strict=True)], dtype=np.int64)
-        ib = np.array([index[k] for k in zip(prompts, b, strict=True)], dtype=np.int64)
+        r = self.rewards([raw[p] for p, _ in keys], [y for _, y in keys])
+        ia = np.array([index[k] for k in zip(pk, a, strict=True)], dtype=np.int64)
+        ib = np.array([index[k] for k in zip(pk, b, strict=True)], dtype=np.int64)
         d = r[ia] - r[ib] if n else np.zeros(0)
         return 0.5 + 0.5 * np.tanh(0.5 * d)

@@ -142,20 +142,39 @@ class Run:
         return float(self.hyper.beta) if self.algo.objective == "regularized" else 0.0
 
 
-def build(cfg: Config, workers: int | None = None) -> Run:
-    """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
-    resumed run restores its own."""
-    from selfplay.runtime.cluster import check_run_resources
-    from selfplay.runtime.driver.controller import Controller, ControllerSettings
-    from selfplay.runtime.learner.group import LearnerGroup
-    from selfplay.runtime.learner.learner import LearnerSettings
-    from selfplay.runtime.workers.pool import RolloutPool
+@dataclass
+class Bound:
+    """The task bound to the policy's tokenizer (`Task.bind`), with the policy's model."""
+
+    task: object  # Task
+    spec: object  # ModelSpec or a model name
+    tokenizer: object
+
+
+def bind_task(cfg: Config) -> Bound:
+    """Make the task and bind it to the policy's tokenizer: where the task's bad input
+    (its data, its prompts) fails, in one line. No Ray needed, nothing written."""
     from selfplay.tasks import make_task
 
     task = make_task(cfg.task)
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
     task.bind(tok)
+    return Bound(task, spec, tok)
+
+
+def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -> Run:
+    """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
+    resumed run restores its own; `bound`: the task `bind_task` already bound (the CLI
+    binds it before Ray starts), else it is bound here."""
+    from selfplay.runtime.cluster import check_run_resources
+    from selfplay.runtime.driver.controller import Controller, ControllerSettings
+    from selfplay.runtime.learner.group import LearnerGroup
+    from selfplay.runtime.learner.learner import LearnerSettings
+    from selfplay.runtime.workers.pool import RolloutPool
+
+    bound = bound or bind_task(cfg)
+    task, spec, tok = bound.task, bound.spec, bound.tokenizer
     sampling = task.sampling(tok, cfg.rollout)
     algo, hyper = _hyper(cfg, task.n)
     for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once

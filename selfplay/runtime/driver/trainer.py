@@ -34,9 +34,10 @@ from selfplay.runtime.driver.rundir import (
 )
 
 
-def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
+def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> RunResult:
     """Run `cfg`; with `resume` (a `Checkpoint` from `resume.check_resume`) continue
-    that run in its own run dir from the checkpoint's step.
+    that run in its own run dir from the checkpoint's step. `bound`: the task already
+    bound by `build.bind_task` (else `build` binds it).
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
     `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
@@ -45,17 +46,17 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     if own_cluster:
         reap_cluster_with_driver()
     with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
-        return _train(cfg, progress, resume, stop)
+        return _train(cfg, progress, resume, stop, bound)
 
 
-def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
+def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
     from tqdm import tqdm
 
     done = 0 if resume is None else int(resume.step)
     workers = None
     if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
         workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
-    run = build(cfg, workers=workers)
+    run = build(cfg, workers=workers, bound=bound)
     ctl, ev = run.controller, run.evaluator
     if resume is None:
         run_dir = create_run_dir(cfg)  # and lock it
