@@ -22,6 +22,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "game": ("selfplay.commands.game", "game", "Run algorithms on a matrix preference game."),
     "train": ("selfplay.commands.train", "train", "Train a policy from a YAML config on Ray."),
     "bench": ("selfplay.commands.bench", "bench", "Benchmarks: `games` and `pipeline`."),
+    "demo": ("selfplay.commands.demo", "demo", "Offline demo models and prompts: `text`."),
     "submit": ("selfplay.commands.jobs", "submit", "Submit a training run as a Ray job."),
     "status": ("selfplay.commands.jobs", "status", "Status of a submitted Ray job."),
     "logs": ("selfplay.commands.jobs", "logs", "Logs of a submitted Ray job."),

@@ -60,3 +60,21 @@ def bits_equal(a, b) -> bool:
     return torch.equal(
         a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
     )
+
+
+def demo_models(tmp_path_factory, arch: str = "qwen2") -> tuple[Path, Path]:
+    """(policy dir, reward dir) of the offline demo models of `arch`
+    (`selfplay.models.demo`), written once per call under a fresh tmp dir; load them with
+    `load_policy` / `load_classifier`. Use from a module-scoped fixture:
+
+        @pytest.fixture(scope="module")
+        def demo(tmp_path_factory):
+            return demo_models(tmp_path_factory, "llama")
+    """
+    from selfplay.models.demo import write_chat_policy, write_reward_model
+
+    root = tmp_path_factory.mktemp(f"demo_{arch}")
+    return (
+        write_chat_policy(root / "policy", arch=arch),
+        write_reward_model(root / "reward", arch=arch),
+    )

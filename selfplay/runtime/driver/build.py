@@ -135,6 +135,8 @@ class Run:
     evaluator: object  # Evaluator
     algo: object
     hyper: object
+    build_policy: object = None  # zero-arg callable: a policy model (for RUN_DIR/model)
+    tokenizer: object = None  # the policy's tokenizer
 
     @property
     def beta(self) -> float:
@@ -171,8 +173,9 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
     make_judge = functools.partial(make_judge_server, judge_spec, j, r.truncated)
     judges = [make_judge() for _ in range(j.servers)]
+    build_policy = functools.partial(_build_model, spec, cfg.model.dtype)
     learners = LearnerGroup(
-        functools.partial(_build_model, spec, cfg.model.dtype),
+        build_policy,
         LearnerSettings(
             lr=lcfg.lr,
             grad_clip=lcfg.grad_clip,
@@ -203,6 +206,6 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     ctl = Controller(
         algo.plan(hyper), settings, pool, judges, learners, task.prompts, make_judge=make_judge
     )
-    run = Run(task, ctl, None, algo, hyper)
+    run = Run(task, ctl, None, algo, hyper, build_policy=build_policy, tokenizer=tok)
     run.evaluator = task.evaluator(tok, run.beta)
     return run

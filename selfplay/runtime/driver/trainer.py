@@ -21,6 +21,7 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
+from selfplay.runtime.driver.export import export_policy
 from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
 from selfplay.runtime.driver.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.driver.rundir import (
@@ -142,8 +143,12 @@ def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
             ) from None
         seconds = time.perf_counter() - t0
         final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
+        model_dir = export_policy(
+            ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
+        )
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
+        summary["model"] = str(model_dir)
         plot = plot_history(
             history,
             ev.plot_keys,
@@ -161,6 +166,7 @@ def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
             tracker.log_artifacts(final, "checkpoint")
+            tracker.log_artifacts(model_dir, "model")
     return RunResult(
         summary=summary,
         history=history,

@@ -1,0 +1,108 @@
+"""What a run leaves for people to use: the final policy and its rollouts.
+
+- `export_policy`: RUN_DIR/model/, the final policy written with `save_pretrained`
+  (safetensors) next to its tokenizer and generation config, so that
+  `AutoModelForCausalLM.from_pretrained(RUN_DIR/model)` and vLLM load it as they
+  load any checkpoint. Written to a temporary directory and renamed into place:
+  an interrupted export leaves the previous `model/` (or none), never half of one.
+- `write_rollouts`: RUN_DIR/rollouts/step-NNNNNN.parquet, one row per trained-on
+  response and per opponent sample of the step's phases (columns in `COLUMNS`),
+  written atomically as well.
+- `completions_table`: the few trained-on rows of a step that MLflow shows as a
+  table (prompt, response, ĝ, version).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+MODEL_DIR = "model"
+ROLLOUT_DIR = "rollouts"
+#: parquet columns, in order; `g` is null on opponent rows.
+COLUMNS = (
+    "step",
+    "phase",
+    "role",
+    "prompt_id",
+    "prompt",
+    "response",
+    "response_tokens",
+    "truncated",
+    "sampler_version",
+    "g",
+)
+
+
+def export_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: Path) -> Path:
+    """Write `flat` (the final policy's FlatWeights) as RUN_DIR/model/ and return it.
+
+    build_model: zero-argument callable returning a model of the policy's architecture
+    (its weights are replaced); tokenizer: the policy's tokenizer."""
+    model = build_model()
+    missing, unexpected = model.load_state_dict(flat.to_state_dict(), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    if unexpected or [k for k in missing if k not in tied]:
+        raise ValueError(
+            f"final weights do not fit the policy: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    out = run_dir / MODEL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, replacing an existing `dst` (each rename is atomic)."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}-old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_rollouts(tables: list, run_dir: Path, step: int) -> Path | None:
+    """Concatenate the step's row tables (pyarrow, `COLUMNS`) into one parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [t for t in tables if t is not None and t.num_rows]
+    if not tables:
+        return None
+    out_dir = run_dir / ROLLOUT_DIR
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"step-{step:06d}.parquet"
+    tmp = out_dir / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        pq.write_table(pa.concat_tables(tables).select(list(COLUMNS)), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def completions_table(tables: list, limit: int = 8) -> dict[str, list] | None:
+    """Up to `limit` trained-on rows of a step: what MLflow's table view shows."""
+    cols: dict[str, list] = {"step": [], "prompt": [], "response": [], "g": [], "version": []}
+    for t in tables:
+        if t is None:
+            continue
+        d = t.to_pydict()
+        for i, role in enumerate(d["role"]):
+            if role == "trained" and len(cols["step"]) < limit:
+                cols["step"].append(d["step"][i])
+                cols["prompt"].append(d["prompt"][i])
+                cols["response"].append(d["response"][i])
+                cols["g"].append(d["g"][i])
+                cols["version"].append(d["sampler_version"][i])
+    return cols if cols["step"] else None

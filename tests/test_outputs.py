@@ -1,0 +1,51 @@
+"""What a run leaves for people to use (RUN_DIR/model and RUN_DIR/rollouts), checked on
+a real `selfplay train` of the token game.
+
+Oracles: the exported model, loaded with plain `AutoModelForCausalLM.from_pretrained`,
+gives the move distribution the run's own exact evaluator reported (`summary.json`
+`policy`), computed here by a plain softmax over the move tokens' logits.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_resume import QUICKSTART, SMALL, run
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selfplay.tasks.token_game import PROMPT
+
+pytestmark = pytest.mark.ray
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    res = run(str(QUICKSTART), f"runtime.steps={STEPS}", *SMALL, f"output_dir={out}", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return next(out.iterdir()), json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_the_final_policy_loads_with_plain_transformers(run_dir):
+    d, summary = run_dir
+    assert summary["model"] == str(d / "model")
+    assert list((d / "model").glob("*.safetensors")) and not list((d / "model").glob("*.bin"))
+    model = AutoModelForCausalLM.from_pretrained(d / "model").eval()
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    moves = summary["moves"]
+    move_ids = tok.convert_tokens_to_ids(moves)
+    # the prompt as the run's workers rendered it: through the saved chat template
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+    p = torch.softmax(logits[move_ids], dim=0).numpy()
+    np.testing.assert_allclose(p, summary["policy"], atol=1e-5)
+    # and the run moved away from π_ref, so this is not the initial model's distribution
+    assert np.abs(np.asarray(summary["policy"]) - summary["reference_policy"]).max() > 1e-3
