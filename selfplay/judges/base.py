@@ -85,8 +85,7 @@ def check_template(template: str) -> None:
 
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        template.format(prompt="", a="", b="")
-    except (ValueError, IndexError, KeyError, AttributeError) as e:
+    except ValueError as e:
         raise InputError(f"judge.template: cannot be formatted ({e})") from None
     bad = sorted(names - set(TEMPLATE_FIELDS))
     if bad:
