@@ -79,6 +79,10 @@ def _preflight(cfg, *, new_run: bool):
 
     if new_run:
         check_writable_dir(cfg.output_dir, "output_dir")
+    if cfg.judge.kind in ("reward", "pairwise", "llm"):  # before Ray: the judge model loads
+        from selfplay.judges.factory import check_judge_spec, model_judge_spec
+
+        check_judge_spec(model_judge_spec(cfg.judge))
     local = not cfg.runtime.address  # the in-process cluster: its actors run on this machine
     if local and os.environ.get("RAY_ADDRESS"):
         # ray.init would join that cluster and refuse runtime.num_cpus with a traceback.
