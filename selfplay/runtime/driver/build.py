@@ -111,10 +111,10 @@ class RunResult:
     text: str = ""  # the human-readable summary `selfplay train` prints
 
 
-def make_judge_server(spec, j, truncated: str = "lose"):
+def make_judge_server(spec, j, truncated: str = "lose", rows: bool = False):
     """One `JudgeActor` (a preference server) for the task's judge `spec`, on `j`'s
     (JudgeConfig) resources; `truncated`: the rollout section's rule for truncated
-    responses."""
+    responses; `rows`: build the rollout rows (RUN_DIR/rollouts, MLflow's table)."""
     from selfplay.runtime.workers.actors import JudgeActor
     from selfplay.runtime.workers.judging import JudgePolicy
 
@@ -122,6 +122,7 @@ def make_judge_server(spec, j, truncated: str = "lose"):
         functools.partial(_build_judge, spec),
         JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure),
         truncated,
+        rows,
     )
 
 
@@ -190,7 +191,8 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     scaler = _autoscaler(r)
     check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
-    make_judge = functools.partial(make_judge_server, judge_spec, j, r.truncated)
+    rows = r.save == "every" or cfg.tracking.enabled
+    make_judge = functools.partial(make_judge_server, judge_spec, j, r.truncated, rows)
     judges = [make_judge() for _ in range(j.servers)]
     build_policy = functools.partial(_build_model, spec, cfg.model.dtype)
     learners = LearnerGroup(

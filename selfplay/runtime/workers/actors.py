@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from selfplay.runtime.learner.batch import TrainBatch
 from selfplay.runtime.workers.judging import (
     Judged,
     JudgePolicy,
@@ -35,6 +34,7 @@ from selfplay.runtime.workers.judging import (
     to_train_batch,
     truncated_flags,
 )
+from selfplay.runtime.workers.rows import rows_table
 from selfplay.tasks.base import Sampling
 from selfplay.types import Prompts, SamplerVersion, Samples, Version
 
@@ -95,14 +95,20 @@ class RolloutActor:
 @ray.remote
 class JudgeActor:
     def __init__(
-        self, judge_fn, policy: JudgePolicy = JudgePolicy(), truncated: str = "lose"
+        self,
+        judge_fn,
+        policy: JudgePolicy = JudgePolicy(),
+        truncated: str = "lose",
+        rows: bool = False,
     ) -> None:
         """judge_fn: zero-arg callable building the judge inside this process;
-        truncated: "lose" | "keep", the rule for truncated responses (`estimate_g`)."""
+        truncated: "lose" | "keep", the rule for truncated responses (`estimate_g`);
+        rows: also return the chunk's rollout rows (`rows.rows_table`)."""
         _one_thread()
         self.judge = judge_fn()
         self.policy = policy
         self.truncated = truncated
+        self.rows = rows
 
     def ready(self) -> bool:
         return True
@@ -131,7 +137,16 @@ class JudgeActor:
             judge_retries=est.judge_retries,
             opponent_lengths=_cat([np.asarray(o.lengths, dtype=np.int64) for o in opponents]),
             opponent_truncated=_cat([truncated_flags(o) for o in opponents], bool),
+            rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
+
+    @staticmethod
+    def _rows(samples: Samples, g: np.ndarray, opponents: tuple[Samples, ...]):
+        import pyarrow as pa
+
+        parts = [rows_table(samples, g, "trained")]
+        parts += [rows_table(o, None, "opponent") for o in opponents]
+        return pa.concat_tables(parts)
 
 
 def _cat(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
@@ -164,8 +179,9 @@ class BatchInfo:
 
 
 @ray.remote(num_cpus=0)
-def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo]:
-    """Concatenate judged chunks (call with `.options(num_returns=2)`).
+def assemble(pad_id: int | None, *chunks: Judged):
+    """Concatenate judged chunks into (TrainBatch, BatchInfo, rollout rows or None);
+    call with `.options(num_returns=3)`.
 
     rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
     """
@@ -185,7 +201,12 @@ def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo
         opponent_lengths=_cat([_or_empty(c.opponent_lengths, np.int64) for c in chunks]),
         opponent_truncated=_cat([_or_empty(c.opponent_truncated, bool) for c in chunks], bool),
     )
-    return batch, info
+    tables = [c.rows for c in chunks if c.rows is not None]
+    if tables:
+        import pyarrow as pa
+
+        return batch, info, pa.concat_tables(tables)
+    return batch, info, None
 
 
 def _or_empty(a: np.ndarray | None, dtype) -> np.ndarray:

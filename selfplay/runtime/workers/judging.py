@@ -113,6 +113,7 @@ class Judged:
     judge_retries: int = 0
     opponent_lengths: np.ndarray | None = None
     opponent_truncated: np.ndarray | None = None
+    rows: object = None  # pyarrow Table of the chunk's rollout rows, when asked for
 
 
 def truncated_flags(samples: Samples) -> np.ndarray:
