@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_resume import K, P, QUICKSTART, SMALL, run
+from test_resume import QUICKSTART, SMALL, K, P, run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfplay.tasks.token_game import PROMPT
