@@ -172,6 +172,11 @@ class Tracker:
         with _guard(self.uri):
             self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
 
+    def log_table(self, data: Mapping[str, list], artifact_file: str) -> None:
+        """A table (column -> values) MLflow shows in its UI (`mlflow.log_table`)."""
+        with _guard(self.uri):
+            self._mlflow.log_table(data=dict(data), artifact_file=artifact_file)
+
     def log_dict(self, d: Mapping[str, Any], name: str) -> None:
         with _guard(self.uri):
             self._mlflow.log_dict(dict(d), name)

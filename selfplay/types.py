@@ -101,7 +101,8 @@ class Samples:
     logprobs:  [N, T] float32 sampler log-probs of each token (0 on padding).
     texts:     decoded responses (what judges see), without EOS or stop string.
     truncated: [N] bool, the response reached max_new_tokens without EOS or a stop
-               string (judged on the completion only); None: not recorded.
+               string (judged on the completion only; never when the allowed tokens
+               hold no EOS: a fixed-length response); None: not recorded (finished).
     version:   the version (or mixture) that sampled every row.
     prompt_tokens: the prompt token ids the sampler saw, one list per prompt
                (set by the rollout worker; the learner rebuilds inputs from them).

@@ -125,7 +125,10 @@ class Algorithm:
     resolve: Callable[[Hyper], Hyper] = lambda h: h
 
 
-def check_n(n: int) -> int:
+def check_n(n: int | None) -> int | None:
+    """n, the number of distinct responses; None: an open response space (text)."""
+    if n is None:
+        return None
     if int(n) < 2:
         raise InputError(f"a game needs at least 2 actions, got n={n}")
     return int(n)

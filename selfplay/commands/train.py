@@ -55,12 +55,12 @@ def train(
         cfg, ckpt = check_resume(
             cfg, overrides, resume, warn=lambda m: click.echo(f"warning: {m}", err=True)
         )
-    _preflight(cfg, new_run=resume is None)
+    bound = _preflight(cfg, new_run=resume is None)
     from selfplay.runtime.driver.rundir import Stopped
     from selfplay.runtime.driver.trainer import train as run_train
 
     try:
-        result = run_train(cfg, progress=not no_progress, resume=ckpt)
+        result = run_train(cfg, progress=not no_progress, resume=ckpt, bound=bound)
     except Stopped as e:  # SIGTERM/SIGINT: one line, exit 128 + signal (143, 130)
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -69,14 +69,20 @@ def train(
         click.echo(dumps(result.summary))
 
 
-def _preflight(cfg, *, new_run: bool) -> None:
+def _preflight(cfg, *, new_run: bool):
     """What can fail before the run starts fails here, in one line: before Ray starts,
-    before the run dir is created, before any actor is placed."""
+    before the run dir is created, before any actor is placed. Last, the task is bound
+    to the policy's tokenizer (its data loaded and checked); the bound task is returned
+    for the run, so the data is read once."""
     from selfplay.errors import InputError
     from selfplay.outputs import check_writable_dir
 
     if new_run:
         check_writable_dir(cfg.output_dir, "output_dir")
+    if cfg.judge.kind in ("reward", "pairwise", "llm"):  # before Ray: the judge model loads
+        from selfplay.judges.factory import check_judge_spec, model_judge_spec
+
+        check_judge_spec(model_judge_spec(cfg.judge))
     local = not cfg.runtime.address  # the in-process cluster: its actors run on this machine
     if local and os.environ.get("RAY_ADDRESS"):
         # ray.init would join that cluster and refuse runtime.num_cpus with a traceback.
@@ -109,6 +115,9 @@ def _preflight(cfg, *, new_run: bool) -> None:
                 raise InputError(
                     f"runtime.address=auto: {e}; start one with `ray start --head`"
                 ) from None
+    from selfplay.runtime.driver.build import bind_task  # imports no Ray
+
+    return bind_task(cfg)
 
 
 def _auto_address() -> str:

@@ -10,6 +10,16 @@ written in the second form because float subtraction is exactly antisymmetric
 (fl(x − y) = −fl(y − x)), so the identity holds to one rounding of the final
 add. Rows with identical responses get exactly ½ (a response ties itself), by
 definition rather than by trusting two forward passes to agree bit for bit.
+
+Prompts. A judge gets the RAW prompt (`RawPrompt`: a string, or a list of
+{role, content} messages) and the response text, and renders them itself with its
+own tokenizer and chat template (which may differ from the policy's):
+
+- `as_messages`: a string is one user message; a message list is used as given.
+- `prompt_text`: the plain text of a prompt for a judge template's {prompt}: a
+  string, or the content of a single user message, as is; otherwise one
+  "role: content" line per message.
+- `prompt_key`: a hashable, sortable form of a prompt (for deduplication).
 """
 
 from __future__ import annotations
@@ -20,17 +30,73 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-RawJudge = Callable[[list[str], list[str], list[str]], np.ndarray]
+from selfplay.errors import InputError
+from selfplay.types import RawPrompt
+
+RawJudge = Callable[[list[RawPrompt], list[str], list[str]], np.ndarray]
 
 
 @runtime_checkable
 class Judge(Protocol):
-    def prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
+    def prob(self, prompts: list[RawPrompt], a: list[str], b: list[str]) -> np.ndarray:
         """[N] float64 in [0, 1]: P(a_i ≻ b_i | prompts_i)."""
         ...
 
 
-def check_batch(prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> int:
+def as_messages(prompt: RawPrompt) -> list[dict[str, str]]:
+    """The prompt as chat messages: a string is one user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    msgs = list(prompt)
+    for m in msgs:
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            raise ValueError(f"a prompt message must be {{role: str, content: str}}, got {m!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def prompt_text(prompt: RawPrompt) -> str:
+    """Plain text of a prompt (a judge template's {prompt}); see the module docstring."""
+    if isinstance(prompt, str):
+        return prompt
+    msgs = as_messages(prompt)
+    if len(msgs) == 1 and msgs[0]["role"] == "user":
+        return msgs[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+
+
+def prompt_key(prompt: RawPrompt) -> tuple:
+    """Hashable and totally ordered: (0, text) for a string, (1, ((role, content), ...))."""
+    if isinstance(prompt, str):
+        return (0, prompt)
+    return (1, tuple((m["role"], m["content"]) for m in as_messages(prompt)))
+
+
+TEMPLATE_FIELDS = ("prompt", "a", "b")
+
+
+def check_template(template: str) -> None:
+    """InputError unless `template` formats with exactly {prompt}, {a} and {b} (each
+    of {a}, {b} at least once; literal braces doubled)."""
+    import string
+
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise InputError(f"judge.template: cannot be formatted ({e})") from None
+    bad = sorted(names - set(TEMPLATE_FIELDS))
+    if bad:
+        raise InputError(
+            f"judge.template: unknown field {{{bad[0]}}}; use {{prompt}}, {{a}}, {{b}}"
+        )
+    if not {"a", "b"} <= names:
+        raise InputError("judge.template must contain both {a} and {b}")
+
+
+def check_batch(prompts: Sequence[RawPrompt], a: Sequence[str], b: Sequence[str]) -> int:
     if not len(prompts) == len(a) == len(b):
         raise ValueError(
             f"judge batch lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b"
@@ -47,7 +113,7 @@ def symmetrized(raw: RawJudge) -> RawJudge:
     ~1e-7 (matmul shapes change), which is noise, not bias.
     """
 
-    def prob(prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
+    def prob(prompts: list[RawPrompt], a: list[str], b: list[str]) -> np.ndarray:
         n = check_batch(prompts, a, b)
         if n == 0:
             return np.zeros(0, dtype=np.float64)
@@ -96,15 +162,17 @@ def encode_right_padded(
     return ids.to(device), attn.to(device), lengths.to(device)
 
 
-def conversation_text(tokenizer, prompt: str, response: str) -> tuple[str, bool]:
+def conversation_text(tokenizer, prompt: RawPrompt, response: str) -> tuple[str, bool]:
     """(text, add_special_tokens) of a prompt–response pair for a reward model.
 
-    With a chat template: a user turn and an assistant turn (the template adds its
-    own specials). Without: the formatted prompt, a newline, then the response.
+    With a chat template: the prompt's messages then an assistant turn, through the
+    judge's own template (which adds its own specials). Without: the prompt (a string
+    through `format_prompt`, a message list as `prompt_text`), a newline, the response.
     """
     from selfplay.models.load import format_prompt  # transformers only when a model judge runs
 
     if getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        msgs = [*as_messages(prompt), {"role": "assistant", "content": response}]
         return tokenizer.apply_chat_template(msgs, tokenize=False), False
-    return f"{format_prompt(tokenizer, prompt)}\n{response}", True
+    head = format_prompt(tokenizer, prompt) if isinstance(prompt, str) else prompt_text(prompt)
+    return f"{head}\n{response}", True

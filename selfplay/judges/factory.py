@@ -3,6 +3,14 @@
 Judge kinds are looked up in `JUDGE_KINDS`, an explicit table of selfplay's own
 judges; a kind name is never imported by string. Model judges load their
 weights through `selfplay.models.load` (safetensors only, no remote code).
+
+`model_judge_spec(judge)` is the spec of a model judge from the `judge` config
+section (a text task's `judge_spec`). `check_judge_spec(spec)` checks a model
+judge on the driver, before any actor or run dir exists (the judge itself loads
+inside a Ray actor, where a bad model would only surface as a dead actor): the
+directory exists and holds safetensors, its config loads without remote code, a
+reward / pairwise model has one logit, the template formats, and an llm judge's
+answers are single tokens. It reads the config and tokenizer only, no weights.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ if TYPE_CHECKING:
     from selfplay.models.tiny import ModelSpec
 
 JudgeKind = Literal["game", "reward", "pairwise", "llm"]
+MODEL_KINDS = ("reward", "pairwise", "llm")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,71 @@ def _llm(spec: JudgeSpec) -> Judge:
     from selfplay.models.load import load_policy
 
     return LLMJudge(*load_policy(spec.model, dtype=spec.dtype, device=spec.device), **kw)
+
+
+def model_judge_spec(judge) -> JudgeSpec:
+    """The JudgeSpec of a model judge from a `JudgeConfig` (kind, model, batch_size, template)."""
+    if judge.kind not in MODEL_KINDS:
+        raise InputError(
+            f"judge.kind={judge.kind} is not a model judge; expected one of {MODEL_KINDS}"
+        )
+    return JudgeSpec(
+        kind=judge.kind, batch_size=judge.batch_size, model=judge.model, template=judge.template
+    )
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub name: absolute, ./ ../ ~, or its first part exists here."""
+    from pathlib import Path
+
+    first = Path(name).parts[0] if Path(name).parts else name
+    return name.startswith(("/", ".", "~")) or (len(Path(name).parts) > 1 and Path(first).exists())
+
+
+def check_judge_spec(spec: JudgeSpec) -> None:
+    """One-line InputError for a model judge that cannot load (see the module docstring)."""
+    if spec.kind not in MODEL_KINDS:
+        return
+    if spec.model is None:
+        raise InputError(f"judge.kind={spec.kind} needs judge.model (a directory or hub name)")
+    if spec.template is not None:
+        if spec.kind == "reward":
+            raise InputError("judge.template is for pairwise and llm judges, not judge.kind=reward")
+        from selfplay.judges.base import check_template
+
+        check_template(spec.template)
+    from selfplay.models.tiny import ModelSpec
+
+    if isinstance(spec.model, ModelSpec) or spec.model.startswith(ModelSpec.PREFIX):
+        return  # built in code
+    from pathlib import Path
+
+    from selfplay.models.load import check_safetensors_dir, load_tokenizer
+
+    name = spec.model
+    if not Path(name).exists() and _looks_local(name):
+        raise InputError(f"judge.model: no such directory: {name}")
+    check_safetensors_dir(name)
+    config = _model_config(name)
+    if spec.kind in ("reward", "pairwise") and config.num_labels != 1:
+        raise InputError(
+            f"judge model {name} has {config.num_labels} labels; "
+            f"a {spec.kind} judge needs exactly one logit"
+        )
+    if spec.kind == "llm":
+        from selfplay.judges.llm_judge import check_answers
+
+        check_answers(load_tokenizer(name))
+
+
+def _model_config(name: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        raise InputError(f"cannot load judge model {name!r}: {lines[0] if lines else e}") from None
 
 
 # The allow-list: every judge kind selfplay can build, and nothing else.

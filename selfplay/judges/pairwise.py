@@ -5,6 +5,7 @@ classifier reading "prompt [SEP] A: a [SEP] B: b" (Jiang et al. 2023, PairRM,
 which also scores both orders). Unlike a reward model, f can express
 intransitive preferences. The raw p is position-biased, so the judge returns
 the symmetrised P = ½ + ½·(p(a, b) − p(b, a)) (see `selfplay.judges.base`).
+A message-list prompt fills {prompt} as its plain text (`prompt_text`).
 
 Deviation from PairRM: PairRM is a DeBERTa cross-encoder with its own input
 format and a multi-logit head; we accept any one-logit HF classifier and a
@@ -16,7 +17,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selfplay.judges.base import batched, encode_right_padded, symmetrized
+from selfplay.judges.base import (
+    batched,
+    check_template,
+    encode_right_padded,
+    prompt_text,
+    symmetrized,
+)
+from selfplay.types import RawPrompt
 
 DEFAULT_TEMPLATE = "{prompt} [SEP] A: {a} [SEP] B: {b}"
 
@@ -35,14 +43,19 @@ class PairwiseJudge:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        check_template(template)
         self.template = template
         self.prob = symmetrized(self.raw)
 
-    def raw(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
-        """[N] σ(logit) for the order given (not symmetrised)."""
-        texts = [
-            self.template.format(prompt=p, a=x, b=y) for p, x, y in zip(prompts, a, b, strict=True)
+    def judge_texts(self, prompts: list[RawPrompt], a: list[str], b: list[str]) -> list[str]:
+        return [
+            self.template.format(prompt=prompt_text(p), a=x, b=y)
+            for p, x, y in zip(prompts, a, b, strict=True)
         ]
+
+    def raw(self, prompts: list[RawPrompt], a: list[str], b: list[str]) -> np.ndarray:
+        """[N] σ(logit) for the order given (not symmetrised)."""
+        texts = self.judge_texts(prompts, a, b)
 
         def run(s: slice) -> np.ndarray:
             ids, attn, _ = encode_right_padded(

@@ -7,7 +7,8 @@ model of Christiano et al. 2017). r is the single logit of any HF
 σ(d) is computed as ½ + ½·tanh(d/2), which is odd about ½ exactly, and each
 distinct (prompt, response) is scored once, so identical responses get d = 0
 and P = ½ exactly. A BT judge is already symmetric; no second order is run.
-Unique keys are sorted, so prob(a, b) and prob(b, a) score identical batches.
+Unique keys are sorted, so prob(a, b) and prob(b, a) score identical batches
+(a message-list prompt is keyed by its canonical `prompt_key`).
 A BT model is transitive by construction: it cannot express A ≻ B ≻ C ≻ A.
 """
 
@@ -21,7 +22,9 @@ from selfplay.judges.base import (
     check_batch,
     conversation_text,
     encode_right_padded,
+    prompt_key,
 )
+from selfplay.types import RawPrompt
 
 
 class RewardJudge:
@@ -31,7 +34,7 @@ class RewardJudge:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
-    def rewards(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+    def rewards(self, prompts: list[RawPrompt], responses: list[str]) -> np.ndarray:
         """[N] float64 r(prompt_i, response_i), in batches of batch_size."""
         pairs = [
             conversation_text(self.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)
@@ -51,14 +54,16 @@ class RewardJudge:
 
         return batched(run, len(pairs), self.batch_size)
 
-    def prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
+    def prob(self, prompts: list[RawPrompt], a: list[str], b: list[str]) -> np.ndarray:
         n = check_batch(prompts, a, b)
         # Sorted unique keys: prob(a, b) and prob(b, a) score the very same batches,
         # so their rewards, and hence their P, mirror each other exactly.
-        keys = sorted(set(zip(prompts, a, strict=True)) | set(zip(prompts, b, strict=True)))
+        pk = [prompt_key(p) for p in prompts]
+        raw = dict(zip(pk, prompts, strict=True))  # key -> the prompt as given
+        keys = sorted(set(zip(pk, a, strict=True)) | set(zip(pk, b, strict=True)))
         index = {key: i for i, key in enumerate(keys)}
-        r = self.rewards([p for p, _ in keys], [y for _, y in keys])
-        ia = np.array([index[k] for k in zip(prompts, a, strict=True)], dtype=np.int64)
-        ib = np.array([index[k] for k in zip(prompts, b, strict=True)], dtype=np.int64)
+        r = self.rewards([raw[p] for p, _ in keys], [y for _, y in keys])
+        ia = np.array([index[k] for k in zip(pk, a, strict=True)], dtype=np.int64)
+        ib = np.array([index[k] for k in zip(pk, b, strict=True)], dtype=np.int64)
         d = r[ia] - r[ib] if n else np.zeros(0)
         return 0.5 + 0.5 * np.tanh(0.5 * d)

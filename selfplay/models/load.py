@@ -8,11 +8,14 @@ never from pickle `.bin` checkpoints, and `trust_remote_code=False` is passed
 explicitly, so loading a model runs no code that ships with it. A local
 directory without a `*.safetensors` file is refused before transformers sees it.
 
-Prompt encoding follows the HF convention: when the tokenizer has a chat
-template, the prompt is rendered as one user turn with the generation prompt,
-and the rendered text is tokenized without adding special tokens again (the
-template carries its own <bos>); otherwise the raw text is tokenized with the
-tokenizer's own special tokens.
+Prompt rendering, the one rule (`render_prompt`): a message list, or a string
+the caller asks to wrap as one user turn, goes through the tokenizer's chat
+template with the generation prompt, and the rendered text is tokenized without
+adding special tokens again (the template carries its own <bos>); a string not
+wrapped is used as is and tokenized with the tokenizer's own special tokens.
+Messages without a chat template are an `InputError`. `format_prompt` and
+`encode_prompts` (the games, and any prompt a task did not render) wrap a string
+exactly when the tokenizer has a chat template, the HF convention.
 """
 
 from __future__ import annotations
@@ -123,25 +126,49 @@ def load_classifier(
     return _finish(model, tok, dtype, device)
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
-    """One user turn through the chat template with the generation prompt; raw text without one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt, *, wrap: bool) -> tuple[str, bool]:
+    """(rendered text, templated) of a raw prompt: a string or a list of {role, content}.
+
+    Messages, and a string with `wrap`, go through the chat template with the
+    generation prompt (templated: True); a string without `wrap` is returned as is.
+    InputError when the template is needed and the tokenizer has none.
+    """
+    if isinstance(prompt, str) and not wrap:
+        return prompt, False
+    if not has_chat_template(tokenizer):
+        what = "a string prompt wrapped as a user turn" if isinstance(prompt, str) else "messages"
+        raise InputError(
+            f"{what} need the tokenizer's chat template, and {_tokenizer_name(tokenizer)} has none"
         )
-    return text
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return text, True
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids of each formatted prompt (never empty: an empty prompt becomes <bos>/<eos>)."""
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    out = []
-    for text in texts:
-        ids = tokenizer(format_prompt(tokenizer, text), add_special_tokens=not templated)[
-            "input_ids"
-        ]
-        if not ids:
-            start = tokenizer.bos_token_id
-            ids = [start if start is not None else tokenizer.eos_token_id]
-        out.append(list(ids))
-    return out
+def _tokenizer_name(tokenizer) -> str:
+    return repr(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def encode_rendered(tokenizer: PreTrainedTokenizerBase, text: str, templated: bool) -> list[int]:
+    """Token ids of a rendered prompt (never empty: an empty prompt becomes <bos>/<eos>)."""
+    ids = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    if not ids:
+        start = tokenizer.bos_token_id
+        ids = [start if start is not None else tokenizer.eos_token_id]
+    return ids
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, text) -> str:
+    """The prompt rendered by the HF convention: wrapped as a user turn when the
+    tokenizer has a chat template, raw text without one."""
+    return render_prompt(tokenizer, text, wrap=has_chat_template(tokenizer))[0]
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list) -> list[list[int]]:
+    """Token ids of each prompt rendered by `format_prompt`'s convention."""
+    wrap = has_chat_template(tokenizer)
+    return [encode_rendered(tokenizer, *render_prompt(tokenizer, t, wrap=wrap)) for t in texts]

@@ -9,11 +9,14 @@ Nash-MD needs two models' logits per token. At each step, for rows still running
 
     s(y)   = log_softmax(logits_v)(y)                                 one version v
     s(y)   = (1−λ)·log_softmax(logits_a)(y) + λ·log_softmax(logits_b)(y)   mixture
-    z(y)   = s(y) / T,  z(y) = −∞ for y ∉ allowed_token_ids
+    z      = s / T, then the allowed-token mask, top-k, top-p (`sampling_cuts`)
     log π_s(y) = log_softmax(z)(y);   y ~ π_s  (torch.multinomial, seeded Generator)
 
-and log π_s of the drawn token is returned. A row stops after it samples an
-eos id; later positions are padding (log-prob 0).
+and log π_s of the drawn token is returned (the cuts and their order are in
+`selfplay.rollout.base`). A row stops after it samples an eos id or once its
+decoded text holds a stop string (checked by decoding the row after every token,
+so a stop string spanning several tokens is found); later positions are padding
+(log-prob 0).
 
 Deviation (Nash-MD, Munos et al. 2023): the paper's π^μ ∝ π^{1−λ}·μ^{λ}
 is the geometric mixture of *sequence* distributions. We mix per token, which
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Sequence
 
 import torch
 from torch.func import functional_call
@@ -39,8 +43,12 @@ from selfplay.models.load import load_policy
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import (
     VersionNotLoaded,
+    can_end,
     check_generate_args,
     check_mixture,
+    cut_at_stop,
+    eos_ids,
+    first_stop,
     needed_versions,
     pack_samples,
     prompt_token_ids,
@@ -60,7 +68,7 @@ class HFBackend:
         self._tied = _tied_duplicates(own)
         self._weights: dict[Version, dict[str, torch.Tensor]] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(tokenizer, getattr(model, "generation_config", None))
         params = inspect.signature(model.forward).parameters
         self._keep_last = "logits_to_keep" in params
         # transformers >= 5.x renamed `past_key_values` to `cache` (the old name warns).
@@ -113,6 +121,9 @@ class HFBackend:
         temperature: float,
         seed: int,
         allowed_token_ids: list[int] | None = None,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Sequence[str] = (),
     ) -> Samples:
         check_generate_args(
             prompts,
@@ -121,6 +132,9 @@ class HFBackend:
             temperature=temperature,
             allowed_token_ids=allowed_token_ids,
             vocab_size=self.vocab_size,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
         )
         check_mixture(version)
         for v in needed_versions(version):
@@ -130,7 +144,7 @@ class HFBackend:
         prompt_tokens = prompt_token_ids(self.tokenizer, prompts)
         ids, attn = self._left_pad(prompt_tokens)
         with torch.inference_mode():
-            tokens, logprobs, lengths = self._sample_loop(
+            tokens, logprobs, lengths, finished = self._sample_loop(
                 version,
                 ids,
                 attn,
@@ -139,10 +153,15 @@ class HFBackend:
                 temperature=temperature,
                 allowed=allowed_token_ids,
                 seed=seed,
+                top_p=top_p,
+                top_k=top_k,
+                stop=tuple(stop),
             )
         tok_rows = [tokens[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         lp_rows = [logprobs[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
+        texts = [cut_at_stop(t, stop) for t in texts]
+        truncated = ~finished if can_end(self.eos_ids, allowed_token_ids, stop) else None
         meta = {"gen_s": time.perf_counter() - t0, "new_tokens": float(lengths.sum())}
         return pack_samples(
             prompts,
@@ -155,6 +174,7 @@ class HFBackend:
             pad_id=self.pad_id,
             meta=meta,
             prompt_tokens=prompt_tokens,
+            truncated=[False] * len(tok_rows) if truncated is None else truncated.tolist(),
         )
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +220,14 @@ class HFBackend:
         temperature: float,
         allowed: list[int] | None,
         seed: int,
+        top_p: float,
+        top_k: int,
+        stop: tuple[str, ...],
     ):
-        """K samples for each of the prompt rows `ids`; rows out are prompt-major."""
+        """K samples for each of the prompt rows `ids`; rows out are prompt-major.
+
+        Returns (tokens, logprobs, lengths, finished): finished[i] is True when row i
+        ended with an eos id or a stop string."""
         n = ids.shape[0] * k
         gen = torch.Generator(device=self.device).manual_seed(seed)
         caches = [DynamicCache() for _ in needed_versions(version)]
@@ -226,34 +252,46 @@ class HFBackend:
             z = scores / temperature
             if mask is not None:
                 z = z + mask
-            logp = torch.log_softmax(z, dim=-1)
+            logp = torch.log_softmax(sampling_cuts(z, top_k=top_k, top_p=top_p), dim=-1)
             nxt = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
             live = ~done
             tokens[live, t] = nxt[live]
             logprobs[live, t] = logp.gather(-1, nxt[:, None]).squeeze(-1)[live]
             lengths += live.long()
             done |= torch.isin(nxt, eos) & live
+            if stop:
+                done |= self._stopped(tokens[:, : t + 1], ~done, stop)
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
             attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=self.device)], 1)
             pos = pos[:, -1:] + 1
             scores = self._scores(version, tokens[:, t : t + 1], attn, pos, caches)
-        return tokens.cpu(), logprobs.cpu(), lengths.cpu()
+        return tokens.cpu(), logprobs.cpu(), lengths.cpu(), done.cpu()
+
+    def _stopped(self, tokens, rows, stop: tuple[str, ...]) -> torch.Tensor:
+        """[N] bool: the rows `rows` whose decoded text so far holds a stop string."""
+        out = torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+        for i in torch.nonzero(rows).flatten().tolist():
+            text = self.tokenizer.decode(tokens[i].tolist(), skip_special_tokens=True)
+            out[i] = first_stop(text, stop) >= 0
+        return out
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for src in (
-        tokenizer.eos_token_id,
-        getattr(model.generation_config, "eos_token_id", None)
-        if getattr(model, "generation_config", None) is not None
-        else None,
-    ):
-        if isinstance(src, int):
-            ids.add(src)
-        elif src:
-            ids.update(int(x) for x in src)
-    return ids
+def sampling_cuts(z: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tensor:
+    """z [N, V] (temperature-scaled, masked scores) with top-k, then top-p, set to −∞.
+
+    top-k keeps the scores >= the k-th largest (ties kept); top-p keeps the most
+    probable tokens of softmax(z), in order, while the mass before them is < top_p.
+    """
+    if 0 < top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        probs, order = torch.sort(torch.softmax(z, dim=-1), dim=-1, descending=True)
+        before = probs.cumsum(-1) - probs
+        drop = torch.zeros_like(z, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
 
 
 def _tied_duplicates(state_dict: dict[str, torch.Tensor]) -> set[str]:

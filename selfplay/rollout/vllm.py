@@ -7,9 +7,17 @@ out) through `LLM.collective_rpc` (vLLM ≥ 0.8, V1 engine), falling back to the
 V0 path `llm_engine.model_executor.driver_worker.model_runner.model`; the
 prefix cache is then reset so no KV block of the old weights is reused.
 
+Generation settings map one to one onto `vllm.SamplingParams` (a thin mapping:
+this backend cannot run without a GPU, so the hf backend is the one tested on
+CPU): temperature, top_p, top_k (0 here is vLLM's −1, off), max_tokens, stop
+(`include_stop_str_in_output=False`), allowed_token_ids, and stop_token_ids = the
+eos ids of `selfplay.rollout.base.eos_ids` (tokenizer + generation config).
 Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, i.e. the
-log-probs of the distribution actually sampled from (after temperature and the
-allowed-token mask), as the hf backend returns.
+log-probs of the distribution actually sampled from (vLLM V1 takes them after
+the allowed-token mask, temperature, top-k and top-p, the order of the hf
+backend). Token ids are vLLM's (up to and including the token that completed a
+stop string, or the eos); the text is decoded from them and cut before the first
+stop string, as in the hf backend. truncated = `finish_reason == "length"`.
 
 Not supported here: mixture sampling (Nash-MD needs two models' logits per
 token; use the hf backend). Prompt i is seeded with `seed + i` so prompts do
@@ -21,6 +29,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 
 from selfplay.errors import InputError
 from selfplay.models.load import load_policy
@@ -28,7 +37,10 @@ from selfplay.models.tiny import ModelSpec
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import (
     VersionNotLoaded,
+    can_end,
     check_generate_args,
+    cut_at_stop,
+    eos_ids,
     pack_samples,
     prompt_token_ids,
 )
@@ -60,6 +72,7 @@ class VLLMBackend:
         self.llm = vllm.LLM(model=model, dtype=dtype, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
+        self.eos_ids = eos_ids(self.tokenizer, _generation_config(model))
         self._weights: dict[Version, FlatWeights] = {}
         self._active: Version | None = None
 
@@ -106,6 +119,9 @@ class VLLMBackend:
         temperature: float,
         seed: int,
         allowed_token_ids: list[int] | None = None,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: Sequence[str] = (),
     ) -> Samples:
         if isinstance(version, MixtureVersion):
             raise InputError("mixture sampling (Nash-MD) needs the hf rollout backend")
@@ -116,6 +132,9 @@ class VLLMBackend:
             temperature=temperature,
             allowed_token_ids=allowed_token_ids,
             vocab_size=self.vocab_size,
+            top_p=top_p,
+            top_k=top_k,
+            stop=stop,
         )
         if version not in self._weights:
             raise VersionNotLoaded(f"version {version} is not loaded on this worker")
@@ -130,19 +149,28 @@ class VLLMBackend:
                 seed=seed + i,
                 logprobs=0,
                 allowed_token_ids=allowed_token_ids,
+                top_p=top_p,
+                top_k=top_k if top_k > 0 else -1,
+                stop=list(stop) or None,
+                include_stop_str_in_output=False,
+                stop_token_ids=sorted(self.eos_ids),
             )
             for i in range(len(ids))
         ]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
-        tok_rows, lp_rows = [], []
+        tok_rows, lp_rows, truncated = [], [], []
         for out in outs:
             for comp in out.outputs:
                 toks = list(comp.token_ids)
                 tok_rows.append(toks)
+                truncated.append(comp.finish_reason == "length")
                 lp_rows.append(
                     [step[t].logprob for t, step in zip(toks, comp.logprobs, strict=True)]
                 )
         texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
+        texts = [cut_at_stop(t, stop) for t in texts]
+        if not can_end(self.eos_ids, allowed_token_ids, stop):
+            truncated = [False] * len(tok_rows)  # fixed-length responses (the token game)
         meta = {
             "gen_s": time.perf_counter() - t0,
             "new_tokens": float(sum(len(t) for t in tok_rows)),
@@ -158,4 +186,15 @@ class VLLMBackend:
             pad_id=self.tokenizer.pad_token_id or 0,
             meta=meta,
             prompt_tokens=ids,
+            truncated=truncated,
         )
+
+
+def _generation_config(model: str):
+    """The model directory's generation config (its eos ids), or None."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None

@@ -2,7 +2,7 @@
 
 Each setting is handed once to the component that uses it: rollout workers get
 their `Sampling` at construction, learners their `LearnerSettings`, judges their
-`JudgeSpec` and failure policy, the controller the plan and the batch shape. The
+`JudgeSpec`, failure policy and truncation rule (`rollout.truncated`), the controller the plan and the batch shape. The
 task (`selfplay.tasks`) is the only source of problem-specific pieces.
 """
 
@@ -111,15 +111,18 @@ class RunResult:
     text: str = ""  # the human-readable summary `selfplay train` prints
 
 
-def make_judge_server(spec, j):
+def make_judge_server(spec, j, truncated: str = "lose", rows: bool = False):
     """One `JudgeActor` (a preference server) for the task's judge `spec`, on `j`'s
-    (JudgeConfig) resources."""
+    (JudgeConfig) resources; `truncated`: the rollout section's rule for truncated
+    responses; `rows`: build the rollout rows (RUN_DIR/rollouts, MLflow's table)."""
     from selfplay.runtime.workers.actors import JudgeActor
     from selfplay.runtime.workers.judging import JudgePolicy
 
     return JudgeActor.options(num_cpus=j.num_cpus).remote(
         functools.partial(_build_judge, spec),
         JudgePolicy(retries=j.retries, timeout_s=j.timeout_s, on_failure=j.on_failure),
+        truncated,
+        rows,
     )
 
 
@@ -142,21 +145,43 @@ class Run:
         return float(self.hyper.beta) if self.algo.objective == "regularized" else 0.0
 
 
-def build(cfg: Config, workers: int | None = None) -> Run:
-    """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
-    resumed run restores its own."""
-    from selfplay.runtime.cluster import check_run_resources
-    from selfplay.runtime.driver.controller import Controller, ControllerSettings
-    from selfplay.runtime.learner.group import LearnerGroup
-    from selfplay.runtime.learner.learner import LearnerSettings
-    from selfplay.runtime.workers.pool import RolloutPool
+@dataclass
+class Bound:
+    """The task bound to the policy's tokenizer (`Task.bind`), with the policy's model."""
+
+    task: object  # Task
+    spec: object  # ModelSpec or a model name
+    tokenizer: object
+
+
+def bind_task(cfg: Config) -> Bound:
+    """Make the task and bind it to the policy's tokenizer: where the task's bad input
+    (its data, its prompts) fails, in one line. No Ray needed, nothing written."""
     from selfplay.tasks import make_task
 
     task = make_task(cfg.task)
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
     task.bind(tok)
+    return Bound(task, spec, tok)
+
+
+def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -> Run:
+    """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
+    resumed run restores its own; `bound`: the task `bind_task` already bound (the CLI
+    binds it before Ray starts), else it is bound here."""
+    from selfplay.judges.factory import check_judge_spec
+    from selfplay.runtime.cluster import check_run_resources
+    from selfplay.runtime.driver.controller import Controller, ControllerSettings
+    from selfplay.runtime.learner.group import LearnerGroup
+    from selfplay.runtime.learner.learner import LearnerSettings
+    from selfplay.runtime.workers.pool import RolloutPool
+
+    bound = bound or bind_task(cfg)
+    task, spec, tok = bound.task, bound.spec, bound.tokenizer
     sampling = task.sampling(tok, cfg.rollout)
+    judge_spec = task.judge_spec(cfg.judge)
+    check_judge_spec(judge_spec)  # on the driver: a bad judge model is one line, not a dead actor
     algo, hyper = _hyper(cfg, task.n)
     for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once
         print(note, file=sys.stderr)
@@ -166,7 +191,8 @@ def build(cfg: Config, workers: int | None = None) -> Run:
     scaler = _autoscaler(r)
     check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
-    make_judge = functools.partial(make_judge_server, task.judge_spec(j), j)
+    rows = r.save == "every" or cfg.tracking.enabled
+    make_judge = functools.partial(make_judge_server, judge_spec, j, r.truncated, rows)
     judges = [make_judge() for _ in range(j.servers)]
     build_policy = functools.partial(_build_model, spec, cfg.model.dtype)
     learners = LearnerGroup(

@@ -73,6 +73,7 @@ class Pending:
     weights: list[float]  # opponent weights
     batch_ref: object = None
     info_ref: object = None
+    rows_ref: object = None  # its rollout rows (a pyarrow Table), or None
     workers: int = 0  # size of the rollout pool that sampled it
     reissues: int = 0
 
@@ -94,6 +95,7 @@ class PhaseRecord:
     batch: object = None  # BatchInfo: generation/judging seconds and token counts
     workers: int = 0  # size of the rollout pool that sampled this batch
     reissues: int = 0  # times the batch was sampled again after an actor died
+    rows_ref: object = None  # the batch's rollout rows (pyarrow Table ref), or None
 
 
 @dataclass
@@ -216,7 +218,9 @@ class Controller:
             ]
             judge = self.judges[c % len(self.judges)]
             judged.append(judge.judge_chunk.remote(smp, pend.weights, *opp_refs))
-        pend.batch_ref, pend.info_ref = assemble.options(num_returns=2).remote(s.pad_id, *judged)
+        pend.batch_ref, pend.info_ref, pend.rows_ref = assemble.options(num_returns=3).remote(
+            s.pad_id, *judged
+        )
         pend.workers = len(pool.workers)
 
     def collect(self, pend: Pending):
@@ -311,6 +315,7 @@ class Controller:
             info,
             workers=pend.workers,
             reissues=pend.reissues,
+            rows_ref=pend.rows_ref,
         )
         self.records.append(rec)
         return rec

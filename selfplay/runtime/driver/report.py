@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def step_metrics(step: int, recs, elapsed: float) -> dict:
     """One step's training metrics from its phases' `PhaseRecord`s."""
@@ -44,11 +46,34 @@ def step_metrics(step: int, recs, elapsed: float) -> dict:
     out["judge_masked_rows"] = sum(r.batch.masked_rows for r in recs)
     out["judge_retries"] = sum(r.batch.judge_retries for r in recs)
     out["batches_reissued"] = sum(r.reissues for r in recs)
+    # Response lengths and truncation (max_new_tokens without eos or a stop string),
+    # of the sampled (trained-side) responses and of the opponents' responses.
+    for side, name in (("", "response"), ("opponent_", "opponent")):
+        lengths = _cat([getattr(r.batch, f"{side}lengths") for r in recs])
+        trunc = _cat([getattr(r.batch, f"{side}truncated") for r in recs])
+        out |= length_stats(name, lengths, trunc)
     if len(recs) > 1:  # multi-phase plans (Nash-MP, EGPO): one loss/KL per phase
         for r in recs:
             out[f"loss_{r.output.role}"] = r.metrics.loss
             out[f"kl_anchor_{r.output.role}"] = r.metrics.kl_anchor
     return out
+
+
+def _cat(parts) -> np.ndarray:
+    parts = [np.asarray(p) for p in parts if p is not None]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def length_stats(name: str, lengths: np.ndarray, truncated: np.ndarray) -> dict:
+    """{name}_truncated_fraction, {name}_length_mean and _p90 (numpy's linear
+    percentile), in tokens; None when there are no responses (a batch restored from
+    a checkpoint written before these were recorded)."""
+    n = len(lengths)
+    return {
+        f"{name}_truncated_fraction": float(np.mean(truncated)) if len(truncated) else None,
+        f"{name}_length_mean": float(np.mean(lengths)) if n else None,
+        f"{name}_length_p90": float(np.percentile(lengths, 90)) if n else None,
+    }
 
 
 def summarize(cfg, run, history: list[dict], seconds: float, run_dir: Path) -> dict:

@@ -200,9 +200,30 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
             **{f"batch.{k}": v for k, v in bt.items()},
             **{f"info.{k}": v for k, v in it.items()},
         }
+        if p.rows_ref is not None:  # its rollout rows, so a resumed run still writes them
+            files[f"queue-{i}"][ROWS_KEY] = table_to_array(ray.get(p.rows_ref))
         meta["queue"].append({**_pending_json(p), "batch": bm, "info": im})
     files["rng"], meta["rng"] = rng_state()
     return meta, files
+
+
+ROWS_KEY = "rows.arrow"
+
+
+def table_to_array(table) -> np.ndarray:
+    """A pyarrow Table as uint8 bytes (Arrow IPC stream), storable in the checkpoint."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8).copy()
+
+
+def array_to_table(a: np.ndarray):
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(np.ascontiguousarray(a).tobytes())).read_all()
 
 
 # ------------------------------------------------------------------ restore
@@ -269,6 +290,7 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
                 [float(w) for w in q["weights"]],
                 batch_ref=ray.put(batch),
                 info_ref=ray.put(info),
+                rows_ref=ray.put(array_to_table(f[ROWS_KEY])) if ROWS_KEY in f else None,
                 workers=q["workers"],
             )
         )

@@ -21,7 +21,7 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
-from selfplay.runtime.driver.export import export_policy
+from selfplay.runtime.driver.export import completions_table, export_policy, write_rollouts
 from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
 from selfplay.runtime.driver.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.driver.rundir import (
@@ -32,11 +32,13 @@ from selfplay.runtime.driver.rundir import (
     stop_on_signals,
     write_config,
 )
+from selfplay.runtime.workers.rows import with_step
 
 
-def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
+def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> RunResult:
     """Run `cfg`; with `resume` (a `Checkpoint` from `resume.check_resume`) continue
-    that run in its own run dir from the checkpoint's step.
+    that run in its own run dir from the checkpoint's step. `bound`: the task already
+    bound by `build.bind_task` (else `build` binds it).
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
     `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
@@ -45,17 +47,17 @@ def train(cfg: Config, *, progress: bool = True, resume=None) -> RunResult:
     if own_cluster:
         reap_cluster_with_driver()
     with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
-        return _train(cfg, progress, resume, stop)
+        return _train(cfg, progress, resume, stop, bound)
 
 
-def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
+def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
     from tqdm import tqdm
 
     done = 0 if resume is None else int(resume.step)
     workers = None
     if resume is not None and cfg.rollout.workers == resume.meta["config"]["rollout"]["workers"]:
         workers = resume.meta["controller"]["workers"]  # the pool as `selfplay scale` left it
-    run = build(cfg, workers=workers)
+    run = build(cfg, workers=workers, bound=bound)
     ctl, ev = run.controller, run.evaluator
     if resume is None:
         run_dir = create_run_dir(cfg)  # and lock it
@@ -109,6 +111,7 @@ def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
             )
             m = step_metrics(step + 1, recs, time.perf_counter() - t0) | evals
             history.append(m)
+            _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if tracker is not None:
                 tracker.log_metrics(
                     {k: v for k, v in m.items() if k != "step" and isinstance(v, float | int)},
@@ -174,6 +177,23 @@ def _train(cfg: Config, progress: bool, resume, stop) -> RunResult:
         records=ctl.records,
         text=format_summary(summary, ev),
     )
+
+
+def _rollouts(cfg: Config, run_dir: Path, step: int, recs, tracker) -> None:
+    """RUN_DIR/rollouts/step-N.parquet (rollout.save=every) and MLflow's completions
+    table of step N (the rows step N trained on, and their opponents)."""
+    refs = [r.rows_ref for r in recs if r.rows_ref is not None]
+    if not refs:
+        return
+    tables = [
+        with_step(t, step, r.output.role)
+        for r, t in zip([r for r in recs if r.rows_ref is not None], ray.get(refs), strict=True)
+        if t is not None
+    ]
+    if cfg.rollout.save == "every":
+        write_rollouts(tables, run_dir, step)
+    if tracker is not None and (table := completions_table(tables)) is not None:
+        tracker.log_table(table, f"completions/step-{step:06d}.json")
 
 
 def _stopped(stop, done: int, steps: int, run_dir: Path) -> None:

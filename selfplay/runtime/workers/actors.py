@@ -6,9 +6,12 @@
   a `Judged` chunk, so sampled tensors go worker → judge → learner without
   passing through the driver. Failed judge calls are retried, then raised or
   masked per its `JudgePolicy` (see `judging`); a raise reaches the driver as a
-  `RayTaskError` whose `.cause` is the one-line `RunError`.
+  `RayTaskError` whose `.cause` is the one-line `RunError`. It applies the
+  truncation rule (`rollout.truncated`, given at construction) and records the
+  opponents' lengths and truncation flags, which only it sees.
 - `assemble` is a Ray task concatenating judged chunks into one `TrainBatch`,
-  dropping rows the judge could not score, and summing the judging counts.
+  dropping rows the judge could not score, summing the judging counts and
+  gathering the response lengths and truncation flags for the step's logs.
 
 Both actors report their `pid()`, so fault-tolerance tests can kill them.
 
@@ -19,13 +22,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 
-from selfplay.runtime.learner.batch import TrainBatch
-from selfplay.runtime.workers.judging import Judged, JudgePolicy, estimate_g, to_train_batch
+from selfplay.runtime.workers.judging import (
+    Judged,
+    JudgePolicy,
+    estimate_g,
+    to_train_batch,
+    truncated_flags,
+)
+from selfplay.runtime.workers.rows import rows_table
 from selfplay.tasks.base import Sampling
 from selfplay.types import Prompts, SamplerVersion, Samples, Version
 
@@ -77,16 +86,29 @@ class RolloutActor:
             temperature=s.explore_temperature if explore else s.temperature,
             seed=seed,
             allowed_token_ids=None if s.allowed_token_ids is None else list(s.allowed_token_ids),
+            top_p=s.top_p,
+            top_k=s.top_k,
+            stop=list(s.stop),
         )
 
 
 @ray.remote
 class JudgeActor:
-    def __init__(self, judge_fn, policy: JudgePolicy = JudgePolicy()) -> None:
-        """judge_fn: zero-arg callable building the judge inside this process."""
+    def __init__(
+        self,
+        judge_fn,
+        policy: JudgePolicy = JudgePolicy(),
+        truncated: str = "lose",
+        rows: bool = False,
+    ) -> None:
+        """judge_fn: zero-arg callable building the judge inside this process;
+        truncated: "lose" | "keep", the rule for truncated responses (`estimate_g`);
+        rows: also return the chunk's rollout rows (`rows.rows_table`)."""
         _one_thread()
         self.judge = judge_fn()
         self.policy = policy
+        self.truncated = truncated
+        self.rows = rows
 
     def ready(self) -> bool:
         return True
@@ -98,7 +120,11 @@ class JudgeActor:
         """Raises RunError when a comparison keeps failing and policy.on_failure == "raise"."""
         t0 = time.perf_counter()
         est = estimate_g(
-            self.judge, samples, list(zip(opponents, weights, strict=True)), self.policy
+            self.judge,
+            samples,
+            list(zip(opponents, weights, strict=True)),
+            self.policy,
+            self.truncated,
         )
         return Judged(
             samples=samples,
@@ -109,7 +135,26 @@ class JudgeActor:
             masked_pairs=est.masked_pairs,
             masked_rows=est.masked_rows,
             judge_retries=est.judge_retries,
+            opponent_lengths=_cat([np.asarray(o.lengths, dtype=np.int64) for o in opponents]),
+            opponent_truncated=_cat([truncated_flags(o) for o in opponents], bool),
+            rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
+
+    @staticmethod
+    def _rows(samples: Samples, g: np.ndarray, opponents: tuple[Samples, ...]):
+        import pyarrow as pa
+
+        parts = [rows_table(samples, g, "trained")]
+        parts += [rows_table(o, None, "opponent") for o in opponents]
+        return pa.concat_tables(parts)
+
+
+def _cat(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def _empty(dtype):
+    return field(default_factory=lambda: np.zeros(0, dtype=dtype))
 
 
 @dataclass
@@ -125,11 +170,18 @@ class BatchInfo:
     masked_pairs: int = 0  # comparisons masked after the judge's retries
     masked_rows: int = 0  # rows dropped: no valid comparison against some source
     judge_retries: int = 0  # judge calls re-sent after a failure
+    # Per response, for the step's logs: the sampled (trained-side) rows, dropped
+    # rows included, and every opponent sample judged against.
+    lengths: np.ndarray = _empty(np.int64)
+    truncated: np.ndarray = _empty(bool)
+    opponent_lengths: np.ndarray = _empty(np.int64)
+    opponent_truncated: np.ndarray = _empty(bool)
 
 
 @ray.remote(num_cpus=0)
-def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo]:
-    """Concatenate judged chunks (call with `.options(num_returns=2)`).
+def assemble(pad_id: int | None, *chunks: Judged):
+    """Concatenate judged chunks into (TrainBatch, BatchInfo, rollout rows or None);
+    call with `.options(num_returns=3)`.
 
     rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
     """
@@ -144,5 +196,18 @@ def assemble(pad_id: int | None, *chunks: Judged) -> tuple[TrainBatch, BatchInfo
         masked_pairs=sum(c.masked_pairs for c in chunks),
         masked_rows=sum(c.masked_rows for c in chunks),
         judge_retries=sum(c.judge_retries for c in chunks),
+        lengths=_cat([np.asarray(c.samples.lengths) for c in chunks]),
+        truncated=_cat([truncated_flags(c.samples) for c in chunks], bool),
+        opponent_lengths=_cat([_or_empty(c.opponent_lengths, np.int64) for c in chunks]),
+        opponent_truncated=_cat([_or_empty(c.opponent_truncated, bool) for c in chunks], bool),
     )
-    return batch, info
+    tables = [c.rows for c in chunks if c.rows is not None]
+    if tables:
+        import pyarrow as pa
+
+        return batch, info, pa.concat_tables(tables)
+    return batch, info, None
+
+
+def _or_empty(a: np.ndarray | None, dtype) -> np.ndarray:
+    return np.zeros(0, dtype=dtype) if a is None else a

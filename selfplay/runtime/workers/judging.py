@@ -11,6 +11,19 @@ group: with leave-one-out opponents, E[ĝ_i − ĝ_j | y_i, y_j] picks up a
 (2P(y_i≻y_j) − 1)/(K−1) term and the regression target is biased. With a
 shared opponent set per prompt, E[ĝ_i − ĝ_j | y_i, y_j] = q(y_i) − q(y_j) exactly.
 
+Truncated responses (`rollout.truncated`, handed to the judge actor once). With
+"lose", a truncated response (max_new_tokens reached without eos or a stop string,
+`Samples.truncated`) loses every comparison against a finished one and ties another
+truncated one, whatever the judge would say:
+
+    P(y ≻ y') = 0 if y truncated, y' finished;  1 if y finished, y' truncated;
+                ½ if both truncated;            the judge's P otherwise,
+
+so P(y ≻ y') + P(y' ≻ y) = 1 still holds and the game stays constant-sum (unlike
+subtracting a penalty from a score). Decided pairs are not sent to the judge (and
+never fail). With "keep", every pair goes to the judge. Samples without a
+`truncated` record count as finished.
+
 Judge failures (never trained on). A judge call fails as a whole when it
 raises, takes longer than `JudgePolicy.timeout_s`, or returns the wrong shape;
 a single comparison fails when its value is NaN, ±inf or outside [0, 1]. Each
@@ -53,6 +66,7 @@ from selfplay.types import Samples
 
 log = logging.getLogger(__name__)
 ON_FAILURE = ("raise", "mask")
+TRUNCATED = ("lose", "keep")
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,9 @@ class Judged:
     masked_rows:   rows dropped (= N − keep.sum()).
     judge_retries: judge calls re-sent after a failure.
     queries:       comparisons sent to the judge, retries included.
+    opponent_lengths, opponent_truncated: [M_total] response lengths and truncation
+                   flags of every opponent sample judged against (all sources), for
+                   the per-step logs; only the judge actor sees the opponents.
     """
 
     samples: Samples
@@ -94,6 +111,23 @@ class Judged:
     masked_pairs: int = 0
     masked_rows: int = 0
     judge_retries: int = 0
+    opponent_lengths: np.ndarray | None = None
+    opponent_truncated: np.ndarray | None = None
+    rows: object = None  # pyarrow Table of the chunk's rollout rows, when asked for
+
+
+def truncated_flags(samples: Samples) -> np.ndarray:
+    """[N] bool `samples.truncated`, all False where it was not recorded."""
+    if samples.truncated is None:
+        return np.zeros(len(samples), dtype=bool)
+    return np.asarray(samples.truncated, dtype=bool).reshape(len(samples))
+
+
+def truncation_rule(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[n] P(a ≻ b) fixed by truncation (a, b: truncated flags), NaN where the judge decides."""
+    p = np.full(a.shape, np.nan)
+    p[a & ~b], p[~a & b], p[a & b] = 0.0, 1.0, 0.5
+    return p
 
 
 @dataclass
@@ -217,12 +251,17 @@ def estimate_g(
     samples: Samples,
     opponents: list[tuple[Samples, float]],
     policy: JudgePolicy = JudgePolicy(),
+    truncated: str = "lose",
 ) -> Estimate:
-    """ĝ [N] for `samples` against each (opponent samples, weight), masking per `policy`.
+    """ĝ [N] for `samples` against each (opponent samples, weight), masking per `policy`;
+    `truncated` ("lose" | "keep"): the rule for truncated responses (module docstring).
 
     Raises RunError (on_failure="raise") when a comparison still fails after the retries.
     """
+    if truncated not in TRUNCATED:
+        raise ValueError(f"truncated must be one of {TRUNCATED}, got {truncated!r}")
     n, k = len(samples), samples.k
+    trunc = truncated_flags(samples)
     g = np.zeros(n, dtype=np.float64)
     keep = np.ones(n, dtype=bool)
     queries = masked = retries = 0
@@ -233,21 +272,28 @@ def estimate_g(
         # rows (i, j): trained response i against every opponent j of the same prompt
         ii = np.repeat(np.arange(n), m)
         jj = (ii // k) * m + np.tile(np.arange(m), n)
+        p = np.full(len(ii), np.nan)
+        if truncated == "lose":
+            p = truncation_rule(trunc[ii], truncated_flags(opp)[jj])
+        ask = np.flatnonzero(np.isnan(p))  # the pairs the judge decides
         res = call_judge(
             judge,
-            [samples.prompt_texts[i // k] for i in ii],
-            [samples.texts[i] for i in ii],
-            [opp.texts[j] for j in jj],
+            [samples.prompt_texts[ii[r] // k] for r in ask],
+            [samples.texts[ii[r]] for r in ask],
+            [opp.texts[jj[r]] for r in ask],
             policy,
         )
         queries, retries = queries + res.sent, retries + max(res.calls - 1, 0)
         if not res.ok.all() and policy.on_failure == "raise":
             raise RunError(_failure_message(res, policy))
         masked += int((~res.ok).sum())
-        ok = res.ok.reshape(n, m)
+        p[ask] = res.p
+        ok = np.ones(len(ii), dtype=bool)
+        ok[ask] = res.ok
+        ok = ok.reshape(n, m)
         valid = ok.sum(axis=1)
         # Mean over the valid opponents only (unbiased: the opponents are iid draws).
-        mean = np.where(ok, res.p.reshape(n, m), 0.0).sum(axis=1) / np.maximum(valid, 1)
+        mean = np.where(ok, p.reshape(n, m), 0.0).sum(axis=1) / np.maximum(valid, 1)
         g += float(w) * mean
         keep &= valid > 0
     g[~keep] = np.nan
