@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 
-.PHONY: install run test bench lint clean
+.PHONY: install run run-text test bench lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(VENV)/bin/selfplay train conf/quickstart.yaml
+
+# The offline text demo: tiny chat policy + reward model (written once to demo/), then train.
+run-text: install
+	@test -d demo || $(VENV)/bin/selfplay demo text --out demo
+	$(VENV)/bin/selfplay train conf/text_quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q tests
@@ -34,4 +39,4 @@ lint: install
 	$(VENV)/bin/ruff format --check selfplay tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlruns mlflow.db runs
+	rm -rf $(VENV) .pytest_cache mlruns mlflow.db runs demo
