@@ -72,7 +72,9 @@ class Learner:
         self.ctx = DistContext.create(
             rank, world_size, config.strategy, init_method, backend, device
         )
-        self.model = sharding.prepare_model(model_fn().eval(), self.ctx)
+        model = model_fn().eval()
+        self._allowed = _allowed_ids(config.allowed_token_ids, model, self.ctx.device)
+        self.model = sharding.prepare_model(model, self.ctx)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
         self.opt = torch.optim.AdamW(
@@ -229,11 +231,21 @@ class Learner:
     def _forward_token_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
+        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]).
+
+        With `allowed_token_ids` π is the LM restricted to them, the sampler's rule:
+        logit(y) − logsumexp over the allowed logits. A target outside the set (a
+        prompt token, padding) then gets a finite value that is not a log-prob;
+        callers mask those positions (response masks), as they do today.
+        """
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         # At least float32 (bf16/fp16 models); a float64 model keeps float64.
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        target = input_ids[:, 1:].unsqueeze(-1)
+        if self._allowed is None:
+            return torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1)
+        norm = torch.logsumexp(logits.index_select(-1, self._allowed), -1)
+        return logits.gather(-1, target).squeeze(-1) - norm
 
     def _seq_logprobs(self, mb: Micro, normalize: bool) -> torch.Tensor:
         tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
@@ -262,7 +274,8 @@ class Learner:
         role: str | None = None,
     ) -> np.ndarray:
         """[N, L] float32 token log-probs under the current weights (or `role`'s),
-        aligned with input_ids (entry j = log π(ids[j] | ids[:j])), 0 off the response."""
+        aligned with input_ids (entry j = log π(ids[j] | ids[:j]), π restricted to
+        `allowed_token_ids` as in training), 0 off the response."""
         # torch.tensor copies: arrays from the Ray object store are read-only.
         ids = torch.tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
         att = torch.tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)
@@ -379,6 +392,21 @@ class Learner:
             yield
         finally:
             self._load_params(saved)
+
+
+def _allowed_ids(
+    allowed: tuple[int, ...] | None, model: torch.nn.Module, device: torch.device
+) -> torch.Tensor | None:
+    """The allowed token ids as a device tensor, checked against the model's vocabulary."""
+    if allowed is None:
+        return None
+    head = model.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else None
+    if vocab is not None and max(allowed) >= vocab:
+        raise ValueError(
+            f"allowed token ids {sorted(allowed)[-3:]} outside the vocabulary [0, {vocab})"
+        )
+    return torch.tensor(sorted(set(allowed)), dtype=torch.int64, device=device)
 
 
 def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
