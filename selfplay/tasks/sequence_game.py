@@ -19,6 +19,14 @@ the regularized gap against π_ref (the initial model's sequence distribution).
 
 The token game (tasks/token_game.py) is the length-1 case: the classes here are
 shared, and the token game only fixes its prompt and `length = 1`.
+
+Deviations and limits:
+1. Nash-MD's mixture is sampled per token (selfplay/rollout/hf.py), which for
+   length ≥ 2 is not the sequence-level geometric mixture its update assumes.
+2. The judge reads the decoded text (move names with optional whitespace between,
+   `selfplay.judges.game.parse_moves`). `sampling` checks once that the tokenizer's
+   `batch_decode` (what the hf backend returns) reads back as the right sequence for
+   all n sequences; the vllm backend's detokenizer is assumed to agree.
 """
 
 from __future__ import annotations

@@ -72,8 +72,14 @@ class Learner:
         self.ctx = DistContext.create(
             rank, world_size, config.strategy, init_method, backend, device
         )
-        model = model_fn().eval()
-        self._allowed = _allowed_ids(config.allowed_token_ids, model, self.ctx.device)
+        model, allowed = model_fn().eval(), config.allowed_token_ids
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if allowed is not None and max(allowed) >= vocab:
+            raise ValueError(
+                f"allowed token ids {max(allowed)} outside the vocabulary [0, {vocab})"
+            )
+        ids = None if allowed is None else sorted(set(allowed))
+        self._allowed = None if ids is None else torch.tensor(ids, device=self.ctx.device)
         self.model = sharding.prepare_model(model, self.ctx)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
@@ -231,13 +237,9 @@ class Learner:
     def _forward_token_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]).
-
-        With `allowed_token_ids` π is the LM restricted to them, the sampler's rule:
-        logit(y) − logsumexp over the allowed logits. A target outside the set (a
-        prompt token, padding) then gets a finite value that is not a log-prob;
-        callers mask those positions (response masks), as they do today.
-        """
+        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]); with `allowed_token_ids`
+        π is the sampler's restricted LM, logit(y) − logsumexp(allowed logits). A target
+        outside the set (prompt, padding) then gets a finite non-log-prob, masked by callers."""
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         # At least float32 (bf16/fp16 models); a float64 model keeps float64.
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -392,21 +394,6 @@ class Learner:
             yield
         finally:
             self._load_params(saved)
-
-
-def _allowed_ids(
-    allowed: tuple[int, ...] | None, model: torch.nn.Module, device: torch.device
-) -> torch.Tensor | None:
-    """The allowed token ids as a device tensor, checked against the model's vocabulary."""
-    if allowed is None:
-        return None
-    head = model.get_output_embeddings()
-    vocab = int(head.weight.shape[0]) if head is not None else None
-    if vocab is not None and max(allowed) >= vocab:
-        raise ValueError(
-            f"allowed token ids {sorted(allowed)[-3:]} outside the vocabulary [0, {vocab})"
-        )
-    return torch.tensor(sorted(set(allowed)), dtype=torch.int64, device=device)
 
 
 def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
