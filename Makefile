@@ -15,7 +15,7 @@ TRL_VENV ?= .venv-trl
 TRL_SPEC ?= trl==1.0.*
 TRL_STAMP := $(TRL_VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-trl lint clean
+.PHONY: install run run-text test bench bench-trl lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(VENV)/bin/selfplay train conf/quickstart.yaml
+
+# The offline text demo: tiny chat policy + reward model (written once to demo/), then train.
+run-text: install
+	@test -d demo || $(VENV)/bin/selfplay demo text --out demo
+	$(VENV)/bin/selfplay train conf/text_quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q tests
@@ -54,4 +59,4 @@ lint: install
 	$(VENV)/bin/ruff format --check selfplay tests
 
 clean:
-	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs
+	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs demo

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -78,3 +79,16 @@ def demo_models(tmp_path_factory, arch: str = "qwen2") -> tuple[Path, Path]:
         write_chat_policy(root / "policy", arch=arch),
         write_reward_model(root / "reward", arch=arch),
     )
+
+
+def oracle_gap(P, pi) -> float:
+    """The duality gap 2·max_y (Pπ)_y − 1, in plain numpy."""
+    return float(2.0 * np.max(P @ pi) - 1.0)
+
+
+def oracle_regularized_gap(P, pi, beta: float, mu) -> float:
+    """2·[β·log Σ_y μ(y)·exp((Pπ)_y/β) + β·KL(π‖μ)] − 1, in plain numpy."""
+    z = np.log(mu) + (P @ pi) / beta
+    lse = z.max() + np.log(np.exp(z - z.max()).sum())
+    kl = float(np.sum(pi * (np.log(pi) - np.log(mu))))
+    return float(2.0 * (beta * lse + beta * kl) - 1.0)

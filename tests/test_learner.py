@@ -203,3 +203,55 @@ def test_learner_errors():
         learner.train_phase(PHASE, single)
     with pytest.raises(ValueError, match="lack parameters"):
         learner.set_role("ref", {})
+
+
+def restricted_seq_logprobs(model: torch.nn.Module, seqs: list[tuple[int, ...]]) -> torch.Tensor:
+    """Plain forwards: Σ_t log softmax_{MOVES}(logits | PROMPT, s_<t)(s_t) per sequence."""
+    out = []
+    with torch.no_grad():
+        for s in seqs:
+            logits = model(input_ids=torch.tensor([PROMPT + list(s)])).logits[0].double()
+            lp = 0.0
+            for t, tok in enumerate(s):
+                row = torch.log_softmax(logits[len(PROMPT) - 1 + t, MOVES], -1)
+                lp += row[MOVES.index(tok)]
+            out.append(lp)
+    return torch.stack(out)
+
+
+def test_two_token_responses_train_onto_the_restricted_target():
+    # All 16 two-move sequences, once each: the minimiser of the regression loss is the
+    # closed form on the *restricted* sequence log-probs (the sampler's distribution).
+    # With the unrestricted LM the prefix-dependent normaliser would shift the fit.
+    seqs = [(a, b) for a in MOVES for b in MOVES]
+    g = np.random.default_rng(1).uniform(0, 1, len(seqs))
+    samples = Samples(
+        prompt_ids=np.arange(1),
+        prompt_texts=["p"],
+        tokens=np.array(seqs, dtype=np.int64),
+        lengths=np.full(len(seqs), 2, dtype=np.int64),
+        logprobs=np.zeros((len(seqs), 2), dtype=np.float32),
+        texts=[str(s) for s in seqs],
+        version=Version(0, "main"),
+        k=len(seqs),
+    )
+    batch = build_train_batch(samples, [PROMPT], g)
+    learner = make_learner(lr=0.01, updates_per_phase=600, allowed_token_ids=tuple(MOVES))
+    metrics = learner.train_phase(PHASE, batch)
+    lp0, lp_ref = restricted_seq_logprobs(model_fn(), seqs), restricted_seq_logprobs(ref_fn(), seqs)
+    target = torch.softmax(PHASE.a * lp0 + PHASE.b * lp_ref + PHASE.c * torch.tensor(g), 0)
+    trained = model_fn()
+    load_flat(trained, learner.publish())
+    got = restricted_seq_logprobs(trained, seqs).exp()
+    assert got.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert metrics.loss < 1e-5 < metrics.loss_initial
+    assert torch.allclose(got, target, atol=1e-5), (got, target)  # observed ~6e-8
+    assert (lp0.exp() - target).abs().max() > 0.05  # far from the start
+    # the learner's own enumerated log-probs are the oracle's
+    ids = np.array([PROMPT + list(s) for s in seqs])
+    resp = np.zeros(ids.shape, dtype=np.float32)
+    resp[:, -2:] = 1
+    mine = learner.policy_logprobs(ids, np.ones_like(ids), resp).sum(1)
+    np.testing.assert_allclose(np.exp(mine), got.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        make_learner(allowed_token_ids=(3, VOCAB))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import oracle_gap, oracle_regularized_gap
 
 from selfplay import games
 from selfplay.config import load_config
@@ -70,17 +71,6 @@ def kernel_nash(P: np.ndarray) -> np.ndarray:
     x = vt[-1] / vt[-1].sum()
     assert np.all(x > 0)
     return x
-
-
-def oracle_gap(P: np.ndarray, pi: np.ndarray) -> float:
-    return float(2.0 * np.max(P @ pi) - 1.0)
-
-
-def oracle_regularized_gap(P: np.ndarray, pi: np.ndarray, beta: float, mu: np.ndarray) -> float:
-    z = np.log(mu) + (P @ pi) / beta
-    lse = z.max() + np.log(np.exp(z - z.max()).sum())
-    kl = float(np.sum(pi * (np.log(pi) - np.log(mu))))
-    return float(2.0 * (beta * lse + beta * kl) - 1.0)
 
 
 def test_game_has_full_support_nash():

@@ -77,7 +77,12 @@ def test_judge_spec_is_the_game_matrix(setup):
 
 def test_evaluator_reports_the_exact_gap_of_the_lm_policy(setup):
     task, spec, tok = setup
-    learner = Learner(functools.partial(_build_model, spec, "float32"), LearnerSettings())
+    # As `build` makes it: the learner's policy is restricted like the sampler's.
+    allowed = task.sampling(tok, CFG.rollout).allowed_token_ids
+    learner = Learner(
+        functools.partial(_build_model, spec, "float32"),
+        LearnerSettings(allowed_token_ids=allowed),
+    )
     learner.snapshot("ref")
     ev = task.evaluator(tok, beta=0.1)
     first = ev.reference(learner)

@@ -36,7 +36,8 @@ class JudgeSpec:
     """kind:       game | reward | pairwise | llm.
     model:      HF path, hub name or `tiny:<spec>` (model judges only).
     batch_size: rows per forward pass (model judges; both orders count as rows).
-    matrix:     [n, n] P(i ≻ j) and `moves` the n move names (game judge only).
+    matrix:     [n, n] P(i ≻ j) over the responses, `moves` the move names and
+                `length` the moves per response, n = len(moves)**length (game judge only).
     template:   judge prompt template with {prompt}, {a}, {b} (pairwise / llm; None = default).
     """
 
@@ -47,6 +48,7 @@ class JudgeSpec:
     dtype: str = "float32"
     matrix: np.ndarray | None = None
     moves: tuple[str, ...] | None = None
+    length: int = 1
     template: str | None = None
 
 
@@ -55,7 +57,7 @@ def _game(spec: JudgeSpec) -> Judge:
         raise InputError("judge.kind=game needs a matrix and move names")
     from selfplay.judges.game import GameJudge
 
-    return GameJudge(spec.matrix, list(spec.moves))
+    return GameJudge(spec.matrix, list(spec.moves), spec.length)
 
 
 def _model_kwargs(spec: JudgeSpec) -> dict:

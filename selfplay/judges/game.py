@@ -1,10 +1,15 @@
-"""Exact preferences of a symmetric matrix game over text responses (the token game).
+"""Exact preferences of a symmetric matrix game over text responses (the token and
+sequence games).
 
-P[i, j] = P(move i ≻ move j) with P + Pᵀ = 1 (so P[i, i] = ½): a constant-sum
-preference game as in NLHF (Munos et al. 2023). A response is the move whose
-name equals its stripped text; anything else is invalid. An invalid response
-loses to every valid one (P = 0) and ties another invalid one (P = ½), so the
-extended game is still constant-sum and no model judge symmetrisation is needed.
+P[i, j] = P(response i ≻ response j) with P + Pᵀ = 1 (so P[i, i] = ½): a
+constant-sum preference game as in NLHF (Munos et al. 2023). A response is a
+sequence of `length` move names (one move for the token game), separated by
+optional whitespace, with optional whitespace around; it is the row
+Σ_t s_t·a^(length−1−t) of P (lexicographic, first move most significant, a = the
+number of moves). The parse is exact: a text that splits into `length` names in
+no way, or in more than one way, is invalid. An invalid response loses to every
+valid one (P = 0) and ties another invalid one (P = ½), so the extended game is
+still constant-sum and no model judge symmetrisation is needed.
 """
 
 from __future__ import annotations
@@ -17,13 +22,39 @@ from selfplay.judges.base import check_batch
 TOL = 1e-9
 
 
+def parse_moves(text: str, names: list[str], length: int) -> tuple[int, ...] | None:
+    """The move indices of `text` read as `length` names with optional whitespace
+    between and around them; None when there is not exactly one such reading."""
+    found: list[tuple[int, ...]] = []
+
+    def walk(pos: int, moves: tuple[int, ...]) -> None:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if len(moves) == length:
+            if pos == len(text):
+                found.append(moves)
+            return
+        for i, m in enumerate(names):
+            if text.startswith(m, pos) and len(found) < 2:
+                walk(pos + len(m), (*moves, i))
+
+    walk(0, ())
+    return found[0] if len(found) == 1 else None
+
+
 class GameJudge:
-    def __init__(self, P: np.ndarray, move_names: list[str]) -> None:
+    def __init__(self, P: np.ndarray, move_names: list[str], length: int = 1) -> None:
         P = np.asarray(P, dtype=np.float64)
-        n = len(move_names)
+        a = len(move_names)
+        if length < 1:
+            raise InputError(f"game judge: sequence length must be >= 1, got {length}")
+        n = a**length
         if P.ndim != 2 or P.shape != (n, n):
-            raise InputError(f"game judge: matrix shape {P.shape} does not match {n} moves")
-        if len(set(move_names)) != n or any(m != m.strip() or not m for m in move_names):
+            raise InputError(
+                f"game judge: matrix shape {P.shape} does not match {a} moves"
+                + (f" ** length {length} = {n} sequences" if length > 1 else "")
+            )
+        if len(set(move_names)) != a or any(m != m.strip() or not m for m in move_names):
             raise InputError("game judge: move names must be distinct, non-empty, unpadded")
         if not np.all((P >= -TOL) & (P <= 1 + TOL)):
             raise InputError("game judge: preferences must lie in [0, 1]")
@@ -33,11 +64,22 @@ class GameJudge:
         P = np.clip(P, 0.0, 1.0)
         self.P = 0.5 + 0.5 * (P - P.T)
         self.moves = list(move_names)
-        self._index = {m: i for i, m in enumerate(self.moves)}
+        self.length = length
+        self._index: dict[str, int] = {}  # response text -> row (−1: invalid), memoised
+
+    def index(self, text: str) -> int:
+        """The row of P that `text` names, −1 when it is not a valid response."""
+        i = self._index.get(text)
+        if i is None:
+            moves = parse_moves(text, self.moves, self.length)
+            i = -1 if moves is None else _row(moves, len(self.moves))
+            if len(self._index) < 1 << 16:
+                self._index[text] = i
+        return i
 
     def move_index(self, responses: list[str]) -> np.ndarray:
-        """[N] int64 move index of each response, −1 when invalid."""
-        return np.array([self._index.get(r.strip(), -1) for r in responses], dtype=np.int64)
+        """[N] int64 row of each response, −1 when invalid."""
+        return np.array([self.index(r) for r in responses], dtype=np.int64)
 
     def prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:
         check_batch(prompts, a, b)
@@ -49,3 +91,11 @@ class GameJudge:
         out[va & ~vb] = 1.0
         out[~va & vb] = 0.0
         return out
+
+
+def _row(moves: tuple[int, ...], alphabet: int) -> int:
+    """Lexicographic index of a move sequence, first move most significant."""
+    r = 0
+    for m in moves:
+        r = r * alphabet + m
+    return r

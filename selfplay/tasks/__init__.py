@@ -8,9 +8,13 @@ from selfplay.errors import InputError
 
 def make_task(cfg):
     """The `Task` for a `TaskConfig`."""
-    from selfplay.tasks import prompts, token_game
+    from selfplay.tasks import prompts, sequence_game, token_game
 
-    kinds = {"token_game": token_game.from_config, "prompts": prompts.from_config}
+    kinds = {
+        "token_game": token_game.from_config,
+        "sequence_game": sequence_game.from_config,
+        "prompts": prompts.from_config,
+    }
     if cfg.kind not in kinds:
         raise InputError(f"unknown task.kind {cfg.kind!r}; expected one of {sorted(kinds)}")
     return kinds[cfg.kind](cfg)

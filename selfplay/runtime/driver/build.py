@@ -205,6 +205,8 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
             normalize_logprobs=cfg.algo.normalize_logprobs,
             updates_per_phase=lcfg.updates_per_phase,
             micro_batch=lcfg.micro_batch,
+            # The policy is the LM restricted as the sampler restricts it.
+            allowed_token_ids=sampling.allowed_token_ids,
         ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,

@@ -42,6 +42,9 @@ def export_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: P
 
     build_model: zero-argument callable returning a model of the policy's architecture
     (its weights are replaced); tokenizer: the policy's tokenizer."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards": noise here
     model = build_model()
     missing, unexpected = model.load_state_dict(flat.to_state_dict(), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ())

@@ -72,7 +72,15 @@ class Learner:
         self.ctx = DistContext.create(
             rank, world_size, config.strategy, init_method, backend, device
         )
-        self.model = sharding.prepare_model(model_fn().eval(), self.ctx)
+        model, allowed = model_fn().eval(), config.allowed_token_ids
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if allowed is not None and max(allowed) >= vocab:
+            raise ValueError(
+                f"allowed token ids {max(allowed)} outside the vocabulary [0, {vocab})"
+            )
+        ids = None if allowed is None else sorted(set(allowed))
+        self._allowed = None if ids is None else torch.tensor(ids, device=self.ctx.device)
+        self.model = sharding.prepare_model(model, self.ctx)
         self._names = [n for n, _ in self.model.named_parameters()]
         self._params = [p for _, p in self.model.named_parameters()]
         self.opt = torch.optim.AdamW(
@@ -229,11 +237,17 @@ class Learner:
     def _forward_token_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1])."""
+        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]); with `allowed_token_ids`
+        π is the sampler's restricted LM, logit(y) − logsumexp(allowed logits). A target
+        outside the set (prompt, padding) then gets a finite non-log-prob, masked by callers."""
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         # At least float32 (bf16/fp16 models); a float64 model keeps float64.
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        target = input_ids[:, 1:].unsqueeze(-1)
+        if self._allowed is None:
+            return torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1)
+        norm = torch.logsumexp(logits.index_select(-1, self._allowed), -1)
+        return logits.gather(-1, target).squeeze(-1) - norm
 
     def _seq_logprobs(self, mb: Micro, normalize: bool) -> torch.Tensor:
         tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
@@ -262,7 +276,8 @@ class Learner:
         role: str | None = None,
     ) -> np.ndarray:
         """[N, L] float32 token log-probs under the current weights (or `role`'s),
-        aligned with input_ids (entry j = log π(ids[j] | ids[:j])), 0 off the response."""
+        aligned with input_ids (entry j = log π(ids[j] | ids[:j]), π restricted to
+        `allowed_token_ids` as in training), 0 off the response."""
         # torch.tensor copies: arrays from the Ray object store are read-only.
         ids = torch.tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
         att = torch.tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)

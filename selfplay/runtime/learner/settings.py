@@ -19,6 +19,11 @@ class LearnerSettings:
     normalize_logprobs: length-normalised sequence log-probs instead of summed.
     updates_per_phase:  full-batch AdamW steps per `train_phase`.
     micro_batch:        rows per forward (whole groups; a larger group goes alone).
+    allowed_token_ids:  the policy is the LM restricted to these tokens (None: all), as
+                        the sampler restricts generation (`Sampling.allowed_token_ids`):
+                        log π(y_t | ·) = logit(y_t) − log Σ_{v ∈ allowed} exp logit(v).
+                        For one-token responses this changes no log-prob difference, for
+                        longer ones the normaliser depends on the prefix, so it matters.
     """
 
     lr: float = 1e-4
@@ -31,6 +36,7 @@ class LearnerSettings:
     normalize_logprobs: bool = False
     updates_per_phase: int = 1
     micro_batch: int = 64
+    allowed_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in FORMS:
@@ -39,6 +45,12 @@ class LearnerSettings:
             raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
         if self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if self.allowed_token_ids is not None and (
+            not self.allowed_token_ids or min(self.allowed_token_ids) < 0
+        ):
+            raise ValueError(
+                f"allowed_token_ids must be non-empty ids >= 0, got {self.allowed_token_ids}"
+            )
 
 
 @dataclass(frozen=True)
