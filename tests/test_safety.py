@@ -193,11 +193,12 @@ def _bad_call(call: ast.Call, rel: str) -> str | None:
         return "safe_serialization=False"
     if last == "from_pretrained":
         if rel != "selfplay/models/load.py" and "Tokenizer" not in head:
-            # Weights load only through selfplay.models.load (tokenizers carry no weights).
+            # Everything loads only through selfplay.models.load (tokenizers excepted).
             return f"{name}() outside selfplay/models/load.py"
         if rel == "selfplay/models/load.py" and not _is_const(trc, False):
             return f"{name}() without trust_remote_code=False"
-        if "Tokenizer" not in head and not _is_const(_kw(call, "use_safetensors"), True):
+        weightless = "Tokenizer" in head or head.endswith("Config")  # no tensors to unpickle
+        if not weightless and not _is_const(_kw(call, "use_safetensors"), True):
             return f"{name}() without use_safetensors=True"
     return None
 

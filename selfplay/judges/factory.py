@@ -151,13 +151,9 @@ def check_judge_spec(spec: JudgeSpec) -> None:
 
 
 def _model_config(name: str):
-    from transformers import AutoConfig
+    from selfplay.models.load import load_model_config
 
-    try:
-        return AutoConfig.from_pretrained(name, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        lines = str(e).strip().splitlines()
-        raise InputError(f"cannot load judge model {name!r}: {lines[0] if lines else e}") from None
+    return load_model_config(name, "judge model")
 
 
 # The allow-list: every judge kind selfplay can build, and nothing else.

@@ -48,7 +48,6 @@ import shutil
 import unicodedata
 import uuid
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -97,7 +96,7 @@ def shipped_prompts_path(name: str = "prompts.jsonl") -> Path:
     """Path of a prompt file shipped in `selfplay/data` (package data)."""
     if name not in PROMPT_FILES:
         raise InputError(f"no shipped prompt file {name!r}; expected one of {PROMPT_FILES}")
-    return Path(str(resources.files("selfplay") / "data" / name))
+    return Path(__file__).resolve().parents[1] / "data" / name
 
 
 def corpus() -> list[str]:

@@ -162,6 +162,26 @@ def encode_rendered(tokenizer: PreTrainedTokenizerBase, text: str, templated: bo
     return ids
 
 
+def load_model_config(name_or_path: str, what: str):
+    """A model's config alone (no weights, no remote code): InputError naming `what`."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load {what} {name_or_path!r}: {_first_line(e)}") from None
+
+
+def load_generation_config(name_or_path: str):
+    """A model directory's generation config (its eos ids), or None where it has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, text) -> str:
     """The prompt rendered by the HF convention: wrapped as a user turn when the
     tokenizer has a chat template, raw text without one."""

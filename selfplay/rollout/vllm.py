@@ -192,9 +192,6 @@ class VLLMBackend:
 
 def _generation_config(model: str):
     """The model directory's generation config (its eos ids), or None."""
-    from transformers import GenerationConfig
+    from selfplay.models.load import load_generation_config
 
-    try:
-        return GenerationConfig.from_pretrained(model)
-    except (OSError, ValueError):
-        return None
+    return load_generation_config(model)
