@@ -169,6 +169,18 @@ def test_async_resume_trains_every_prompt_exactly_once(tmp_path):
     np.testing.assert_array_equal(ids, np.arange(steps * P))  # none lost, none twice
     assert all(r["rows"] == P * K for r in records)
     assert max(r["staleness"] for r in records) == 1  # it did run ahead
+    # The rollout files too: the prefetched batch's rows came back from the checkpoint.
+    import pyarrow.parquet as pq
+
+    files = sorted((run_dir / "rollouts").glob("step-*.parquet"))
+    assert [f.name for f in files] == [f"step-{t:06d}.parquet" for t in range(1, steps + 1)]
+    trained = [
+        r["prompt_id"]
+        for f in files
+        for r in pq.read_table(f).to_pylist()
+        if r["role"] == "trained"
+    ]
+    np.testing.assert_array_equal(np.sort(trained), np.repeat(np.arange(steps * P), K))
 
 
 def _descendants(pid: int) -> dict[int, str]:

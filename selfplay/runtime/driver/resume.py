@@ -210,20 +210,23 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
 ROWS_KEY = "rows.arrow"
 
 
-def table_to_array(table) -> np.ndarray:
-    """A pyarrow Table as uint8 bytes (Arrow IPC stream), storable in the checkpoint."""
+def table_to_array(table):
+    """A pyarrow Table as a uint8 tensor of its Arrow IPC stream, storable in the
+    checkpoint's safetensors file."""
     import pyarrow as pa
+    import torch
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
-    return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8).copy()
+    return torch.frombuffer(bytearray(sink.getvalue().to_pybytes()), dtype=torch.uint8)
 
 
-def array_to_table(a: np.ndarray):
+def array_to_table(a):
     import pyarrow as pa
 
-    return pa.ipc.open_stream(pa.py_buffer(np.ascontiguousarray(a).tobytes())).read_all()
+    raw = a.numpy().tobytes() if hasattr(a, "numpy") else np.asarray(a).tobytes()
+    return pa.ipc.open_stream(pa.py_buffer(raw)).read_all()
 
 
 # ------------------------------------------------------------------ restore
