@@ -153,3 +153,11 @@ def test_flat_weights_store_tied_tensors_once():
     load_flat(dst, flat)
     assert _same_weights(src, dst)
     assert dst.lm_head.weight.data_ptr() == dst.model.embed_tokens.weight.data_ptr()
+
+
+def test_a_model_path_that_does_not_exist_is_one_line(tmp_path):
+    from selfplay.models.load import check_safetensors_dir
+
+    with pytest.raises(InputError, match="does not exist"):
+        check_safetensors_dir(str(tmp_path / "missing"))
+    check_safetensors_dir("org/hub-name")  # a hub name is left to from_pretrained

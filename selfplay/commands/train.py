@@ -79,6 +79,11 @@ def _preflight(cfg, *, new_run: bool):
 
     if new_run:
         check_writable_dir(cfg.output_dir, "output_dir")
+    _quiet_hub()  # a hub name off-line: its one-line error, not five retry warnings
+    if cfg.model.name != "tiny":
+        from selfplay.models.load import check_safetensors_dir
+
+        check_safetensors_dir(cfg.model.name)  # the policy first: a missing dir in one line
     if cfg.judge.kind in ("reward", "pairwise", "llm"):  # before Ray: the judge model loads
         from selfplay.judges.factory import check_judge_spec, model_judge_spec
 
@@ -118,6 +123,14 @@ def _preflight(cfg, *, new_run: bool):
     from selfplay.runtime.driver.build import bind_task  # imports no Ray
 
     return bind_task(cfg)
+
+
+def _quiet_hub() -> None:
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:
+        return
+    hub_logging.set_verbosity_error()
 
 
 def _auto_address() -> str:

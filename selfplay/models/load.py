@@ -60,9 +60,12 @@ PICKLE_REFUSED = "no safetensors weights in {} (pickle .bin checkpoints are not 
 def check_safetensors_dir(name_or_path: str) -> None:
     """InputError if `name_or_path` is a local directory holding no `*.safetensors` file.
 
-    Hub names pass; `from_pretrained(use_safetensors=True)` refuses those itself.
+    A name written as a path (absolute, or starting with `.` or `~`) must be an existing
+    directory. Hub names pass; `from_pretrained(use_safetensors=True)` refuses those itself.
     """
-    p = Path(name_or_path)
+    p = Path(name_or_path).expanduser()
+    if name_or_path.startswith(("/", ".", "~")) and not p.is_dir():
+        raise InputError(f"model directory {name_or_path} does not exist")
     if p.is_dir() and not any(p.glob("*.safetensors")):
         raise InputError(PICKLE_REFUSED.format(p))
 
