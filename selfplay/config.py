@@ -13,16 +13,12 @@ evaluated or imported by string. No float anywhere may be NaN or ±inf (one rule
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
     NonNegativeFloat,
-    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -30,22 +26,24 @@ from pydantic import (
 )
 
 from selfplay.algos.names import AlgoName
+from selfplay.config_tasks import (  # noqa: F401  (re-exported)
+    SEED_MAX,
+    TASK_KINDS,
+    PromptsTask,
+    Seed,
+    SequenceGameTask,
+    TaskConfig,
+    TokenGameTask,
+)
+from selfplay.config_tasks import (
+    Strict as _Strict,
+)
 from selfplay.errors import InputError
 
 #: Algorithms that need β > 0: Nash-MD's default step is η = 0.01/β, SPPO's is 1/β,
 #: online IPO's default η = 4β/(1 + 4β²) is 0 at β = 0 (the policy never moves).
 #: Nash-MP and EGPO at β = 0 are mirror prox / extragradient on the original game.
 BETA_POSITIVE = ("nash-md", "online-ipo", "sppo")
-
-#: What numpy's and torch's generators accept, whatever consumes the seed.
-SEED_MAX = 2**32 - 1
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-
-
-class _Strict(BaseModel):
-    # allow_inf_nan=False: every float field of every section refuses NaN and ±inf
-    # (and values like 1e400 that parse to inf).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AlgoConfig(_Strict):
@@ -82,81 +80,6 @@ class ModelConfig(_Strict):
     name: str = "tiny"
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-class _GameTask(_Strict):
-    """A matrix game: `matrix` (.npy/.csv) wins over `generate`, `n`, `seed`."""
-
-    matrix: str | None = None
-    generate: Literal["uniform", "bt-cyclic", "rps", "transitive"] = "rps"
-    n: int = Field(3, ge=2, le=64)
-    seed: Seed = 0
-
-
-class TokenGameTask(_GameTask):
-    """The token game: one prompt, the response is one of n move tokens."""
-
-    kind: Literal["token_game"] = "token_game"
-
-
-class SequenceGameTask(_GameTask):
-    """The sequence game: a response is `length` tokens over `alphabet` move tokens,
-    then EOS; the matrix is over all alphabet**length sequences (lexicographic order,
-    first token most significant), so `n` must equal alphabet**length."""
-
-    kind: Literal["sequence_game"] = "sequence_game"
-    alphabet: int = Field(3, ge=2, le=16)
-    length: int = Field(2, ge=1, le=4)
-    n: int = Field(9, ge=2, le=256)
-
-    @model_validator(mode="after")
-    def _size(self) -> SequenceGameTask:
-        if self.matrix is None and self.n != self.alphabet**self.length:
-            raise ValueError(
-                f"n={self.n} must equal alphabet**length = {self.alphabet}**{self.length}"
-                f" = {self.alphabet**self.length}"
-            )
-        return self
-
-
-class PromptsTask(_Strict):
-    """Prompts from a dataset (`datasets`): a local .jsonl/.json/.csv/.parquet file,
-    a `save_to_disk` directory, or a hub name."""
-
-    kind: Literal["prompts"] = "prompts"
-    dataset: str
-    split: str = "train"
-    prompt_column: str = "prompt"
-    eval_split: str | None = None
-    eval_fraction: float = Field(0.0, ge=0, lt=1)
-    max_prompt_tokens: int = Field(512, ge=1)
-    shuffle: bool = True
-    chat_template: bool = Field(
-        False, description="wrap a string prompt as one user message in the chat template"
-    )
-    seed: Seed = 0
-
-    @model_validator(mode="after")
-    def _one_eval_source(self) -> PromptsTask:
-        if self.eval_split is not None and self.eval_fraction > 0:
-            raise ValueError("give task.eval_split or task.eval_fraction, not both")
-        return self
-
-
-TASK_KINDS = ("token_game", "sequence_game", "prompts")
-
-
-def _task_kind(v: Any) -> str:
-    """The union's tag: `kind`, token_game when a task section leaves it out."""
-    return v.get("kind", "token_game") if isinstance(v, dict) else getattr(v, "kind", "")
-
-
-TaskConfig = Annotated[
-    Annotated[TokenGameTask, Tag("token_game")]
-    | Annotated[SequenceGameTask, Tag("sequence_game")]
-    | Annotated[PromptsTask, Tag("prompts")],
-    Discriminator(_task_kind),
-]
 
 
 class AutoscaleConfig(_Strict):
