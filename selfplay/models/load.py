@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from selfplay.errors import InputError
+from selfplay.models.hub import is_local, offline_unless_reachable
 from selfplay.models.tiny import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,6 +73,8 @@ def check_safetensors_dir(name_or_path: str) -> None:
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a local directory or hub name; no remote code runs."""
+    if not is_local(name_or_path):
+        offline_unless_reachable()
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -85,6 +88,8 @@ def _first_line(e: BaseException) -> str:
 
 def _from_pretrained(auto_cls, name: str, what: str):
     check_safetensors_dir(name)
+    if not is_local(name):
+        offline_unless_reachable()
     try:
         model = auto_cls.from_pretrained(name, use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError, SafetensorError) as e:

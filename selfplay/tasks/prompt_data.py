@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from selfplay.errors import InputError
+from selfplay.models.hub import offline_unless_reachable
 from selfplay.types import RawPrompt
 
 #: data-file suffix -> the `datasets` builder that reads it
@@ -106,6 +107,8 @@ def _load(datasets, name: str, p: Path) -> dict:
         elif p.is_dir() and _is_saved(p):
             out = datasets.load_from_disk(str(p))
         else:  # a directory of data files, or a hub name
+            if not p.is_dir():
+                offline_unless_reachable()
             out = datasets.load_dataset(str(p) if p.is_dir() else name)
     except InputError:
         raise
