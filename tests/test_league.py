@@ -10,6 +10,7 @@ exploitability, and synthetic logistic data for length control.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ from selfplay.games.league import (
     win_rates,
 )
 
-SEEDS = 50
+#: 50 in the suite; `LEAGUE_SEEDS=300 pytest -s tests/test_league.py` prints the coverages
+#: quoted in docs/evaluation.md.
+SEEDS = int(os.environ.get("LEAGUE_SEEDS", 50))
 
 
 # ---------------------------------------------------------------- the two games
@@ -121,6 +124,9 @@ def test_intervals_are_calibrated_on_the_exact_games(game, soft):
         ne_zero.append(low[0] <= 0 <= high[0])
         beaten.append(low[-1] > 0)
     cov = np.mean(covered, axis=0)[~np.eye(m, dtype=bool)]
+    e_cov = np.mean(e_cov, axis=0)
+    print(f"\n{game.__name__} soft={soft}: cells {cov.mean():.3f} (min {cov.min():.3f}), "
+          f"exploitability {np.round(e_cov, 3)}")  # fmt: skip
     # Pooled, not per cell: a calibrated 95% cell covers k ~ Bin(50, 0.95) times and
     # P(k < 45) ≈ 4% per cell, so with 6 distinct cells per game one would often fail
     # by chance; the pooled rate over 300 distinct intervals has sd ≈ 1.3%, so 90% is
@@ -128,7 +134,6 @@ def test_intervals_are_calibrated_on_the_exact_games(game, soft):
     # (P(k < 40 | 95%) ≈ 1e-4).
     assert cov.mean() >= 0.90, cov
     assert cov.min() >= 0.80, cov
-    e_cov = np.mean(e_cov, axis=0)
     assert e_cov.min() >= 0.90, e_cov  # the sup-t band covers every policy's exploitability
     assert np.mean(ne_zero) >= 0.90  # the exact NE's interval holds 0
     assert all(beaten)  # a beaten policy is seen as exploitable (a sign error fails here)
@@ -338,5 +343,6 @@ def test_exploitability_of_an_ne_tied_by_every_member():
         idx = np.random.default_rng(seed).integers(0, 100, size=(1000, 100))
         boot = 2 * wr.unit_means[1:, 0][:, idx].mean(axis=2).max(axis=0) - 1
         percentile.append(np.quantile(boot, 0.025) <= 0 <= np.quantile(boot, 0.975))
+    print(f"\nNE tied five ways: band {np.mean(band):.3f}, percentile {np.mean(percentile):.3f}")
     assert np.mean(band) >= 0.90
     assert np.mean(percentile) < 0.70
