@@ -216,6 +216,27 @@ def test_bad_pairs_are_one_line_input_errors():
         win_rates({(0, 1): np.ones((3, 1)), (1, 0): np.ones((3, 1))}, 2)
     with pytest.raises(InputError, match=r"outside \[0, 1\]"):
         win_rates({(0, 1): np.full((3, 1), 2.0)}, 2)
+    with pytest.raises(InputError, match="level"):
+        win_rates({(0, 1): np.ones((3, 1))}, 2, level=95)
+    with pytest.raises(InputError, match="boot"):
+        exploitability(win_rates({(0, 1): np.ones((3, 1))}, 2), boot=0)
+
+
+def test_an_empty_cell_leaves_the_rest_of_the_report():
+    """Every comparison of (0, 1) masked: that cell is None, the NE and Elo (which need
+    a full table) are None, the rest is reported and the JSON has no NaN."""
+    rng = np.random.default_rng(0)
+    pairs = {
+        (0, 1): np.full((10, 2), np.nan),
+        (0, 2): rng.random((10, 2)),
+        (1, 2): rng.random((10, 2)),
+    }
+    rep = json.loads(json.dumps(league_report(["a", "b", "c"], pairs), allow_nan=False))
+    assert rep["win_rate"][0][1] is None and rep["units"][0][1] == 0
+    assert rep["league_nash"] is None and rep["elo"] is None
+    assert rep["exploitability"][0] == pytest.approx(2 * rep["win_rate"][2][0] - 1)
+    one = league_report(["only"], {})
+    assert one["win_rate"] == [[0.5]] and one["exploitability"] == [None]
 
 
 def test_exploitability_excludes_self_and_may_be_negative():

@@ -44,7 +44,13 @@ import numpy as np
 
 from selfplay.errors import InputError
 from selfplay.games.matrix import validate
-from selfplay.games.ratings import bradley_terry, length_controlled, t_crit, wilson
+from selfplay.games.ratings import (
+    bradley_terry,
+    check_level,
+    length_controlled,
+    t_crit,
+    wilson,
+)
 from selfplay.games.solvers import solve_nash
 
 __all__ = [
@@ -77,6 +83,7 @@ class WinRates:
 
 def win_rates(pairs, m: int, level: float = 0.95) -> WinRates:
     """The win-rate table with a cluster-robust interval per cell (module doc)."""
+    level = check_level(level)
     M = _unit_means(pairs, m)
     n = np.isfinite(M).sum(axis=2)
     with warnings.catch_warnings():
@@ -140,6 +147,9 @@ def _unit_means(pairs, m: int) -> np.ndarray:
 def exploitability(wr: WinRates, level: float = 0.95, boot: int = 2000, seed: int = 0):
     """(estimate, low, high), arrays [m]: ``2·max_{j≠i} W[j, i] − 1`` and its sup-t
     bootstrap interval (module doc). NaN for a league of one or an all-NaN column."""
+    level = check_level(level)
+    if isinstance(boot, bool) or not isinstance(boot, (int, np.integer)) or boot < 1:
+        raise InputError(f"exploitability: boot must be a positive integer, got {boot!r}")
     W, se, M = wr.win_rate, wr.se, wr.unit_means
     m, U = M.shape[0], M.shape[2]
     est, low, high = (np.full(m, np.nan) for _ in range(3))
