@@ -367,3 +367,24 @@ def test_exploitability_of_an_ne_tied_by_every_member():
     print(f"\nNE tied five ways: band {np.mean(band):.3f}, percentile {np.mean(percentile):.3f}")
     assert np.mean(band) >= 0.90
     assert np.mean(percentile) < 0.70
+
+
+def test_import_boundary():
+    """The statistics import no ray/transformers/mlflow/matplotlib (torch comes only
+    with the package's `measures`; league.py and ratings.py do not use it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import selfplay.games.league, sys; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "{'ray', 'vllm', 'transformers', 'mlflow', 'matplotlib', 'sklearn'}]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from pathlib import Path
+
+    import selfplay.games.league as league
+    import selfplay.games.ratings as ratings
+
+    for mod in (league, ratings):
+        assert "import torch" not in Path(mod.__file__).read_text()
