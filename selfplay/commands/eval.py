@@ -106,7 +106,8 @@ def make_plan(
         if not given:
             raise InputError("selfplay eval needs at least 2 policies, got none")
         base_dir = str(given[0].source)
-        cfg = load_config(None, ["task.kind=prompts", f"model.name={base_dir}", *over])
+        task = ["task.kind=prompts", f"task.dataset={data}"]
+        cfg = load_config(None, [*task, f"model.name={base_dir}", *over])
         cfg = cfg.model_copy(update={"task": _file_task(data, None)})
     if reference is not None:
         ref = pol.resolve(reference)

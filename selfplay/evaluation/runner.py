@@ -76,8 +76,12 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def _flat(policy: Policy, dtype: str):
+    from transformers.utils import logging as hf_logging
+
     from selfplay.models.load import load_policy
     from selfplay.models.weights import flatten_state_dict
+
+    hf_logging.disable_progress_bar()  # "Loading weights": noise here
 
     model, _ = load_policy(policy.source, dtype=dtype)
     return flatten_state_dict(model)
@@ -228,7 +232,8 @@ def format_report(r: dict) -> str:
     lines += ["", head + (f"{'LC win rate vs ' + names[0]:>{cw + 8}}" if lc else "")]
     for i, n in enumerate(names):
         ex = _cell(r["exploitability"][i], r["exploitability_low"][i], r["exploitability_high"][i])
-        row = f"{n:<{w}}{ex:>26}{r['league_nash'][i]:>11.3f}{r['elo'][i]:>8.0f}"
+        ne, elo = r.get("league_nash") or [None] * len(names), r.get("elo") or [None] * len(names)
+        row = f"{n:<{w}}{ex:>26}{_num(ne[i]):>11}{_num(elo[i], '.0f'):>8}"
         if lc:
             row += f"{'—' if i == 0 else _num(r['lc_win_rate'][i][0]):>{cw + 8}}"
         lines.append(row)
@@ -237,8 +242,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _num(x) -> str:
-    return "nan" if x is None else f"{x:.3f}"
+def _num(x, fmt: str = ".3f") -> str:
+    return "nan" if x is None else format(x, fmt)
 
 
 def _units(r: dict) -> str:
