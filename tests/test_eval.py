@@ -58,10 +58,10 @@ def game_run(cluster, tmp_path_factory):
     )
 
 
-def _eval(capsys, *args: str) -> tuple[dict, str]:
+def _eval(capsys, *args: str, mlflow: bool = False) -> tuple[dict, str]:
     """(the JSON report on stdout's last line, stderr) of `selfplay eval ARGS --json`."""
     capsys.readouterr()
-    main(["eval", *args, "--json", "--no-mlflow", "--no-progress"])
+    main(["eval", *args, "--json", "--no-progress", *([] if mlflow else ["--no-mlflow"])])
     out = capsys.readouterr()
     return json.loads(out.out.strip().splitlines()[-1]), out.err
 
@@ -208,16 +208,27 @@ def text_run(cluster, tmp_path_factory):
     return run_dir, policy
 
 
-def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path):
+def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path, monkeypatch):
+    import mlflow
+
     run_dir, policy = text_run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     t0 = time.perf_counter()
-    r, _ = _eval(capsys, str(run_dir))
+    r, _ = _eval(capsys, str(run_dir), mlflow=True)
     seconds = time.perf_counter() - t0
     assert r["policies"] == ["reference", "final"]
     _check_table(r, 2)
     assert r["prompts"] == 8  # eval_fraction 0.25 of the 32 shipped chat prompts
     assert r["judge"] == "reward" and 0 < r["mean_length"]["final"] <= 8
     assert len(r["lc_win_rate"]) == 2
+    # the MLflow run holds the table: W's columns, as in the report
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(
+        experiment_names=["selfplay"], filter_string="tags.`selfplay.command` = 'eval'"
+    ).run_id
+    table = mlflow.load_table("win_rates.json", run_ids=[run])
+    assert list(table["final"]) == pytest.approx([row[1] for row in r["win_rate"]])
     with capsys.disabled():
         print(f"\ntext eval: {seconds:.1f}s")
     # a policy of another architecture (and tokenizer) than the run's: one line
