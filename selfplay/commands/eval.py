@@ -6,6 +6,7 @@ work is `selfplay.evaluation.runner.run_eval`.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def eval_cmd(policies, as_json, no_mlflow, no_progress, **opts) -> None:
     from selfplay.outputs import dumps
 
     plan, out_dir, uri = make_plan(list(policies), **opts)
+    if not plan.cfg.runtime.address and os.environ.get("RAY_ADDRESS"):
+        raise InputError(  # ray.init would join that cluster and refuse num_cpus
+            f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set but the run's runtime.address "
+            "is not: unset RAY_ADDRESS"
+        )
     if not no_mlflow:
         from selfplay.tracking import check_store
 

@@ -30,10 +30,9 @@ from selfplay.evaluation.policies import Policy
 from selfplay.evaluation.sampling import (
     SampleCache,
     compare,
-    prompt_keys,
-    sample_policy,
+    draw_missing,
+    lookup,
     settings_key,
-    unit_seed,
 )
 from selfplay.types import Prompts, Version
 
@@ -97,42 +96,30 @@ def draw(plan: EvalPlan, progress: bool = True) -> Drawn:
     cfg, prompts, S = plan.cfg, plan.prompts, plan.samples
     sampling = plan.task.sampling(plan.tokenizer, cfg.rollout)
     cache = SampleCache(plan.cache, settings_key(sampling, S, cfg.model.dtype))
-    keys = prompt_keys(prompts)
-    out = Drawn(samples=[])
-    missing: list[list[int]] = []
-    for p in plan.policies:
-        seeds = [unit_seed(plan.seed, p.identity, k) for k in keys]
-        got = [
-            cache.get(p.identity, prompts, u, k, s)
-            for u, (k, s) in enumerate(zip(keys, seeds, strict=True))
-        ]
-        out.samples.append(got)
-        missing.append([u for u, g in enumerate(got) if g is None])
-        out.cached += S * sum(g is not None for g in got)
-    if any(missing):
+    out = Drawn(samples=[lookup(cache, p.identity, prompts, plan.seed) for p in plan.policies])
+    out.cached = S * sum(g is not None for got in out.samples for g in got)
+    if any(g is None for got in out.samples for g in got):
         workers = [
             make_rollout_worker(plan.base, cfg, sampling) for _ in range(cfg.rollout.workers)
         ]
         try:
-            for i, (p, rows) in enumerate(zip(plan.policies, missing, strict=True)):
-                if not rows:
+            for i, (p, got) in enumerate(zip(plan.policies, out.samples, strict=True)):
+                if all(g is not None for g in got):
                     continue
                 version, ref = Version(i, "main"), ray.put(_flat(p, cfg.model.dtype))
-                seeds = [unit_seed(plan.seed, p.identity, keys[u]) for u in rows]
-                with _bar(len(rows), f"sampling {p.name}", progress) as bar:
-                    got = sample_policy(
+                with _bar(sum(g is None for g in got), f"sampling {p.name}", progress) as bar:
+                    out.sampled += draw_missing(
                         workers,
                         version,
-                        prompts.take(rows),
+                        p.identity,
+                        prompts,
                         S,
-                        seeds,
+                        plan.seed,
+                        cache,
+                        got,
                         prepare=lambda w, v=version, r=ref: w.load.remote(v, [r]),
                         bar=bar,
                     )
-                for u, sd, s in zip(rows, seeds, got, strict=True):
-                    cache.put(p.identity, keys[u], sd, s)
-                    out.samples[i][u] = s
-                out.sampled += S * len(rows)
                 for w in workers:
                     w.drop.remote(version)
                 del ref

@@ -3,10 +3,17 @@
 Reusable with any rollout workers and preference servers: `selfplay eval` starts its
 own; evaluation during training passes the live controller's, e.g.
 
-    v = ctl.store.roles["main"]
-    got = sample_policy(ctl.rollout_pool.workers, v, prompts, S, seeds,
-                        prepare=lambda w: ctl.rollout_pool.ensure_loaded(w, {v}, ctl.store.refs))
-    p = compare(ctl.judges, got, ref_samples)          # [U, S] P(main ≻ ref), NaN = masked
+    pool, v = ctl.rollout_pool, ctl.store.roles["main"]
+    cache = SampleCache(run_dir / "eval" / "cache", settings_key(sampling, S, dtype))
+    ref = lookup(cache, ref_identity, prompts, seed)   # π_ref's draws: cached once
+    draw_missing(pool.workers, Version(0, "ref"), ref_identity, prompts, S, seed, cache, ref,
+                 prepare=lambda w: pool.ensure_loaded(w, {Version(0, "ref")}, ctl.store.refs))
+    cur = [None] * len(prompts)                        # π_t's: fresh each time (no cache)
+    draw_missing(pool.workers, v, f"{run_id}-{v}", prompts, S, seed, SampleCache(None, ""),
+                 cur, prepare=lambda w: pool.ensure_loaded(w, {v}, ctl.store.refs))
+    p = compare(ctl.judges, cur, ref)                  # [U, S] P(π_t ≻ π_ref), NaN = masked
+
+(an identity is any string: it keys the cache and seeds the draws).
 
 The rules:
 - a unit is one prompt; each policy draws S responses per unit at the policy's
@@ -52,7 +59,7 @@ def prompt_keys(prompts: Prompts) -> list[str]:
 
 def unit_seed(seed: int, identity: str, key: str) -> int:
     """The generation seed of one (policy, prompt) unit: a pure function of the three."""
-    words = [int(seed), int(identity[:8], 16), int(_digest(key)[:8], 16)]
+    words = [int(seed), int(_digest(identity)[:8], 16), int(_digest(key)[:8], 16)]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
@@ -103,7 +110,7 @@ class SampleCache:
         self.dir = None if root is None else Path(root) / settings
 
     def _path(self, identity: str, key: str, seed: int) -> Path:
-        return self.dir / identity[:32] / f"{key}-{seed}.json"
+        return self.dir / _digest(identity)[:32] / f"{key}-{seed}.json"
 
     def get(self, identity: str, prompts: Prompts, row: int, key: str, seed: int):
         if self.dir is None:
@@ -157,6 +164,44 @@ def sample_policy(
         for u, sd in enumerate(seeds)
     ]
     return [slim(s) for s in _gather(refs, bar)]
+
+
+def lookup(cache: SampleCache, identity: str, prompts: Prompts, seed: int) -> list:
+    """Per prompt, the policy's cached draw (slim `Samples`), or None where it has none."""
+    keys = prompt_keys(prompts)
+    return [
+        cache.get(identity, prompts, u, k, unit_seed(seed, identity, k)) for u, k in enumerate(keys)
+    ]
+
+
+def draw_missing(
+    workers: list,
+    version,
+    identity: str,
+    prompts: Prompts,
+    k: int,
+    seed: int,
+    cache: SampleCache,
+    got: list,
+    *,
+    prepare=None,
+    bar=None,
+) -> int:
+    """Fill the None entries of `got` (from `lookup`) by sampling `version` on
+    `workers` (`sample_policy`), and cache them; returns the number of responses drawn.
+
+    During training: workers = ctl.rollout_pool.workers, version = the role's version,
+    prepare = lambda w: ctl.rollout_pool.ensure_loaded(w, {version}, ctl.store.refs)."""
+    rows = [u for u, g in enumerate(got) if g is None]
+    if not rows:
+        return 0
+    keys = prompt_keys(prompts)
+    seeds = [unit_seed(seed, identity, keys[u]) for u in rows]
+    new = sample_policy(workers, version, prompts.take(rows), k, seeds, prepare=prepare, bar=bar)
+    for u, sd, smp in zip(rows, seeds, new, strict=True):
+        cache.put(identity, keys[u], sd, smp)
+        got[u] = smp
+    return k * len(rows)
 
 
 def compare(judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None):
