@@ -24,6 +24,7 @@ from selfplay.cli import main
 from selfplay.config import load_config
 from selfplay.games.league import exact_win_rates
 from selfplay.models.demo import shipped_prompts_path
+from selfplay.types import Samples, Version
 
 pytestmark = pytest.mark.ray
 
@@ -234,3 +235,47 @@ def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path, mo
     # a policy of another architecture (and tokenizer) than the run's: one line
     err = _bad(capsys, tmp_path, str(run_dir), "--reference", str(game_run / "model"))
     assert "another architecture" in err
+
+
+class _Judge:
+    """P(a ≻ b) = len(a) / (len(a) + len(b)) by characters; NaN when a says 'nan'."""
+
+    def prob(self, prompts, a, b):
+        return np.array(
+            [
+                np.nan if x == "nan" else len(x) / (len(x) + len(y))
+                for x, y in zip(a, b, strict=True)
+            ]
+        )
+
+
+def _samples(texts: list[str], truncated: list[bool], k: int) -> Samples:
+    n = len(texts)
+    return Samples(
+        prompt_ids=np.arange(n // k),
+        prompt_texts=[f"q{i}" for i in range(n // k)],
+        tokens=np.zeros((n, 0), dtype=np.int64),
+        lengths=np.array([len(t) for t in texts]),
+        logprobs=np.zeros((n, 0), dtype=np.float32),
+        texts=texts,
+        version=Version(0, "main"),
+        k=k,
+        truncated=np.array(truncated),
+    )
+
+
+def test_compare_pairs_row_by_row_with_the_truncation_rule_and_masking():
+    from selfplay.errors import RunError
+    from selfplay.runtime.workers.judging import JudgePolicy, compare_pairs
+
+    a = _samples(["aaa", "a", "nan", "aa"], [False, True, False, True], k=2)
+    b = _samples(["b", "bbb", "bb", "b"], [False, False, False, True], k=2)
+    mask = JudgePolicy(retries=1, on_failure="mask")
+    got = compare_pairs(_Judge(), a, b, mask, "lose")
+    # by hand: judged 3/4; truncated vs finished 0; NaN masked; both truncated ½
+    assert np.allclose(got.p, [0.75, 0.0, np.nan, 0.5], equal_nan=True)
+    assert got.masked_pairs == 1 and got.judge_retries == 1
+    keep = compare_pairs(_Judge(), a, b, mask, "keep")
+    assert np.allclose(keep.p, [0.75, 0.25, np.nan, 2 / 3], equal_nan=True)
+    with pytest.raises(RunError, match="judge failed on 1 of"):
+        compare_pairs(_Judge(), a, b, JudgePolicy(retries=0), "lose")
