@@ -84,6 +84,11 @@ def make_plan(
     from selfplay.evaluation.runner import EvalPlan
     from selfplay.outputs import check_writable_dir, check_writable_file
 
+    if not args and league is None:
+        raise InputError(
+            "give the POLICYs to compare (RUN_DIR, RUN_DIR:STEP or a model directory) "
+            "or --league RUN_DIR"
+        )
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
     if num_prompts is not None and num_prompts < 1:
@@ -123,7 +128,7 @@ def make_plan(
     chosen = pol.league(league, ref) if league is not None else ([ref] if ref else [])
     names = [p.name for p in chosen]
     chosen += given
-    policies = pol.unique_names(chosen, [*names, *args])
+    policies = _distinct(pol.unique_names(chosen, [*names, *args]))
     if len(policies) < 2:
         raise InputError(
             f"selfplay eval needs at least 2 policies, got {len(policies)} "
@@ -157,6 +162,20 @@ def make_plan(
         facts=facts,
     )
     return plan, out_dir, cfg.tracking.uri
+
+
+def _distinct(policies):
+    """Each set of weights once (the first name it was given wins), with a note."""
+    seen, out = {}, []
+    for p in policies:
+        if p.identity in seen:
+            click.echo(
+                f"note: {p.name} is {seen[p.identity]} (the same weights); listed once", err=True
+            )
+            continue
+        seen[p.identity] = p.name
+        out.append(p)
+    return out
 
 
 def _looks_local(data: str) -> bool:
