@@ -19,12 +19,36 @@ GAME_PROMPTS = 64  # independent draws of a game's one prompt, by default
 
 @click.command("eval")
 @click.argument("policies", nargs=-1, type=str)
-@click.option("--reference", type=str, default=None, help="π_ref: a POLICY (default: the run's).")
-@click.option("--league", type=str, default=None, metavar="RUN_DIR", help="Every kept policy.")
-@click.option("--prompts", "data", type=str, default=None, help="Prompts file (text tasks).")
-@click.option("--num-prompts", type=int, default=None, help="Use the first N eval prompts.")
-@click.option("--judge.kind", "judge_kind", type=str, default=None, help="Judge kind.")
-@click.option("--judge.model", "judge_model", type=str, default=None, help="Judge model dir.")
+@click.option(
+    "--reference", type=str, default=None, help="π_ref, a POLICY [the run's initial policy]."
+)
+@click.option(
+    "--league",
+    type=str,
+    default=None,
+    metavar="RUN_DIR",
+    help="Reference, every kept policy and final of RUN_DIR.",
+)
+@click.option(
+    "--prompts", "data", type=str, default=None, help="Prompts file [the run's eval prompts]."
+)
+@click.option(
+    "--num-prompts", type=int, default=None, help="First N prompts [all; games: 64 draws]."
+)
+@click.option(
+    "--judge.kind",
+    "judge_kind",
+    type=str,
+    default=None,
+    help="reward, pairwise or llm [the run's].",
+)
+@click.option(
+    "--judge.model",
+    "judge_model",
+    type=str,
+    default=None,
+    help="Judge model directory [the run's].",
+)
 @click.option("--samples", type=int, default=4, show_default=True, help="Samples per prompt.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=str, default=None, help="Sample cache dir [RUN_DIR/eval/cache].")
