@@ -9,7 +9,7 @@ import numpy as np
 
 
 def _fmt(x) -> str:
-    return "–" if x is None else f"{x:.2f}"
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def plot_win_rates(report: dict, path, *, title: str | None = None) -> Path:
@@ -33,9 +33,9 @@ def plot_win_rates(report: dict, path, *, title: str | None = None) -> Path:
     nash = report.get("league_nash")
 
     side = 1.6
-    fig = Figure(figsize=(1.2 * m + 2.2 + side, 1.0 * m + 1.6))
+    fig = Figure(figsize=(1.2 * m + 2.2 + side, 1.0 * m + 1.6), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, 2, width_ratios=[m, side * m / (1.2 * m)], wspace=0.05)
+    grid = fig.add_gridspec(1, 2, width_ratios=[m, 1.1])
     ax, ax_e = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
     cmap = "RdBu"
     im = ax.imshow(W, cmap=cmap, norm=Normalize(0.0, 1.0), aspect="auto")
@@ -68,7 +68,7 @@ def plot_win_rates(report: dict, path, *, title: str | None = None) -> Path:
     for i in range(m):
         ax_e.text(0, i, f"{_fmt(expl[i])}\n[{_fmt(lo_e[i])},{_fmt(hi_e[i])}]",
                   ha="center", va="center", fontsize=8)  # fmt: skip
-    ax_e.set_xticks([0], ["exploitability"], fontsize=8)
+    ax_e.set_xticks([0], ["exploitability\n(of the row)"], fontsize=8)
     ax_e.set_yticks([])
     fig.colorbar(im, ax=[ax, ax_e], fraction=0.04, pad=0.02, label="W[i][j] = P(i ≻ j)")
     level = report.get("level", 0.95)

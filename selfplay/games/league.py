@@ -41,10 +41,17 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from selfplay.errors import InputError
 from selfplay.games.matrix import validate
-from selfplay.games.ratings import bradley_terry, length_controlled, t_crit, wilson
+from selfplay.games.ratings import (
+    bradley_terry,
+    check_level,
+    length_controlled,
+    t_crit,
+    wilson,
+)
 from selfplay.games.solvers import solve_nash
 
 __all__ = [
@@ -77,6 +84,7 @@ class WinRates:
 
 def win_rates(pairs, m: int, level: float = 0.95) -> WinRates:
     """The win-rate table with a cluster-robust interval per cell (module doc)."""
+    level = check_level(level)
     M = _unit_means(pairs, m)
     n = np.isfinite(M).sum(axis=2)
     with warnings.catch_warnings():
@@ -86,7 +94,7 @@ def win_rates(pairs, m: int, level: float = 0.95) -> WinRates:
     se = np.where(n >= 2, sd / np.sqrt(np.maximum(n, 1)), np.inf)
     crit = t_crit(n - 1, level)
     low, high = np.clip(W - crit * se, 0, 1), np.clip(W + crit * se, 0, 1)
-    z = t_crit(np.array(1e9), level)
+    z = float(norm.ppf(0.5 + level / 2))
     for i, j in np.argwhere((n >= 2) & (sd < 1e-12)):
         low[i, j], high[i, j] = wilson(W[i, j], int(n[i, j]), level)
         se[i, j] = (high[i, j] - low[i, j]) / (2 * z)
@@ -140,17 +148,25 @@ def _unit_means(pairs, m: int) -> np.ndarray:
 def exploitability(wr: WinRates, level: float = 0.95, boot: int = 2000, seed: int = 0):
     """(estimate, low, high), arrays [m]: ``2·max_{j≠i} W[j, i] − 1`` and its sup-t
     bootstrap interval (module doc). NaN for a league of one or an all-NaN column."""
+    level = check_level(level)
+    if isinstance(boot, bool) or not isinstance(boot, (int, np.integer)) or boot < 1:
+        raise InputError(f"exploitability: boot must be a positive integer, got {boot!r}")
     W, se, M = wr.win_rate, wr.se, wr.unit_means
     m, U = M.shape[0], M.shape[2]
     est, low, high = (np.full(m, np.nan) for _ in range(3))
     if m < 2:
         return est, low, high
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(U, np.full(U, 1.0 / U), size=boot) if U else np.zeros((boot, 0))
-    valid = np.isfinite(M).reshape(m * m, U).T.astype(np.float64)
+    if U == 0:
+        return est, low, high
+    # counts[b, u]: how often replicate b drew unit u (U draws with replacement)
+    draws = np.random.default_rng(seed).integers(0, U, size=(boot, U))
+    counts = np.bincount((np.arange(boot)[:, None] * U + draws).ravel(), minlength=boot * U)
+    counts = counts.reshape(boot, U).astype(np.float64)
+    finite = np.isfinite(M).reshape(m * m, U)
     sums = counts @ np.nan_to_num(M).reshape(m * m, U).T
+    drawn = counts @ finite.T.astype(np.float64) if not finite.all() else U
     with np.errstate(invalid="ignore", divide="ignore"):
-        Wb = (sums / (counts @ valid)).reshape(boot, m, m)
+        Wb = (sums / drawn).reshape(boot, m, m)
         dev = np.abs(Wb - W) / se
     dev[~np.isfinite(dev)] = 0.0  # se = 0 (diagonal), se = inf (U < 2), empty replicates
     crit = t_crit(wr.units - 1, level)
@@ -203,8 +219,9 @@ def league_report(
     """JSON-safe report (NaN → None): ``policies, win_rate, ci_low, ci_high,
     exploitability, exploitability_low, exploitability_high, league_nash, elo,
     units`` and, with ``lengths = {(i, j): len(y_i) − len(y_j)}`` [U, S] aligned
-    with ``pairs``, ``lc_win_rate, lc_ci_low, lc_ci_high`` [m, m]. ``league_nash``
-    and ``elo`` are None when a cell is empty."""
+    with ``pairs``, ``lc_win_rate, lc_ci_low, lc_ci_high`` [m, m] (None where no
+    lengths were given). ``league_nash`` is None when a cell is empty (every
+    comparison masked); Elo fits the cells there are."""
     names = [str(x) for x in names]
     m = len(names)
     wr = win_rates(pairs, m, level)
@@ -219,7 +236,7 @@ def league_report(
         "exploitability_low": _json(lo),
         "exploitability_high": _json(hi),
         "league_nash": _json(league_nash(wr.win_rate)) if complete else None,
-        "elo": _json(bradley_terry(wr.win_rate, wr.units)) if complete else None,
+        "elo": _json(bradley_terry(wr.win_rate, wr.units)),
         "units": wr.units.astype(int).tolist(),
         "level": level,
     }

@@ -40,6 +40,17 @@ from selfplay.errors import InputError
 ELO_SCALE = 400.0 / np.log(10.0)
 
 
+def check_level(level) -> float:
+    """A confidence level in (0, 1), else a one-line `InputError`."""
+    try:
+        x = float(level)
+    except (TypeError, ValueError):
+        raise InputError(f"confidence level must be a number in (0, 1), got {level!r}") from None
+    if not 0.0 < x < 1.0:
+        raise InputError(f"confidence level must be in (0, 1), got {level!r}")
+    return x
+
+
 def wilson(rate: float, n: int, level: float) -> tuple[float, float]:
     """Wilson score interval for a proportion ``rate`` out of ``n``."""
     if n < 1:
@@ -130,6 +141,7 @@ def length_controlled(p, len_diff, level: float = 0.95) -> tuple[float, float, f
     at n = units; when every length difference is equal (sd 0) the model is the
     intercept alone (σ(a) = the pooled win rate); one unit gives the interval [0, 1].
     """
+    level = check_level(level)
     y, d = _as_units(p, "p"), _as_units(len_diff, "len_diff")
     if y.shape != d.shape:
         raise InputError(f"length_controlled: p is {y.shape}, len_diff is {d.shape}")
