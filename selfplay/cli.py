@@ -20,6 +20,7 @@ from selfplay.errors import InputError, RunError
 # name -> (module, attribute, one-line help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "game": ("selfplay.commands.game", "game", "Run algorithms on a matrix preference game."),
+    "eval": ("selfplay.commands.eval", "eval_cmd", "Win rates, league Nash and exploitability."),
     "train": ("selfplay.commands.train", "train", "Train a policy from a YAML config on Ray."),
     "bench": ("selfplay.commands.bench", "bench", "Benchmarks: `games`, `pipeline` and `trl`."),
     "demo": ("selfplay.commands.demo", "demo", "Offline demo models and prompts: `text`."),

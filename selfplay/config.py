@@ -198,6 +198,12 @@ class RuntimeConfig(_Strict):
         description="steps between checkpoints in RUN_DIR/checkpoints (0: only the final one)",
     )
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    keep_policies_every: int = Field(
+        0,
+        ge=0,
+        description="steps between weights-only policies kept in RUN_DIR/policies/step-N "
+        "(never pruned; `selfplay eval --league RUN_DIR`); 0: none",
+    )
     max_reissues: int = Field(
         3,
         ge=0,

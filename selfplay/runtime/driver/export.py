@@ -5,6 +5,9 @@
   `AutoModelForCausalLM.from_pretrained(RUN_DIR/model)` and vLLM load it as they
   load any checkpoint. Written to a temporary directory and renamed into place:
   an interrupted export leaves the previous `model/` (or none), never half of one.
+- `keep_policy`: RUN_DIR/policies/step-N/, a weights-only policy written the same way
+  every `runtime.keep_policies_every` steps (never pruned), so a run's iterates form
+  a league for `selfplay eval --league RUN_DIR`.
 - `write_rollouts`: RUN_DIR/rollouts/step-NNNNNN.parquet, one row per trained-on
   response and per opponent sample of the step's phases (columns in `COLUMNS`),
   written atomically as well.
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 MODEL_DIR = "model"
+POLICIES_DIR = "policies"
 ROLLOUT_DIR = "rollouts"
 #: parquet columns, in order; `g` is null on opponent rows.
 COLUMNS = (
@@ -37,8 +41,11 @@ COLUMNS = (
 )
 
 
-def export_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: Path) -> Path:
-    """Write `flat` (the final policy's FlatWeights) as RUN_DIR/model/ and return it.
+def export_policy(
+    flat, build_model: Callable[[], object], tokenizer, run_dir: Path, out: Path | None = None
+) -> Path:
+    """Write `flat` (the final policy's FlatWeights) as `out` (default RUN_DIR/model/)
+    and return it.
 
     build_model: zero-argument callable returning a model of the policy's architecture
     (its weights are replaced); tokenizer: the policy's tokenizer."""
@@ -52,8 +59,9 @@ def export_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: P
         raise ValueError(
             f"final weights do not fit the policy: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    out = run_dir / MODEL_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}-", dir=run_dir))
+    out = run_dir / MODEL_DIR if out is None else Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -61,6 +69,17 @@ def export_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def policy_dir(run_dir: Path, step: int) -> Path:
+    """RUN_DIR/policies/step-N: where the policy kept after step N lives."""
+    return Path(run_dir) / POLICIES_DIR / f"step-{int(step)}"
+
+
+def keep_policy(flat, build_model: Callable[[], object], tokenizer, run_dir: Path, step: int):
+    """The policy after `step` steps as RUN_DIR/policies/step-N/ (`export_policy`'s
+    format: safetensors, config, tokenizer; atomic; never pruned)."""
+    return export_policy(flat, build_model, tokenizer, run_dir, policy_dir(run_dir, step))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -62,6 +62,7 @@ RESUMABLE = (
     "runtime.num_cpus",
     "runtime.checkpoint_every",
     "runtime.checkpoint_keep",
+    "runtime.keep_policies_every",
     "runtime.max_reissues",
     "rollout.workers",
     "rollout.autoscale",

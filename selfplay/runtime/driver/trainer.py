@@ -21,7 +21,12 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
-from selfplay.runtime.driver.export import completions_table, export_policy, write_rollouts
+from selfplay.runtime.driver.export import (
+    completions_table,
+    export_policy,
+    keep_policy,
+    write_rollouts,
+)
 from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
 from selfplay.runtime.driver.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.driver.rundir import (
@@ -112,6 +117,9 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             m = step_metrics(step + 1, recs, time.perf_counter() - t0) | evals
             history.append(m)
             _rollouts(cfg, run_dir, step + 1, recs, tracker)
+            if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
+                main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
+                keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
             if tracker is not None:
                 tracker.log_metrics(
                     {k: v for k, v in m.items() if k != "step" and isinstance(v, float | int)},

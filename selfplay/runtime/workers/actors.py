@@ -30,6 +30,7 @@ import ray
 from selfplay.runtime.workers.judging import (
     Judged,
     JudgePolicy,
+    compare_pairs,
     estimate_g,
     to_train_batch,
     truncated_flags,
@@ -139,6 +140,10 @@ class JudgeActor:
             opponent_truncated=_cat([truncated_flags(o) for o in opponents], bool),
             rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
+
+    def compare(self, a: Samples, b: Samples) -> np.ndarray:
+        """[n] P(a_r ≻ b_r) per row (`judging.compare_pairs`), NaN where masked."""
+        return compare_pairs(self.judge, a, b, self.policy, self.truncated).p
 
     @staticmethod
     def _rows(samples: Samples, g: np.ndarray, opponents: tuple[Samples, ...]):

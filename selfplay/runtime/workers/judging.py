@@ -307,6 +307,56 @@ def estimate_g(
     )
 
 
+@dataclass
+class Compared:
+    """What `compare_pairs` returns: p [n] P(a_r ≻ b_r), NaN where masked; the counts
+    as in `Judged`."""
+
+    p: np.ndarray
+    queries: int
+    masked_pairs: int
+    judge_retries: int
+
+
+def compare_pairs(
+    judge: Judge,
+    a: Samples,
+    b: Samples,
+    policy: JudgePolicy = JudgePolicy(),
+    truncated: str = "lose",
+) -> Compared:
+    """P(a_r ≻ b_r | x_r) for each row r of two samples of the same prompts (row r of
+    `a` and row r of `b` answer prompt r // k; `a.k == b.k`): the truncation rule
+    decides what it can (`truncated`, as in `estimate_g`), the judge the rest, with
+    `policy`'s retries; a comparison still failing is NaN (on_failure="mask") or a
+    `RunError` (on_failure="raise"). For evaluation: the rows are sample pairs."""
+    if truncated not in TRUNCATED:
+        raise ValueError(f"truncated must be one of {TRUNCATED}, got {truncated!r}")
+    if len(a) != len(b) or a.k != b.k or not np.array_equal(a.prompt_ids, b.prompt_ids):
+        raise ValueError("compared samples must answer the same prompts, row for row")
+    n = len(a)
+    p = np.full(n, np.nan)
+    if truncated == "lose":
+        p = truncation_rule(truncated_flags(a), truncated_flags(b))
+    ask = np.flatnonzero(np.isnan(p))
+    res = call_judge(
+        judge,
+        [a.prompt_texts[r // a.k] for r in ask],
+        [a.texts[r] for r in ask],
+        [b.texts[r] for r in ask],
+        policy,
+    )
+    if not res.ok.all() and policy.on_failure == "raise":
+        raise RunError(_failure_message(res, policy))
+    p[ask] = np.where(res.ok, res.p, np.nan)
+    return Compared(
+        p=p,
+        queries=res.sent,
+        masked_pairs=int((~res.ok).sum()),
+        judge_retries=max(res.calls - 1, 0),
+    )
+
+
 def to_train_batch(chunks: list[Judged], pad_id: int | None = None) -> TrainBatch:
     """Concatenate judged chunks into one TrainBatch (group ids renumbered disjoint).
 

@@ -1,0 +1,234 @@
+"""Sampling policies and judging sample pairs on the runtime's actors, for evaluation.
+
+Reusable with any rollout workers and preference servers: `selfplay eval` starts its
+own; evaluation during training passes the live controller's, e.g.
+
+    pool, v = ctl.rollout_pool, ctl.store.roles["main"]
+    cache = SampleCache(run_dir / "eval" / "cache", settings_key(sampling, S, dtype))
+    ref = lookup(cache, ref_identity, prompts, seed)   # π_ref's draws: cached once
+    draw_missing(pool.workers, Version(0, "ref"), ref_identity, prompts, S, seed, cache, ref,
+                 prepare=lambda w: pool.ensure_loaded(w, {Version(0, "ref")}, ctl.store.refs))
+    cur = [None] * len(prompts)                        # π_t's: fresh each time (no cache)
+    draw_missing(pool.workers, v, f"{run_id}-{v}", prompts, S, seed, SampleCache(None, ""),
+                 cur, prepare=lambda w: pool.ensure_loaded(w, {v}, ctl.store.refs))
+    p = compare(ctl.judges, cur, ref)                  # [U, S] P(π_t ≻ π_ref), NaN = masked
+
+(an identity is any string: it keys the cache and seeds the draws).
+
+The rules:
+- a unit is one prompt; each policy draws S responses per unit at the policy's
+  temperature (`RolloutActor.generate`, explore=False), one generate call per unit
+  so the draw is a function of (weights, prompt, S, seed) alone (the hf backend's
+  draw depends on the batch layout);
+- the seed of a unit is `unit_seed(seed, policy identity, prompt key)`: two policies
+  never share random numbers (a shared stream would couple y_i and y_j, and
+  E P(y_i ≻ y_j) over coupled draws is not the win rate), and the G draws of a game's
+  one prompt are independent (their prompt keys differ by id);
+- sample r of policy i is judged against sample r of policy j (S sample pairs per
+  unit), with the judge's truncation rule and failure policy (`JudgeActor.compare`).
+
+`SampleCache` keeps each (policy, unit, seed) draw on disk as JSON (texts, lengths,
+truncation flags), under a directory keyed by the sampling settings, so a rerun
+draws nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from selfplay.types import Prompts, Samples, Version
+
+PLACEHOLDER = Version(0, "main")  # the version a cached sample reports
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def prompt_keys(prompts: Prompts) -> list[str]:
+    """One key per prompt: its id and a digest of what the policy is conditioned on."""
+    what = prompts.tokens if prompts.tokens is not None else prompts.texts
+    return [f"{int(i)}-{_digest(w)[:16]}" for i, w in zip(prompts.ids, what, strict=True)]
+
+
+def unit_seed(seed: int, identity: str, key: str) -> int:
+    """The generation seed of one (policy, prompt) unit: a pure function of the three."""
+    words = [int(seed), int(_digest(identity)[:8], 16), int(_digest(key)[:8], 16)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def settings_key(sampling, k: int, dtype: str) -> str:
+    """What else a draw depends on: the sampling settings, S and the dtype."""
+    return _digest(asdict(sampling), int(k), dtype)[:16]
+
+
+def slim(s: Samples) -> Samples:
+    """The samples without tokens and log-probs: what judging and the cache need."""
+    n = len(s)
+    return Samples(
+        prompt_ids=np.asarray(s.prompt_ids, dtype=np.int64),
+        prompt_texts=list(s.prompt_texts),
+        tokens=np.zeros((n, 0), dtype=np.int64),
+        lengths=np.asarray(s.lengths, dtype=np.int64),
+        logprobs=np.zeros((n, 0), dtype=np.float32),
+        texts=list(s.texts),
+        version=s.version,
+        k=s.k,
+        truncated=None if s.truncated is None else np.asarray(s.truncated, dtype=bool),
+    )
+
+
+def concat(parts: list[Samples]) -> Samples:
+    """Slim samples of several units as one (rows in order; the same k)."""
+    return Samples(
+        prompt_ids=np.concatenate([np.asarray(p.prompt_ids, dtype=np.int64) for p in parts]),
+        prompt_texts=[t for p in parts for t in p.prompt_texts],
+        tokens=np.zeros((sum(len(p) for p in parts), 0), dtype=np.int64),
+        lengths=np.concatenate([np.asarray(p.lengths, dtype=np.int64) for p in parts]),
+        logprobs=np.zeros((sum(len(p) for p in parts), 0), dtype=np.float32),
+        texts=[t for p in parts for t in p.texts],
+        version=parts[0].version,
+        k=parts[0].k,
+        truncated=np.concatenate(
+            [np.zeros(len(p), bool) if p.truncated is None else p.truncated for p in parts]
+        ),
+    )
+
+
+class SampleCache:
+    """ROOT/<settings key>/<policy identity>/<prompt key>-<seed>.json, written atomically.
+
+    root None: no cache (nothing read, nothing written)."""
+
+    def __init__(self, root: str | Path | None, settings: str) -> None:
+        self.dir = None if root is None else Path(root) / settings
+
+    def _path(self, identity: str, key: str, seed: int) -> Path:
+        return self.dir / _digest(identity)[:32] / f"{key}-{seed}.json"
+
+    def get(self, identity: str, prompts: Prompts, row: int, key: str, seed: int):
+        if self.dir is None:
+            return None
+        p = self._path(identity, key, seed)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        n = len(d["texts"])
+        return Samples(
+            prompt_ids=np.asarray(prompts.ids[row : row + 1], dtype=np.int64),
+            prompt_texts=[prompts.texts[row]],
+            tokens=np.zeros((n, 0), dtype=np.int64),
+            lengths=np.asarray(d["lengths"], dtype=np.int64),
+            logprobs=np.zeros((n, 0), dtype=np.float32),
+            texts=list(d["texts"]),
+            version=PLACEHOLDER,
+            k=n,
+            truncated=np.asarray(d["truncated"], dtype=bool),
+        )
+
+    def put(self, identity: str, key: str, seed: int, s: Samples) -> None:
+        if self.dir is None:
+            return
+        p = self._path(identity, key, seed)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        flags = np.zeros(len(s), bool) if s.truncated is None else s.truncated
+        body = {
+            "texts": list(s.texts),
+            "lengths": [int(x) for x in s.lengths],
+            "truncated": [bool(x) for x in flags],
+        }
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        os.replace(tmp, p)
+
+
+def sample_policy(
+    workers: list, version, prompts: Prompts, k: int, seeds: list[int], *, prepare=None, bar=None
+) -> list[Samples]:
+    """`k` responses to each prompt from `version`, one generate call per prompt with
+    its seed, spread round-robin over `workers`; slim `Samples` per prompt, in order.
+
+    prepare(worker): called once per worker before its first call (load the version);
+    bar: a tqdm bar advanced by one per prompt done."""
+    for w in workers if prepare is not None else ():
+        prepare(w)
+    refs = [
+        workers[u % len(workers)].generate.remote(prompts.take([u]), version, k, seed=int(sd))
+        for u, sd in enumerate(seeds)
+    ]
+    return [slim(s) for s in _gather(refs, bar)]
+
+
+def lookup(cache: SampleCache, identity: str, prompts: Prompts, seed: int) -> list:
+    """Per prompt, the policy's cached draw (slim `Samples`), or None where it has none."""
+    keys = prompt_keys(prompts)
+    return [
+        cache.get(identity, prompts, u, k, unit_seed(seed, identity, k)) for u, k in enumerate(keys)
+    ]
+
+
+def draw_missing(
+    workers: list,
+    version,
+    identity: str,
+    prompts: Prompts,
+    k: int,
+    seed: int,
+    cache: SampleCache,
+    got: list,
+    *,
+    prepare=None,
+    bar=None,
+) -> int:
+    """Fill the None entries of `got` (from `lookup`) by sampling `version` on
+    `workers` (`sample_policy`), and cache them; returns the number of responses drawn.
+
+    During training: workers = ctl.rollout_pool.workers, version = the role's version,
+    prepare = lambda w: ctl.rollout_pool.ensure_loaded(w, {version}, ctl.store.refs)."""
+    rows = [u for u, g in enumerate(got) if g is None]
+    if not rows:
+        return 0
+    keys = prompt_keys(prompts)
+    seeds = [unit_seed(seed, identity, keys[u]) for u in rows]
+    new = sample_policy(workers, version, prompts.take(rows), k, seeds, prepare=prepare, bar=bar)
+    for u, sd, smp in zip(rows, seeds, new, strict=True):
+        cache.put(identity, keys[u], sd, smp)
+        got[u] = smp
+    return k * len(rows)
+
+
+def compare(judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None):
+    """[U, S] P(a_u,r ≻ b_u,r): units judged in chunks of `chunk`, spread over `judges`;
+    NaN where the judge's failure policy masked a comparison."""
+    if len(a) != len(b):
+        raise ValueError("compare: the two sides must cover the same units")
+    if not a:
+        return np.zeros((0, 0))
+    spans = [(i, min(i + chunk, len(a))) for i in range(0, len(a), chunk)]
+    refs = [
+        judges[c % len(judges)].compare.remote(concat(a[i:j]), concat(b[i:j]))
+        for c, (i, j) in enumerate(spans)
+    ]
+    out = _gather(refs, bar, [j - i for i, j in spans])
+    return np.concatenate(out).reshape(len(a), a[0].k)
+
+
+def _gather(refs: list, bar, weights: list[int] | None = None) -> list:
+    """ray.get of `refs` in order, advancing `bar` as each one finishes."""
+    import ray
+
+    if bar is None:
+        return ray.get(refs)
+    w = dict(zip(refs, weights or [1] * len(refs), strict=True))
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        bar.update(sum(w[r] for r in done))
+    return ray.get(refs)
