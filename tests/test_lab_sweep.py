@@ -125,3 +125,13 @@ def test_cli_sweep_json_and_plot(tmp_path: Path):
     )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "does not use beta" in bad.stderr
+
+
+def test_one_game_settings_must_agree_on_their_count():
+    P = generate("uniform", 5, 0)
+    h = algos.get("omwu").default_hyper(5).with_(eta=torch.tensor([0.1, 0.2, 0.3]), adaptive=False)
+    init = np.full((2, 5), 0.2)
+    with pytest.raises(InputError, match="disagree on the number of settings"):
+        algos.run("omwu", P, hyper=h, iterations=2, init=init)
+    tr = algos.run("omwu", P, hyper=h, iterations=2, init=np.full(5, 0.2))  # [n] broadcasts
+    assert tr.policy.shape == (3, 5)
