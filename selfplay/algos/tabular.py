@@ -3,7 +3,8 @@
 Games are `P: [B, n, n]` (float64), or one game `P: [n, n]` run under B
 settings (hyperparameters, init, μ given per setting): the state is one
 log-probability vector `[B, n]` per role, and with one game every payoff is a
-single matrix–matrix product `Q = Π Pᵀ` over the stacked policies `Π [B, n]`. Every phase computes
+single matrix–matrix product `Q = Π Pᵀ` over the stacked policies `Π [B, n]`.
+Every phase computes
 
     ĝ            = Σ_k w_k · q_{source_k},   q_π = P(· ≻ π) = P π,
     log π_out    = log_softmax(a·log π_anchor + b·log μ + c·ĝ),
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,6 +48,7 @@ from selfplay.algos.base import (
     Algorithm,
     Hyper,
 )
+from selfplay.algos.batching import as_batch, as_games, batch_size, batch_hyper
 from selfplay.algos.payoffs import LipschitzEstimate, Payoffs, mixture_logp
 from selfplay.algos.plan import ROLES, Mixture, Refresh, Source, StepPlan
 from selfplay.errors import InputError
@@ -220,60 +222,6 @@ def _due(rf: Refresh, t: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0], 1), bool(rf.due(t)), dtype=torch.bool)
 
 
-def batch_hyper(h: Hyper, B: int) -> Hyper:
-    """Turn tensor-valued fields into float64 [B, 1] (numbers stay numbers)."""
-    kw = {}
-    for f in fields(h):
-        v = getattr(h, f.name)
-        if isinstance(v, torch.Tensor):
-            v = v.to(torch.float64).reshape(-1, 1)
-            if v.shape[0] not in (1, B):
-                raise InputError(f"hyperparameter {f.name} has {v.shape[0]} values for {B} games")
-        kw[f.name] = v
-    return replace(h, **kw)
-
-
-def _as_batch(x, B: int, n: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64)
-    if t.dim() == 1:
-        t = t.unsqueeze(0)
-    if t.dim() != 2 or t.shape[-1] != n or t.shape[0] not in (1, B):
-        raise InputError(f"{name} must have shape [n] or [B, n] with n={n}, B={B}")
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise InputError(f"{name} must be a full-support distribution (all entries > 0)")
-    if bool(((t.sum(-1) - 1).abs() > 1e-6).any()):
-        raise InputError(f"{name} must sum to 1")
-    return (t / t.sum(-1, keepdim=True)).expand(B, n).clone()
-
-
-def _as_games(P) -> torch.Tensor:
-    """[B, n, n] (B games) or [n, n] (one game, shared by every setting), float64."""
-    P = torch.as_tensor(P, dtype=torch.float64)
-    if P.dim() not in (2, 3) or P.shape[-1] != P.shape[-2]:
-        raise InputError(f"P must be [B, n, n] or [n, n], got shape {tuple(P.shape)}")
-    return P
-
-
-def _batch_size(P: torch.Tensor, *per_setting) -> int:
-    """B: the games of a [B, n, n] P, or for one game [n, n] the largest leading size of
-    the per-setting inputs (hyperparameter tensors, init, μ); 1 if none is batched."""
-    if P.dim() == 3:
-        return P.shape[0]
-    sizes = {1}
-    for x in per_setting:
-        if isinstance(x, Hyper):
-            sizes |= {
-                int(torch.as_tensor(getattr(x, f.name)).reshape(-1).shape[0])
-                for f in fields(x)
-                if isinstance(getattr(x, f.name), torch.Tensor)
-            }
-        elif x is not None and torch.as_tensor(x).dim() == 2:
-            sizes.add(int(torch.as_tensor(x).shape[0]))
-    if len(sizes - {1}) > 1:
-        raise InputError(f"per-setting inputs disagree on the number of settings: {sorted(sizes)}")
-    return max(sizes)
-
-
 def step(
     algo: str | Algorithm,
     P,
@@ -290,8 +238,8 @@ def step(
     from selfplay import algos
 
     A = algos.get(algo) if isinstance(algo, str) else algo
-    P = _as_games(P)
-    B = _batch_size(P, hyper, *state.values())
+    P = as_games(P)
+    B = batch_size(P, hyper, *state.values())
     h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), B))
     ex = Executor(A.plan(h), Payoffs(P, None, torch.Generator()), dict(state))
     ex.step(t)
@@ -365,13 +313,13 @@ def run(
     from selfplay import algos
 
     A = algos.get(algo) if isinstance(algo, str) else algo
-    P = _as_games(P)
-    B, n = _batch_size(P, hyper, mu, init), P.shape[-1]
+    P = as_games(P)
+    B, n = batch_size(P, hyper, mu, init), P.shape[-1]
     if iterations < 0 or record_every < 1 or (queries is not None and queries < 1):
         raise InputError("iterations must be ≥ 0, record_every ≥ 1 and queries ≥ 1")
     h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(n), B))
-    mu_t = _as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
-    init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
+    mu_t = as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
+    init_t = mu_t.clone() if init is None else as_batch(init, B, n, "init")
     payoffs = Payoffs(P, queries, torch.Generator().manual_seed(int(seed)))
     planner = _Planner(A, h) if h.adaptive and A.adapt is not None else None
     ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), planner)
