@@ -48,7 +48,7 @@ from selfplay.algos.base import (
     Algorithm,
     Hyper,
 )
-from selfplay.algos.batching import as_batch, as_games, batch_size, batch_hyper
+from selfplay.algos.batching import as_batch, as_games, batch_hyper, batch_size
 from selfplay.algos.payoffs import LipschitzEstimate, Payoffs, mixture_logp
 from selfplay.algos.plan import ROLES, Mixture, Refresh, Source, StepPlan
 from selfplay.errors import InputError
