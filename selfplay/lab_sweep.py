@@ -190,7 +190,7 @@ def format_table(results: list[SweepResult]) -> str:
         best = int(np.nanargmin(t))
         what = "reg. gap" if r.regularized_gap is not None else "gap"
         lines.append(
-            f"{r.algo:<9} {len(t)} settings, {r.iterations} iters, {r.seconds:.2f}s: final {what} "
+            f"{r.algo:<11}{len(t)} settings, {r.iterations} iters, {r.seconds:.2f}s: final {what} "
             f"median {np.nanmedian(t):.2e}, best {t[best]:.2e} at {_label(r.settings[best])}"
         )
     return "\n".join(lines)
