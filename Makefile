@@ -39,6 +39,7 @@ test: install
 bench: install
 	$(VENV)/bin/selfplay bench games
 	$(VENV)/bin/selfplay bench pipeline
+	$(VENV)/bin/selfplay bench memory --trl-python $(TRL_VENV)/bin/python
 	@if [ -x $(TRL_VENV)/bin/python ]; then \
 		$(VENV)/bin/selfplay bench trl --trl-python $(TRL_VENV)/bin/python; \
 	else \

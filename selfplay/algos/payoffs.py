@@ -11,21 +11,29 @@ from selfplay.algos.plan import Mixture
 
 
 class Payoffs:
-    """q_π = P π, exact or estimated from sampled preference queries."""
+    """q_π = P π, exact or estimated from sampled preference queries.
+
+    P is [B, n, n] (one game per row of π: a batched GEMV) or [n, n] (one game,
+    B policies stacked [B, n]: Q = Π Pᵀ, a single GEMM; the hyperparameter sweep).
+    """
 
     def __init__(self, P: torch.Tensor, queries: int | None, generator: torch.Generator):
         self.P, self.queries, self.gen = P, queries, generator
         self.calls = 0
 
-    def __call__(self, logp: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logp: torch.Tensor, pi: torch.Tensor | None = None) -> torch.Tensor:
+        """q for the policies log π [B, n] (π = exp(log π) may be passed if known)."""
         self.calls += 1
-        pi = logp.exp()
+        pi = logp.exp() if pi is None else pi
         if self.queries is None:
+            if self.P.dim() == 2:
+                return pi @ self.P.mT
             return torch.bmm(self.P, pi.unsqueeze(-1)).squeeze(-1)
         B, n = pi.shape
         Q = self.queries
         opp = torch.multinomial(pi, n * Q, replacement=True, generator=self.gen).view(B, n, Q)
-        p = self.P.gather(2, opp)  # p[b, y, k] = P(y ≻ y''_k)
+        P = self.P if self.P.dim() == 3 else self.P.expand(B, n, n)  # a view, no copy
+        p = P.gather(2, opp)  # p[b, y, k] = P(y ≻ y''_k)
         u = torch.rand(p.shape, generator=self.gen, dtype=p.dtype, device=p.device)
         return (u < p).to(p.dtype).mean(dim=-1)
 

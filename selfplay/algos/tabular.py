@@ -1,7 +1,10 @@
 """Batched exact tabular execution of a `StepPlan` on matrix games.
 
-Games are `P: [B, n, n]` (float64); the state is one log-probability vector
-`[B, n]` per role. Every phase computes
+Games are `P: [B, n, n]` (float64), or one game `P: [n, n]` run under B
+settings (hyperparameters, init, μ given per setting): the state is one
+log-probability vector `[B, n]` per role, and with one game every payoff is a
+single matrix–matrix product `Q = Π Pᵀ` over the stacked policies `Π [B, n]`.
+Every phase computes
 
     ĝ            = Σ_k w_k · q_{source_k},   q_π = P(· ≻ π) = P π,
     log π_out    = log_softmax(a·log π_anchor + b·log μ + c·ĝ),
@@ -11,8 +14,8 @@ Work stays in log space so that probabilities of 1e-300 neither underflow to
 0 in the update nor produce NaNs: only `q = P·exp(log π)` leaves log space, and
 an underflowed exp there contributes exactly what it should (nothing).
 
-Hyperparameters may be per-game tensors `[B]`/`[B, 1]`, so one call sweeps
-many games × hyperparameters.
+Hyperparameters may be per-game (per-setting) tensors `[B]`/`[B, 1]`, so one
+call sweeps many games × hyperparameters, or one game × B settings.
 
 `queries=Q` replaces each exact `q_π(y)` by the mean of Q Bernoulli(P(y, y''))
 outcomes with y'' ~ π drawn independently for every action y (unbiased);
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,6 +48,7 @@ from selfplay.algos.base import (
     Algorithm,
     Hyper,
 )
+from selfplay.algos.batching import as_batch, as_games, batch_hyper, batch_size
 from selfplay.algos.payoffs import LipschitzEstimate, Payoffs, mixture_logp
 from selfplay.algos.plan import ROLES, Mixture, Refresh, Source, StepPlan
 from selfplay.errors import InputError
@@ -101,11 +105,22 @@ class Executor:
     ):
         self.plan, self.payoffs, self.state, self.adapt = plan, payoffs, state, adapt
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._probs: list[tuple[torch.Tensor, torch.Tensor]] = []
         B = next(iter(state.values())).shape[0]
         self.refreshes = torch.zeros(B, dtype=torch.long)
         self.lipschitz = LipschitzEstimate(B) if adapt is not None else None
         self._inner_start: dict[str, torch.Tensor] = {}
         self._last_mixture: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prob(self, logp: torch.Tensor) -> torch.Tensor:
+        """exp(log π), computed once per policy tensor (the payoff and the run's
+        average iterate share it)."""
+        for t, pi in self._probs:
+            if t is logp:
+                return pi
+        pi = logp.exp()
+        self._probs.append((logp, pi))
+        return pi
 
     def q(self, src: Source) -> torch.Tensor:
         if isinstance(src, Mixture):
@@ -117,7 +132,7 @@ class Executor:
         for t, q in self._cache:
             if t is logp:
                 return q
-        q = self.payoffs(logp)
+        q = self.payoffs(logp, self.prob(logp))
         self._cache.append((logp, q))
         return q
 
@@ -129,16 +144,18 @@ class Executor:
                 self._refresh(rf, self._inner_converged(rf), self.state)
         before = dict(self.state)
         for ph in self.plan.phases:
-            g = sum(w * self.q(src) for src, w in ph.opponents)
-            logits = ph.a * self.state[ph.anchor] + ph.c * g
+            g = _scaled_sum((w, self.q(src)) for src, w in ph.opponents)
+            terms = [(ph.a, self.state[ph.anchor]), (ph.c, g)]
             if ph.mu is not None:
-                logits = logits + ph.b * self.state[ph.mu]
+                terms.append((ph.b, self.state[ph.mu]))
+            logits = _scaled_sum(terms)
             self.state[ph.output] = torch.log_softmax(logits, dim=-1)
         for rf in self.plan.refresh:
             due = _due(rf, t, self.state[rf.dst])
             self._refresh(rf, due, before if rf.when == "before" else self.state)
         live = {id(v) for v in self.state.values()}
         self._cache = [(t_, q) for t_, q in self._cache if id(t_) in live]
+        self._probs = [(t_, p) for t_, p in self._probs if id(t_) in live]
 
     def _lipschitz(self) -> torch.Tensor:
         """L̂_t from payoffs the plan queries anyway: π_t's (queried by this step)
@@ -183,45 +200,26 @@ class Executor:
         return due
 
 
+def _scaled_sum(terms) -> torch.Tensor:
+    """Σ w·x over (w, x), each further term one fused multiply-add pass (torch.add with
+    alpha for a number, addcmul for a [B, 1] tensor); a first weight of 1 is not multiplied."""
+    out = None
+    for w, x in terms:
+        number = not isinstance(w, torch.Tensor)
+        if out is None:
+            out = x if number and w == 1 else w * x
+        elif number:
+            out = torch.add(out, x, alpha=w)
+        else:
+            out = torch.addcmul(out, w, x)
+    return out
+
+
 def _due(rf: Refresh, t: int, like: torch.Tensor) -> torch.Tensor:
     """`Refresh.due` as a [B, 1] mask (`every` an int, or per-game periods)."""
     if isinstance(rf.every, torch.Tensor):
         return replace(rf, every=rf.every.reshape(-1, 1).to(torch.long)).due(t)
     return torch.full((like.shape[0], 1), bool(rf.due(t)), dtype=torch.bool)
-
-
-def batch_hyper(h: Hyper, B: int) -> Hyper:
-    """Turn tensor-valued fields into float64 [B, 1] (numbers stay numbers)."""
-    kw = {}
-    for f in fields(h):
-        v = getattr(h, f.name)
-        if isinstance(v, torch.Tensor):
-            v = v.to(torch.float64).reshape(-1, 1)
-            if v.shape[0] not in (1, B):
-                raise InputError(f"hyperparameter {f.name} has {v.shape[0]} values for {B} games")
-        kw[f.name] = v
-    return replace(h, **kw)
-
-
-def _as_batch(x, B: int, n: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64)
-    if t.dim() == 1:
-        t = t.unsqueeze(0)
-    if t.dim() != 2 or t.shape[-1] != n or t.shape[0] not in (1, B):
-        raise InputError(f"{name} must have shape [n] or [B, n] with n={n}, B={B}")
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise InputError(f"{name} must be a full-support distribution (all entries > 0)")
-    if bool(((t.sum(-1) - 1).abs() > 1e-6).any()):
-        raise InputError(f"{name} must sum to 1")
-    return (t / t.sum(-1, keepdim=True)).expand(B, n).clone()
-
-
-def _as_games(P) -> torch.Tensor:
-    P = torch.as_tensor(P, dtype=torch.float64)
-    P = P.unsqueeze(0) if P.dim() == 2 else P
-    if P.dim() != 3 or P.shape[-1] != P.shape[-2]:
-        raise InputError(f"P must be [B, n, n] or [n, n], got shape {tuple(P.shape)}")
-    return P
 
 
 def step(
@@ -240,10 +238,9 @@ def step(
     from selfplay import algos
 
     A = algos.get(algo) if isinstance(algo, str) else algo
-    P = _as_games(P)
-    h = A.resolve(
-        batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), P.shape[0])
-    )
+    P = as_games(P)
+    B = batch_size(P, hyper, *state.values())
+    h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(P.shape[-1]), B))
     ex = Executor(A.plan(h), Payoffs(P, None, torch.Generator()), dict(state))
     ex.step(t)
     return ex.state
@@ -304,7 +301,9 @@ def run(
     init=None,
     tol: float | None = None,
 ) -> Trace:
-    """Run `iterations` steps of an algorithm on every game of `P` ([B, n, n] or [n, n]).
+    """Run `iterations` steps of an algorithm on every game of `P` ([B, n, n]), or on one
+    game `P [n, n]` under every setting (B = the leading size of the per-setting
+    hyperparameter tensors, init and μ; 1 if none is batched).
 
     mu:   reference policy ([n] or [B, n]); uniform if None.
     init: initial π_0 (all roles but `ref`); μ if None.
@@ -314,13 +313,13 @@ def run(
     from selfplay import algos
 
     A = algos.get(algo) if isinstance(algo, str) else algo
-    P = _as_games(P)
-    B, n = P.shape[0], P.shape[-1]
+    P = as_games(P)
+    B, n = batch_size(P, hyper, mu, init), P.shape[-1]
     if iterations < 0 or record_every < 1 or (queries is not None and queries < 1):
         raise InputError("iterations must be ≥ 0, record_every ≥ 1 and queries ≥ 1")
     h = A.resolve(batch_hyper(hyper if hyper is not None else A.default_hyper(n), B))
-    mu_t = _as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
-    init_t = mu_t.clone() if init is None else _as_batch(init, B, n, "init")
+    mu_t = as_batch(torch.full((n,), 1.0 / n) if mu is None else mu, B, n, "mu")
+    init_t = mu_t.clone() if init is None else as_batch(init, B, n, "init")
     payoffs = Payoffs(P, queries, torch.Generator().manual_seed(int(seed)))
     planner = _Planner(A, h) if h.adaptive and A.adapt is not None else None
     ex = Executor(A.plan(h), payoffs, initial_state(init_t, mu_t), planner)
@@ -337,7 +336,7 @@ def run(
     while t < iterations and not done:
         ex.step(t)
         t += 1
-        total += ex.state["main"].exp()
+        total += ex.prob(ex.state["main"])
         if t % record_every == 0 or t == iterations:
             done = record(t, ex.state["main"])
     if record.iters[-1] != t:

@@ -7,7 +7,11 @@
    unregularized gap stalls at that equilibrium's gap: reported, not raced.)
 2. Batched sweep throughput: games × iterations per second of the batched
    torch runner on 256 games of n = 100, against a plain per-game NumPy loop
-   of the same update (OMWU, fixed η, exact payoffs).
+   of the same update (OMWU, fixed η, exact payoffs). Memory-bound: each
+   iteration streams all 256 matrices.
+2b. Hyperparameter sweep (`settings_sweep`): 256 settings of η on ONE game of
+   n = 100, one GEMM Π Pᵀ per payoff, against a per-setting NumPy loop of the
+   same update, for OMWU, MPO and Nash-MP.
 3. Quality (not timing): the regularized defaults against the EGPO authors'
    own step on their tabular setting (`egpo_setting`).
 """
@@ -93,6 +97,79 @@ def sweep(games_count: int = 256, n: int = 100, iters: int = 200, eta: float = 0
         "speedup": loop_s / batched_s,
         "max_abs_diff": err,
     }
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+def _setting_loop(name: str, P: np.ndarray, eta: float, iters: int, h) -> np.ndarray:
+    """One setting, plain NumPy, uniform π_0 = μ: OMWU, MPO (fixed η, α, refresh every
+    K) or Nash-MP (mirror prox at β), each as its paper writes the update."""
+    n = P.shape[0]
+    x = np.full(n, -np.log(n))
+    lmu, mag, q_prev = x.copy(), x.copy(), P @ np.exp(x)
+    for t in range(iters):
+        q = P @ np.exp(x)
+        if name == "omwu":
+            x, q_prev = _normalise(x + eta * (2 * q - q_prev)), q
+        elif name == "mpo":
+            ea = eta * h.alpha
+            x = _normalise((x + eta * q + ea * mag) / (1 + ea))
+            if (t + 1) % h.magnet_every == 0:
+                mag = x
+        else:
+            eb = eta * h.beta
+            lead = _normalise((x + eta * q + eb * lmu) / (1 + eb))
+            x = _normalise((x + eta * (P @ np.exp(lead)) + eb * lmu) / (1 + eb))
+    return np.exp(x)
+
+
+SWEEP_ALGOS = ("omwu", "mpo", "nash-mp")
+
+
+def settings_sweep(
+    settings: int = 256, n: int = 100, iters: int = 200, loop_settings: int = 32, repeats: int = 3
+) -> dict:
+    """B settings of η (log-spaced 0.05..5) on one uniform game: batched runner vs loop
+    (the loop timed on `loop_settings` of them and scaled per setting). The batched run
+    is timed at 1 torch thread and at the default; `speedup` is the faster (a 2-thread
+    GEMM loses badly when the other core is busy), both are in `speedup_by_threads`."""
+    P = games.generate("uniform", n, 0)
+    etas = np.geomspace(0.05, 5.0, settings)
+    out = {"settings": settings, "n": n, "iterations": iters, "algos": []}
+    for name in SWEEP_ALGOS:
+        h = algos.get(name).default_hyper(n).with_(eta=torch.as_tensor(etas), adaptive=False)
+        idx = np.linspace(0, settings - 1, min(settings, loop_settings)).astype(int)
+        batched = {}  # torch threads -> best seconds; the box is shared, noise only adds
+        loop_s = float("inf")
+        default_threads = torch.get_num_threads()
+        for _ in range(repeats):
+            for th in sorted({1, default_threads}):
+                torch.set_num_threads(th)
+                t0 = time.perf_counter()
+                tr = algos.run(
+                    name, torch.as_tensor(P), hyper=h, iterations=iters, record_every=iters
+                )
+                batched[th] = min(batched.get(th, float("inf")), time.perf_counter() - t0)
+            torch.set_num_threads(default_threads)
+            t0 = time.perf_counter()
+            pis = [_setting_loop(name, P, float(etas[i]), iters, h) for i in idx]
+            loop_s = min(loop_s, (time.perf_counter() - t0) * settings / len(idx))
+        th, batched_s = min(batched.items(), key=lambda kv: kv[1])
+        out["algos"].append(
+            {
+                "algo": name,
+                "batched_settings_iters_per_s": settings * iters / batched_s,
+                "loop_settings_iters_per_s": settings * iters / loop_s,
+                "speedup": loop_s / batched_s,
+                "threads": th,
+                "speedup_by_threads": {str(k): loop_s / v for k, v in sorted(batched.items())},
+                "max_abs_diff": float(np.abs(tr.policy[idx].numpy() - np.stack(pis)).max()),
+            }
+        )
+    return out
 
 
 #: The EGPO authors' exact tabular runs (github zhourunlong/EGPO, simulations/):
@@ -182,6 +259,7 @@ def run(n: int = 1000, budget: float = 60.0) -> dict:
     return {
         "race": lp_race(n, budget),
         "sweep": sweep(),
+        "settings_sweep": settings_sweep(),
         "egpo": egpo_setting(),
         "threads": torch.get_num_threads(),
     }
@@ -206,6 +284,19 @@ def format_report(r: dict) -> str:
         f"{sw['loop_games_iters_per_s']:.0f}; speedup {sw['speedup']:.1f}x "
         f"(max |Δπ| {sw['max_abs_diff']:.1e})"
     )
+    if "settings_sweep" in r:
+        ss = r["settings_sweep"]
+        lines.append(
+            f"hyperparameter sweep {ss['settings']} settings of η x one game n={ss['n']} x "
+            f"{ss['iterations']} iters (one GEMM per payoff) vs a per-setting NumPy loop:"
+        )
+        for a in ss["algos"]:
+            by = ", ".join(f"{k} thread(s) {v:.1f}x" for k, v in a["speedup_by_threads"].items())
+            lines.append(
+                f"  {a['algo']:<8} {a['speedup']:.1f}x ({a['batched_settings_iters_per_s']:.0f} vs "
+                f"{a['loop_settings_iters_per_s']:.0f} settings·iters/s; {by}; max |Δπ| "
+                f"{a['max_abs_diff']:.1e})"
+            )
     if "egpo" in r:
         lines.append(format_egpo(r["egpo"]))
     return "\n".join(lines)

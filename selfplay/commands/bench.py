@@ -1,4 +1,4 @@
-"""`selfplay bench games|pipeline|trl`: the benchmarks reported in the README."""
+"""`selfplay bench games|pipeline|memory|trl`: the benchmarks reported in the README."""
 
 from __future__ import annotations
 
@@ -59,6 +59,27 @@ def games(n: int, budget: float, as_json: bool) -> None:
 
     r = g.run(n=n, budget=budget)
     click.echo(dumps(r) if as_json else g.format_report(r))
+
+
+@bench.command("memory")
+@click.option(
+    "--trl-python",
+    default=".venv-trl/bin/python",
+    show_default=True,
+    help="Python of a venv with TRL (`make bench-trl`); the TRL side is skipped without it.",
+)
+@click.option("--steps", default=10, show_default=True, help="Training steps per run.")
+@click.option("--interval", type=FINITE_FLOAT, default=0.2, show_default=True, help="Poll, s.")
+@click.option("--json", "as_json", is_flag=True)
+def memory(trl_python: str, steps: int, interval: float, as_json: bool) -> None:
+    """Peak RSS of the text demo run (driver + Ray actors) and of TRL's Nash-MD, same model."""
+    from selfplay.bench import memory as m
+    from selfplay.errors import InputError
+
+    if steps < 1 or interval <= 0:
+        raise InputError(f"need --steps >= 1 and --interval > 0, got {steps} and {interval}")
+    r = m.run(trl_python, steps=steps, interval=interval)
+    click.echo(dumps(r) if as_json else m.format_report(r))
 
 
 @bench.command("trl")

@@ -29,7 +29,13 @@ def _positive(name: str, v: float | int | None) -> None:
 )
 @click.option("--n", type=int, default=None, help="Number of actions (with --generate).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--algos", "algo_spec", default=DEFAULT_ALGOS, show_default=True)
+@click.option(
+    "--algos",
+    "algo_spec",
+    default=None,
+    help=f"Comma-separated algorithms [default: {DEFAULT_ALGOS}; with --sweep, those of "
+    "them whose update uses every swept key].",
+)
 @click.option("--iterations", type=int, default=2000, show_default=True)
 @click.option(
     "--beta", type=FINITE_FLOAT, default=None, help="Regularization β (default per algorithm)."
@@ -59,9 +65,31 @@ def _positive(name: str, v: float | int | None) -> None:
     show_default=True,
     help="Where to write the gap-vs-iteration PNG.",
 )
+@click.option(
+    "--sweep",
+    "sweep_specs",
+    multiple=True,
+    help="Hyperparameter sweep on this one game: KEY=V1,V2,... or KEY=LO:HI:K (K log-spaced; "
+    "LO:HI integer range for seed, magnet_every), repeatable, keys eta, beta, alpha, "
+    "magnet_every, seed; the grid is their product, run as one batch per algorithm. "
+    "The plot is then final gap vs the first key.",
+)
 @click.option("--no-mlflow", is_flag=True, help="Do not log the run to MLflow.")
 def game(
-    matrix, kind, n, seed, algo_spec, iterations, beta, eta, queries, init, as_json, plot, no_mlflow
+    matrix,
+    kind,
+    n,
+    seed,
+    algo_spec,
+    iterations,
+    beta,
+    eta,
+    queries,
+    init,
+    as_json,
+    plot,
+    sweep_specs,
+    no_mlflow,
 ) -> None:
     """Run algorithms on a matrix game; report last-iterate gaps, plot, log to MLflow."""
     from selfplay import games, lab
@@ -82,7 +110,26 @@ def game(
         ("--queries", queries),
     ):
         _positive(name, v)
-    names = lab.parse_algos(algo_spec)
+    axes = None
+    if sweep_specs:
+        from selfplay import lab_sweep
+
+        axes = lab_sweep.parse(sweep_specs)
+        for key, given in (("eta", eta), ("beta", beta)):
+            if given is not None:
+                if key in axes:
+                    raise InputError(f"--{key} and --sweep {key}=... both given; choose one")
+                axes[key] = [given]
+        if algo_spec is None:
+            names = [a for a in lab.parse_algos(DEFAULT_ALGOS) if _uses(a, axes)]
+        else:
+            names = lab.parse_algos(algo_spec)
+            for a in names:
+                lab_sweep.check_used(a, axes)
+        if not names:
+            raise InputError(f"no algorithm uses every swept key ({', '.join(axes)})")
+    else:
+        names = lab.parse_algos(algo_spec or DEFAULT_ALGOS)
     lab.initial_policy(init, 2, seed)  # an unknown --init fails here, before any run
     check_writable_file(plot, "--plot")
     if not no_mlflow:
@@ -95,6 +142,11 @@ def game(
     else:
         P = games.load(matrix)
         source = str(matrix)
+
+    if axes is not None:
+        settings = dict(iterations=iterations, queries=queries, seed=seed, init=init)
+        _run_sweep(names, P, source, axes, settings, as_json, plot, no_mlflow)
+        return
 
     from tqdm import tqdm
 
@@ -124,6 +176,43 @@ def game(
         click.echo(dumps({"n": int(P.shape[0]), "results": [r.summary() for r in results]}))
     else:
         click.echo(lab.format_table(results))
+        click.echo(f"plot: {plot_path}")
+
+
+def _uses(name: str, axes: dict) -> bool:
+    from selfplay import lab_sweep
+
+    try:
+        lab_sweep.check_used(name, axes)
+    except InputError:
+        return False
+    return True
+
+
+def _run_sweep(names, P, source, axes, settings, as_json, plot, no_mlflow) -> None:
+    from selfplay import lab_sweep
+
+    rows = lab_sweep.grid(axes)
+    results = [lab_sweep.run(a, P, rows, **settings)[0] for a in names]
+    title = f"{source} (n={P.shape[0]}), {settings['iterations']} iterations"
+    plot_path = lab_sweep.plot(results, Path(plot), title)
+    doc = {"n": int(P.shape[0]), "sweep": {k: list(v) for k, v in axes.items()}}
+    doc["results"] = [r.__dict__ for r in results]
+    if not no_mlflow:
+        from selfplay.tracking import mlflow_run
+
+        params = {**settings, "algos": ",".join(names), "n": P.shape[0], "game": source}
+        params["sweep"] = " ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items())
+        with mlflow_run("game-sweep", params, tags={"selfplay.command": "game"}) as tr:
+            tr.log_metrics({f"{r.algo}.best_final_gap": min(r.target) for r in results})
+            tr.log_artifact(plot_path)
+            tr.log_dict(doc, "sweep.json")
+    if as_json:
+        from selfplay.outputs import dumps
+
+        click.echo(dumps(doc))
+    else:
+        click.echo(lab_sweep.format_table(results))
         click.echo(f"plot: {plot_path}")
 
 

@@ -5,7 +5,18 @@ time. Generating from another version pushes its tensors into the running
 engine with the model's own `load_weights` (HF names in, vLLM's fused layout
 out) through `LLM.collective_rpc` (vLLM ≥ 0.8, V1 engine), falling back to the
 V0 path `llm_engine.model_executor.driver_worker.model_runner.model`; the
-prefix cache is then reset so no KV block of the old weights is reused.
+prefix cache is then reset so no KV block of the old weights is reused. The
+update is in place: the same engine (no restart), tensors sent from host memory
+to the workers (no disk round trip).
+
+Versions: each push stamps the version it loaded on every vLLM worker
+(`selfplay_version`) and returns it; the backend records the engine's version only
+when every worker reports the version it asked for and, where the model's
+`load_weights` returns the names it loaded (vLLM's own loader check), every
+parameter of the model was among them, so a partial push never passes as a
+version. Before a push the recorded version is cleared: a push that fails
+halfway leaves the engine "holding no version" and the next generate re-pushes.
+`engine_versions()` asks the workers what they hold.
 
 Generation settings map one to one onto `vllm.SamplingParams` (a thin mapping:
 this backend cannot run without a GPU, so the hf backend is the one tested on
@@ -47,11 +58,24 @@ from selfplay.rollout.base import (
 from selfplay.types import MixtureVersion, Prompts, SamplerVersion, Samples, Version
 
 
-def _load_into_worker(worker, flat: FlatWeights) -> None:
-    """Runs inside each vLLM worker (sent by collective_rpc)."""
+def _load_into_worker(worker, flat: FlatWeights, version: Version) -> Version | str:
+    """Runs inside each vLLM worker (sent by collective_rpc): load `flat` into the
+    running model in place, check it covered every parameter, stamp `version`.
+    Returns the version, or a one-line reason (not raised inside the engine)."""
+    worker.selfplay_version = None
     model = worker.model_runner.model
     device = next(model.parameters()).device
-    model.load_weights(weights=((n, t.to(device)) for n, t in flat.named_tensors()))
+    loaded = model.load_weights(weights=((n, t.to(device)) for n, t in flat.named_tensors()))
+    if isinstance(loaded, set):
+        missing = {n for n, _ in model.named_parameters()} - loaded
+        if missing:
+            return f"{len(missing)} parameters not in the pushed weights, e.g. {min(missing)}"
+    worker.selfplay_version = version
+    return version
+
+
+def _held_version(worker) -> Version | None:
+    return getattr(worker, "selfplay_version", None)
 
 
 class VLLMBackend:
@@ -97,15 +121,26 @@ class VLLMBackend:
     def drop(self, version: Version) -> None:
         self._weights.pop(version, None)
 
+    def _rpc(self, fn, *args) -> list:
+        if hasattr(self.llm, "collective_rpc"):
+            return list(self.llm.collective_rpc(fn, args=args))
+        # vLLM V0: one in-process driver worker
+        if not hasattr(self, "_v0_worker"):
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+            self._v0_worker = type("W", (), {"model_runner": runner})()
+        return [fn(self._v0_worker, *args)]
+
+    def engine_versions(self) -> list[Version | None]:
+        """The version each vLLM worker holds (None: none, or a push that failed)."""
+        return self._rpc(_held_version)
+
     def _activate(self, version: Version) -> None:
         if self._active == version:
             return
-        flat = self._weights[version]
-        if hasattr(self.llm, "collective_rpc"):
-            self.llm.collective_rpc(_load_into_worker, args=(flat,))
-        else:  # vLLM V0
-            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-            _load_into_worker(type("W", (), {"model_runner": runner})(), flat)
+        self._active = None  # until every worker confirms the new version
+        held = self._rpc(_load_into_worker, self._weights[version], version)
+        if not held or any(v != version for v in held):
+            raise RuntimeError(f"pushing {version} into vLLM: the workers answered {held}")
         self.llm.reset_prefix_cache()
         self._active = version
 
