@@ -1,7 +1,9 @@
 """Thin Ray actors over the plain classes, and the assembly task.
 
 - `RolloutActor` wraps a `GenerationBackend` (hf or vllm): it pulls a version's
-  weights from the object store only when asked to load one it lacks.
+  weights from the object store only when asked to load one it lacks. The
+  controller makes one `sample` call per chunk and batch (drop, load, then every
+  draw), so the driver's cost per worker is one call, not one per draw and version.
 - `JudgeActor` wraps a `Judge` and turns (samples, opponent samples) refs into
   a `Judged` chunk, so sampled tensors go worker → judge → learner without
   passing through the driver. Failed judge calls are retried, then raised or
@@ -70,6 +72,23 @@ class RolloutActor:
 
     def drop(self, version: Version) -> None:
         self.backend.drop(version)
+
+    def sample(
+        self,
+        prompts: Prompts,
+        draws: list[tuple[SamplerVersion, int, int, bool]],
+        load: list[tuple[Version, list]] = (),
+        drop: list[Version] = (),
+    ):
+        """Drop the versions `drop`, pull `load` ([(version, [ref])]), then for each
+        (version, k, seed, explore) of `draws` generate K responses per prompt, in
+        order. One `Samples` per draw: call with `.options(num_returns=len(draws))`."""
+        for v in drop:
+            self.drop(v)
+        for v, boxed in load:
+            self.load(v, boxed)
+        out = tuple(self.generate(prompts, v, k, seed, explore) for v, k, seed, explore in draws)
+        return out if len(out) > 1 else out[0]
 
     def generate(
         self, prompts: Prompts, version: SamplerVersion, k: int, seed: int, explore: bool = False
