@@ -259,12 +259,13 @@ class Controller:
                 return info
             except RunError as e:  # judge failures past their retries: one line, not a traceback
                 raise RunError(str(getattr(e, "cause", None) or e)) from None
-            except ray.exceptions.RayTaskError:
-                # A batch sampled from a version whose publish failed fails too: the
-                # learner's own error is the one to report.
-                ray.get(self._issued)
-                raise
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                # A batch sampled from a version whose publish failed fails too (before
+                # it, so that call has already failed): the learner's error is the one.
+                if self._issued:
+                    ray.get(ray.wait(self._issued, num_returns=len(self._issued), timeout=0)[0])
+                if not isinstance(e, ray.exceptions.RayActorError):
+                    raise
                 if pend.reissues >= self.settings.max_reissues:
                     raise RunError(
                         f"batch of step {pend.step} phase {pend.phase} lost "

@@ -76,7 +76,7 @@ class RolloutPool:
     _starting: list[tuple[object, object]] = field(default_factory=list)  # (actor, ready ref)
     _retiring: list[tuple[object, list]] = field(default_factory=list)  # (actor, queued batches)
     _drops: dict[object, list] = field(default_factory=dict)  # actor handle -> versions to drop
-    _poll: object = None  # the control's `target` ref in flight
+    poll: object = None  # the control's `target` ref in flight
     _target: int = 0  # the control's target as last read
 
     # ------------------------------------------------------------- versions
@@ -122,7 +122,7 @@ class RolloutPool:
             name, len(self.workers), (a.min_workers, a.max_workers) if a else None
         )
         self._target = len(self.workers)
-        self._poll = self.control.target.remote()
+        self.poll = self.control.target.remote()
         if a is not None:
             request_workers(len(self.workers), a.bundle)
 
@@ -133,7 +133,7 @@ class RolloutPool:
         self._starting.clear()
         if self.control is not None:
             ray.kill(self.control)
-            self.control = self._poll = None
+            self.control = self.poll = None
         if self.autoscale is not None:
             request_workers(0, self.autoscale.bundle)
 
@@ -147,9 +147,9 @@ class RolloutPool:
         previous safe point if it has come (then the next poll goes out), else the
         last one read. A `selfplay scale` lands at the first safe point after its
         answer arrives (one phase later at most, when the driver is fast)."""
-        if ray.wait([self._poll], timeout=0)[0]:
-            self._target = ray.get(self._poll)
-            self._poll = self.control.target.remote()
+        if ray.wait([self.poll], timeout=0)[0]:
+            self._target = ray.get(self.poll)
+            self.poll = self.control.target.remote()
         return self._target
 
     def resize(self, step: int, phase: int, queue) -> None:
@@ -163,7 +163,7 @@ class RolloutPool:
                 # Within the control's bounds (decide clamps), so set_target accepts it;
                 # the poll sent after it reads it back.
                 self.control.set_target.remote(new)
-                self._target, self._poll = new, self.control.target.remote()
+                self._target, self.poll = new, self.control.target.remote()
                 want = new
                 request_workers(new, self.autoscale.bundle)
         old = len(self.workers)
