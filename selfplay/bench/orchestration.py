@@ -4,8 +4,8 @@ measured against its own limit, with stages that sleep (`selfplay.bench.simulate
 1. Pipeline: one rollout worker, one preference server, one learner; sync
    (`max_staleness` 0) against async (1) samples/s on MPO's one-phase plan. With
    balanced stages (gen + judge = learn) perfect overlap gives 2×; target ≥ 1.8×.
-2. Scale: W simulated rollout workers (`num_cpus=0` actors), generation-bound
-   stages, async; samples/s against W·(samples/s at W = 1). Target ≥ 0.8× linear
+2. Scale: W simulated rollout workers (`num_cpus=0` actors) and W/8 preference
+   servers (at least one), generation-bound stages, async; samples/s against W·(samples/s at W = 1). Target ≥ 0.8× linear
    up to 64 workers.
 
 Rates are over the steady state: from the end of step `WARM` − 1 to the end of
@@ -188,15 +188,27 @@ def format_pipeline(r: dict) -> str:
     return "\n".join(lines)
 
 
-SCALE_STAGES = Stages(gen=3.2, judge=0.005, learn=0.005)
+SCALE_STAGES = Stages(gen=32.0, judge=0.05, learn=0.05)
 SCALE_PROMPTS = 256
+WORKERS_PER_SERVER = 8  # preference servers grow with the pool, as a deployment's would
+
+
+def _servers(workers: int) -> int:
+    return max(1, workers // WORKERS_PER_SERVER)
 
 
 def scale(workers: tuple[int, ...], steps: int = 8, stages: Stages = SCALE_STAGES) -> dict:
     """Samples/s and driver CPU per step against the rollout pool's size (module docstring, 2)."""
     _init()
     runs = [
-        _sim_run(stages, 1, steps, workers=w, prompts_per_step=max(SCALE_PROMPTS, w))
+        _sim_run(
+            stages,
+            1,
+            steps,
+            workers=w,
+            servers=_servers(w),
+            prompts_per_step=max(SCALE_PROMPTS, w),
+        )
         for w in workers
     ]
     base = runs[0]["samples_per_s"] / runs[0]["workers"]
@@ -211,11 +223,20 @@ def scale(workers: tuple[int, ...], steps: int = 8, stages: Stages = SCALE_STAGE
     }
 
 
+def scale_json(r: dict) -> dict:
+    keys = ("workers", "samples_per_s", "driver_s_per_step", "vs_linear")
+    return {k: r[k] for k in keys} | {
+        "driver_us_per_worker_step": r["driver_us_per_worker_step"],
+        "stages": r["stages"],
+    }
+
+
 def format_scale(r: dict) -> str:
     st = r["stages"]
     lines = [
         f"simulated rollout workers (num_cpus=0), async, gen={st['gen']:g} judge={st['judge']:g}"
-        f" learn={st['learn']:g} s per step-sized batch on one actor ({SCALE_PROMPTS} prompts)"
+        f" learn={st['learn']:g} s per step-sized batch on one actor ({SCALE_PROMPTS} prompts;"
+        f" one preference server per {WORKERS_PER_SERVER} workers)"
     ]
     for i, w in enumerate(r["workers"]):
         lines.append(

@@ -208,10 +208,14 @@ class Controller:
         needed = self.store.pinned_by(pend.samplers)
         batch_prompts = self.prompt_source(s.prompts_per_step, pend.start)
         sampler, opps = pend.samplers[0], pend.samplers[1:]
-        judged = []
-        for c, rows in enumerate(np.array_split(np.arange(len(batch_prompts)), len(pool.workers))):
-            if len(rows) == 0:
-                continue
+        chunks = np.array_split(np.arange(len(batch_prompts)), len(pool.workers))
+        chunks = [(c, rows) for c, rows in enumerate(chunks) if len(rows)]
+        # Server j judges a contiguous run of chunks in one call, so the batch keeps
+        # chunk order and the driver makes one call per server, not per chunk.
+        server = np.array_split(np.arange(len(chunks)), len(self.judges))
+        server_of = {int(i): j for j, ids in enumerate(server) for i in ids}
+        args: list[list] = [[] for _ in self.judges]
+        for i, (c, rows) in enumerate(chunks):
             w = pool.workers[c]
             load, drop = pool.prepare(w, needed, self.store.refs)
             # Trained-on responses may come from a hotter behaviour policy (target
@@ -222,13 +226,12 @@ class Controller:
             draws = [(sampler, s.k, self._seed(pend.step, pend.phase, c, 0), True)]
             seed = self._seed(pend.step, pend.phase, c, 1)
             draws += [(v, s.opponents_k, seed, False) for v in opps]
-            # One call per worker: drop, load and every draw (two calls per chunk in all).
+            # One call per worker: drop, load and every draw.
             refs = w.sample.options(num_returns=len(draws)).remote(
                 batch_prompts.take(rows), draws, load, drop
             )
-            refs = refs if len(draws) > 1 else [refs]
-            judge = self.judges[c % len(self.judges)]
-            judged.append(judge.judge_chunk.remote(refs[0], pend.weights, *refs[1:]))
+            args[server_of[i]] += refs if len(draws) > 1 else [refs]
+        judged = [j.judge_chunks.remote(pend.weights, *a) for j, a in zip(self.judges, args) if a]
         pend.batch_ref, pend.info_ref, pend.rows_ref = assemble.options(num_returns=3).remote(
             s.pad_id, *judged
         )
@@ -237,11 +240,10 @@ class Controller:
     def _finish_step(self, recs: list[PhaseRecord]) -> None:
         """Wait for the step's learner calls (raising a learner's error) and fill in
         the records' metrics and seconds."""
-        got = ray.get(self._issued)
+        ray.get(self._issued)  # every rank's PhaseMetrics and copy_role (small objects)
         self._issued = []
         end = time.perf_counter()
-        metrics = ray.get([r.metrics for r in recs]) if recs else []
-        del got
+        metrics = ray.get([r.metrics for r in recs])  # rank 0's, already here
         starts = [r.seconds for r in recs] + [end]
         for i, r in enumerate(recs):
             r.metrics, r.seconds = metrics[i], starts[i + 1] - starts[i]

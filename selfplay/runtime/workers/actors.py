@@ -108,6 +108,7 @@ class RolloutActor:
             top_p=s.top_p,
             top_k=s.top_k,
             stop=list(s.stop),
+            decode=s.texts,
         )
 
 
@@ -159,6 +160,15 @@ class JudgeActor:
             rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
 
+    def judge_chunks(self, weights: list[float], *samples: Samples) -> list[Judged]:
+        """Several chunks in one call (the controller's one call per server and batch):
+        `samples` is each chunk's trained samples then its opponents, chunk after chunk."""
+        per = 1 + len(weights)
+        return [
+            self.judge_chunk(samples[i], weights, *samples[i + 1 : i + per])
+            for i in range(0, len(samples), per)
+        ]
+
     @staticmethod
     def _rows(samples: Samples, g: np.ndarray, opponents: tuple[Samples, ...]):
         import pyarrow as pa
@@ -198,13 +208,14 @@ class BatchInfo:
 
 
 @ray.remote(num_cpus=0)
-def assemble(pad_id: int | None, *chunks: Judged):
-    """Concatenate judged chunks into (TrainBatch, BatchInfo, rollout rows or None);
-    call with `.options(num_returns=3)`.
+def assemble(pad_id: int | None, *judged: Judged | list[Judged]):
+    """Concatenate judged chunks (or lists of them, `judge_chunks`) into (TrainBatch,
+    BatchInfo, rollout rows or None), in order; call with `.options(num_returns=3)`.
 
     rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
     """
-    batch = to_train_batch(list(chunks), pad_id=pad_id)
+    chunks = [c for j in judged for c in (j if isinstance(j, list) else [j])]
+    batch = to_train_batch(chunks, pad_id=pad_id)
     info = BatchInfo(
         rows=len(batch),
         queries=sum(c.queries for c in chunks),
