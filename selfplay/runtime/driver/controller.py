@@ -231,7 +231,11 @@ class Controller:
                 batch_prompts.take(rows), draws, load, drop
             )
             args[server_of[i]] += refs if len(draws) > 1 else [refs]
-        judged = [j.judge_chunks.remote(pend.weights, *a) for j, a in zip(self.judges, args) if a]
+        judged = [
+            j.judge_chunks.remote(pend.weights, *a)
+            for j, a in zip(self.judges, args, strict=True)
+            if a
+        ]
         pend.batch_ref, pend.info_ref, pend.rows_ref = assemble.options(num_returns=3).remote(
             s.pad_id, *judged
         )
