@@ -197,7 +197,7 @@ def _servers(workers: int) -> int:
     return max(1, workers // WORKERS_PER_SERVER)
 
 
-def scale(workers: tuple[int, ...], steps: int = 8, stages: Stages = SCALE_STAGES) -> dict:
+def scale(workers: tuple[int, ...], steps: int = 5, stages: Stages = SCALE_STAGES) -> dict:
     """Samples/s and driver CPU per step against the rollout pool's size (module docstring, 2)."""
     _init()
     runs = [

@@ -71,7 +71,7 @@ def pipeline(steps: int, repeats: int, opponents: str, simulate: str | None, as_
     show_default=True,
     help="Comma-separated rollout pool sizes (simulated workers: num_cpus=0 actors that sleep).",
 )
-@click.option("--steps", default=10, show_default=True, help="Steps per pool size.")
+@click.option("--steps", default=5, show_default=True, help="Steps per pool size.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON line last.")
 def scale(workers: str, steps: int, as_json: bool) -> None:
     """Samples/s and driver CPU per step against the number of rollout workers."""
