@@ -193,7 +193,7 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
 
 def run(
     steps: int = 12,
-    repeats: int = 5,
+    repeats: int = 15,
     hidden: int = 512,
     layers: int = 8,
     opponents: tuple[int, ...] = (32, 1024),

@@ -15,7 +15,7 @@ def bench() -> None:
 
 @bench.command("pipeline")
 @click.option("--steps", default=12, show_default=True, help="Steps per throughput run.")
-@click.option("--repeats", default=5, show_default=True, help="Publish+pull repetitions.")
+@click.option("--repeats", default=15, show_default=True, help="Publish+pull repetitions.")
 @click.option(
     "--opponents",
     default="32,1024",
