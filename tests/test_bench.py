@@ -60,6 +60,8 @@ def test_simulated_pipeline_order_and_overlap(ray_cluster) -> None:
     # max_staleness 1: step t's batch sampled while t−1 trains, from main@t−1 (step 0: π_0).
     assert asyn == [(0, "main@0", 0)] + [(t, f"main@{t - 1}", 1) for t in range(1, steps)]
     for run in (r["sync"], r["async"]):
+        # on_step(t) sees main@t+1 published (the hook an overlapped evaluation reads)
+        assert run["published_at_step_end"] == [f"main@{t + 1}" for t in range(steps)]
         assert run["samples_per_s"] > 0 and run["driver_s_per_step"] > 0
         assert all(0 < u <= 1.05 for u in run["utilisation"].values())
     assert r["limit"] == pytest.approx(2.0)

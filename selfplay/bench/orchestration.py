@@ -81,10 +81,16 @@ def _sim_run(
     ray.get([a.ready.remote() for a in (*pool.workers, *judges)])
     ctl.open_control(f"bench-sim-{next(_names)}-{time.time_ns()}")
     ends: list[float] = []
+    seen: list[str] = []  # the version `on_step` sees published (`Controller.published`)
+
+    def on_step(step: int, recs) -> None:
+        ends.append(time.perf_counter())
+        seen.append(str(ctl.published()[0]))
+
     try:
         cpu0 = time.process_time()
         ctl.init_versions()
-        ctl.run(steps, on_step=lambda step, recs: ends.append(time.perf_counter()))
+        ctl.run(steps, on_step=on_step)
         cpu = time.process_time() - cpu0
     finally:
         ctl.close_control()
@@ -109,6 +115,7 @@ def _sim_run(
             "judge": len(steady) * stages.judge / (window * servers),
             "learn": rows * stages.learn / (p * k) / window,
         },
+        "published_at_step_end": seen,
         "records": [
             {
                 "step": r.step,

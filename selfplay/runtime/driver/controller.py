@@ -171,6 +171,13 @@ class Controller:
             if role not in ("main", "ref"):
                 self.store.assign(role, v0)
 
+    def published(self, role: str = "main") -> tuple[Version, object]:
+        """The version `role` plays now and the ref of its weights, not waited on. From
+        `on_step(t)`: main@t+1, the policy step t trained; an evaluation issued on it
+        (and read later) overlaps with the next phase instead of holding the driver."""
+        v = self.store.roles[role]
+        return v, self.store.refs[v]
+
     def _release(self) -> None:
         pinned = self.store.pinned_by([s for p in self.queue for s in p.samplers])
         self.rollout_pool.drop(self.store.release_unused(pinned))
@@ -266,6 +273,7 @@ class Controller:
             except RunError as e:  # judge failures past their retries: one line, not a traceback
                 raise RunError(str(getattr(e, "cause", None) or e)) from None
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                _seen(pend.batch_ref, pend.rows_ref)
                 # A batch sampled from a version whose publish failed fails too (before
                 # it, so that call has already failed): the learner's error is the one.
                 if self._issued:
@@ -384,3 +392,13 @@ class Controller:
                 if on_step is not None:
                     on_step(task[0], step_records)
                 step_records = []
+
+
+def _seen(*refs) -> None:
+    """Read a lost batch's other results (failed with it), so Ray does not report them
+    as unhandled errors when they are freed."""
+    for r in refs:
+        try:
+            ray.get(r)
+        except Exception:  # noqa: BLE001 - the failure is the one `collect` handles
+            pass
