@@ -20,17 +20,13 @@ every phase strictly in order and is reproducible for a fixed seed.
 The driver only moves object refs: samples go worker → judge → assembly task
 → learners, and weights go learner rank 0 → object store → workers.
 
-The driver does not wait on the learner within a step. `train` issues the
-learner's `start_phase`, `train_phase`, `publish` and `copy_role` calls and
-returns (they run in that order on each rank); the published version is a ref
-the rollout workers' `load` waits on, so the next batch's sampling starts the
-moment the weights exist, with no driver round trip. The driver blocks only on
-(a) each batch's `BatchInfo` (`collect`) and (b) the step's metrics, read once
-per step before `on_step` (where a failed learner call surfaces). `on_step`
-therefore runs with the step's training done and, when the bound allows a
-prefetch, the next batch already being sampled and judged; whatever `on_step`
-issues without waiting (e.g. an evaluation's refs, read at the next step)
-overlaps with it.
+The driver does not wait on the learner within a step: `train` issues its calls
+(run in order on each rank); a published version is a ref the workers' next
+`sample` loads once the weights exist. The driver blocks only on each batch's
+`BatchInfo` (`collect`) and on the step's metrics, once, before `on_step`, which
+runs with the next batch already sampled and judged when the bound allows a
+prefetch; what `on_step` issues without waiting (an evaluation of `published()`,
+read later) overlaps with the next phase.
 
 Elastic rollout pool and healing (`selfplay.runtime.workers.pool`): at each phase
 boundary the pool is resized to the run's `RunControl` target. A batch whose
