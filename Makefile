@@ -40,6 +40,8 @@ bench: install
 	$(VENV)/bin/selfplay bench games
 	$(VENV)/bin/selfplay bench pipeline
 	$(VENV)/bin/selfplay bench memory --trl-python $(TRL_VENV)/bin/python
+	$(VENV)/bin/selfplay bench pipeline --simulate gen=0.1,judge=0.1,learn=0.2 --json
+	$(VENV)/bin/selfplay bench scale --workers 1,4,16,64 --json
 	@if [ -x $(TRL_VENV)/bin/python ]; then \
 		$(VENV)/bin/selfplay bench trl --trl-python $(TRL_VENV)/bin/python; \
 	else \

@@ -22,7 +22,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "game": ("selfplay.commands.game", "game", "Run algorithms on a matrix preference game."),
     "eval": ("selfplay.commands.eval", "eval_cmd", "Win rates, league Nash and exploitability."),
     "train": ("selfplay.commands.train", "train", "Train a policy from a YAML config on Ray."),
-    "bench": ("selfplay.commands.bench", "bench", "Benchmarks: `games`, `pipeline` and `trl`."),
+    "bench": (
+        "selfplay.commands.bench",
+        "bench",
+        "Benchmarks: `games`, `pipeline`, `scale` and `trl`.",
+    ),
     "demo": ("selfplay.commands.demo", "demo", "Offline demo models and prompts: `text`."),
     "submit": ("selfplay.commands.jobs", "submit", "Submit a training run as a Ray job."),
     "status": ("selfplay.commands.jobs", "status", "Status of a submitted Ray job."),

@@ -99,7 +99,9 @@ class Samples:
     tokens:    [N, T] int64 response token ids, right-padded with `pad_id`.
     lengths:   [N] int64 number of real response tokens.
     logprobs:  [N, T] float32 sampler log-probs of each token (0 on padding).
-    texts:     decoded responses (what judges see), without EOS or stop string.
+    texts:     decoded responses (what text judges see), without EOS or stop string;
+               None when the worker was told not to decode (`Sampling.texts`): the
+               game judge reads the token ids, and nobody pays for N Python strings.
     truncated: [N] bool, the response reached max_new_tokens without EOS or a stop
                string (judged on the completion only; never when the allowed tokens
                hold no EOS: a fixed-length response); None: not recorded (finished).
@@ -113,7 +115,7 @@ class Samples:
     tokens: np.ndarray
     lengths: np.ndarray
     logprobs: np.ndarray
-    texts: list[str]
+    texts: list[str] | None
     version: SamplerVersion
     k: int
     pad_id: int = 0
@@ -123,4 +125,4 @@ class Samples:
     prompt_rendered: list[str] | None = None  # the text behind prompt_tokens, for outputs
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return int(np.asarray(self.lengths).shape[0])

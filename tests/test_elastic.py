@@ -99,15 +99,19 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
             r = _cli("scale", "elastic-a", "--rollout-workers", "3", "--address", ray_cluster)
             assert r.returncode == 0, r.stderr
             assert r.stdout.startswith("elastic-a: rollout workers 1 -> 3"), r.stdout
-        if t == 2:  # started at this step's safe point; training did not wait for them
+        if t == 2:  # (2, 0) read the poll sent at (1, 0), before the CLI: nothing started
+            assert len(ctl.rollout) == 1 and not ctl.starting
+        if t == 3:  # started at this step's safe point; training did not wait for them
             assert len(ctl.rollout) == 1 and len(ctl.starting) == 2
             ray.get([w.ready.remote() for w in ctl.starting])
-        if t == 3:  # joined at (3, 0); they loaded only the version their first batch needs
+        if t == 4:  # joined at (4, 0); they loaded only the version their first batch needs
             seen["new"] = ctl.rollout[1:]
             seen["held"] = [ray.get(w.versions.remote()) for w in seen["new"]]
-        if t == 4:
             seen["pool"] = list(ctl.rollout)
             assert control.scale("elastic-a", 1)[0] == 3
+        # The safe point reads the poll it sent last time once answered (never waits):
+        # waiting for the answer here makes the schedule below exact.
+        ray.wait([ctl.rollout_pool.poll])
 
     ctl.train = capture
     try:
@@ -122,14 +126,15 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     # Schedule by hand: from step 2 on, step t's batch is prefetched while t−1 trains,
     # sampled from main@t−1 by the pool of safe point (t−1, 0). Step 1's batch is main@0's
     # prefetch or, where π_0's publish index makes that 2 versions stale, sampled at (1, 0)
-    # from main@1; pool 1 either way. The pool is 3 from (3, 0) (the CLI asked at the end
-    # of step 1) until (5, 0) (asked at the end of step 4).
+    # from main@1; pool 1 either way. A target set during step t is read at (t+2, 0) (the
+    # poll sent at (t+1, 0) answers it): the pool is 3 from (4, 0) (the CLI asked at the
+    # end of step 1; started at (3, 0)) until (6, 0) (asked at the end of step 4).
     sampled_from = [(0,), (0, 1), (1,), (2,), (3,), (4,), (5,), (6,)]
-    pools = [1, 1, 1, 1, 3, 3, 1, 1]
-    assert ctl.resizes == [Resize(3, 1, 3), Resize(5, 3, 1)]
+    pools = [1, 1, 1, 1, 1, 3, 3, 1]
+    assert ctl.resizes == [Resize(4, 1, 3), Resize(6, 3, 1)]
     assert [r.workers for r in ctl.records] == pools
     assert (state.target, state.active, state.retiring) == (1, 1, 0)
-    assert seen["held"] == [[Version(3, "main")]] * 2
+    assert seen["held"] == [[Version(4, "main")]] * 2
     ids = np.concatenate([b.prompt_ids for b in batches])
     for t, (b, rec) in enumerate(zip(batches, ctl.records, strict=True)):
         (v,) = set(b.versions)  # every row of a batch from one sampler
@@ -139,7 +144,7 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
         assert np.array_equal(rec.prompt_ids, np.arange(t * PPS, (t + 1) * PPS))
     # Every prompt trained exactly once with K responses: no gap, no duplicate.
     assert np.bincount(ids).tolist() == [K] * (STEPS * PPS)
-    # The two workers retired at (5, 0) sampled step 5's batch, then were killed.
+    # The two workers retired at (6, 0) sampled step 6's batch, then were killed.
     assert [_alive(w) for w in seen["pool"]] == [True, False, False]
     assert seen["pool"][1:] == seen["new"]
 

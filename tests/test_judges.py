@@ -253,3 +253,65 @@ def test_make_judge_errors():
     ):
         with pytest.raises(InputError):
             make_judge(bad)
+
+
+def test_game_judge_reads_token_ids_as_their_decoded_text():
+    """The token-id path against the text path (the oracle): every sequence of move ids
+    is the row its decoded text names; anything else is invalid; ĝ is the same."""
+    import itertools
+    from types import SimpleNamespace
+
+    from selfplay.games import generate
+    from selfplay.runtime.workers.judging import estimate_g
+    from selfplay.tasks.sequence_game import SequenceGame, sequence_prompt
+    from selfplay.types import Samples, Version
+
+    a, length = 3, 2
+    task = SequenceGame(generate("uniform", a**length, 4), "t", a, length, sequence_prompt(length))
+    tok = ModelSpec(words=tuple(task.model_words())).tokenizer()
+    task.bind(tok)
+    spec = task.judge_spec(SimpleNamespace(batch_size=8))
+    judge = make_judge(spec)
+    ids = np.array(list(itertools.product(spec.move_ids, repeat=length)), dtype=np.int64)
+    texts = tok.batch_decode(ids.tolist(), skip_special_tokens=True)
+    rows = judge.token_rows(ids, np.full(len(ids), length))
+    assert rows.tolist() == [judge.index(t) for t in texts] == list(range(a**length))
+    other = tok.convert_tokens_to_ids("choose")
+    bad = np.array([[spec.move_ids[0], other], [spec.move_ids[1], spec.move_ids[2]]])
+    assert judge.token_rows(bad, np.array([2, 1])).tolist() == [-1, -1]  # not a move; too short
+
+    rng = np.random.default_rng(0)
+
+    def samples(n: int, k: int, with_texts: bool) -> Samples:
+        pick = rng.integers(0, len(ids), size=n)
+        tokens = ids[pick]
+        tokens[0, 1] = other  # one invalid response among them
+        dec = tok.batch_decode(tokens.tolist(), skip_special_tokens=True)
+        return Samples(
+            prompt_ids=np.arange(n // k),
+            prompt_texts=[task.prompt] * (n // k),
+            tokens=tokens,
+            lengths=np.full(n, length),
+            logprobs=np.zeros((n, length), np.float32),
+            texts=dec if with_texts else None,
+            version=Version(0, "main"),
+            k=k,
+        )
+
+    mine, opp = samples(8, 4, True), samples(10, 5, True)
+    by_text = estimate_g(judge, mine, [(opp, 1.0)])
+    mine.texts = opp.texts = None
+    by_ids = estimate_g(judge, mine, [(opp, 1.0)])
+    np.testing.assert_array_equal(by_ids.g, by_text.g)
+    with pytest.raises(ValueError, match="without move token ids"):
+        estimate_g(GameJudge(task.P, task.moves, length), mine, [(opp, 1.0)])
+    with pytest.raises(ValueError, match="reads texts"):
+        estimate_g(RPS_JUDGE_TEXT_ONLY, mine, [(opp, 1.0)])
+
+
+class _TextOnly:
+    def prob(self, prompts, a, b):
+        return np.full(len(a), 0.5)
+
+
+RPS_JUDGE_TEXT_ONLY = _TextOnly()

@@ -1,4 +1,4 @@
-"""`selfplay bench games|pipeline|memory|trl`: the benchmarks reported in the README."""
+"""`selfplay bench games|pipeline|scale|memory|trl`: the benchmarks reported in the README."""
 
 from __future__ import annotations
 
@@ -15,21 +15,42 @@ def bench() -> None:
 
 @bench.command("pipeline")
 @click.option("--steps", default=12, show_default=True, help="Steps per throughput run.")
-@click.option("--repeats", default=5, show_default=True, help="Publish+pull repetitions.")
+@click.option("--repeats", default=15, show_default=True, help="Publish+pull repetitions.")
 @click.option(
     "--opponents",
     default="32,1024",
     show_default=True,
     help="Comma-separated opponent counts per prompt (stage balance) to measure.",
 )
-@click.option("--json", "as_json", is_flag=True)
-def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
-    """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get."""
+@click.option(
+    "--simulate",
+    default=None,
+    metavar="gen=S,judge=S,learn=S",
+    help="Simulated stages instead (seconds per step-sized batch on one actor; "
+    "the actors sleep): sync vs async against the 2x limit.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --simulate: a JSON line last.")
+def pipeline(steps: int, repeats: int, opponents: str, simulate: str | None, as_json: bool) -> None:
+    """Async vs sync samples/s on the token game; publish+pull vs raw ray.put/get.
+    With --simulate: the controller on simulated stages (selfplay/bench/orchestration.py)."""
     from selfplay.runtime.cluster import use_loopback
 
     use_loopback()  # its in-process Ray cluster binds to loopback, as `selfplay train`'s does
     from selfplay.bench import pipeline as p
     from selfplay.errors import InputError
+
+    if simulate is not None:
+        from selfplay.bench import orchestration as o
+        from selfplay.bench.simulate import Stages
+
+        stages = Stages.parse(simulate)
+        if steps <= o.WARM + 1:
+            raise InputError(f"--steps must be > {o.WARM + 1} with --simulate, got {steps}")
+        r = o.pipeline(stages, steps=steps)
+        click.echo(o.format_pipeline(r))
+        if as_json:
+            click.echo(dumps(o.pipeline_json(r)))
+        return
 
     try:
         counts = tuple(int(x) for x in opponents.split(","))
@@ -41,6 +62,37 @@ def pipeline(steps: int, repeats: int, opponents: str, as_json: bool) -> None:
         raise InputError(f"--opponents must be positive, got {opponents!r}")
     r = p.run(steps=steps, repeats=repeats, opponents=counts)
     click.echo(dumps(r) if as_json else p.format_report(r))
+
+
+@bench.command("scale")
+@click.option(
+    "--workers",
+    default="1,4,16,64",
+    show_default=True,
+    help="Comma-separated rollout pool sizes (simulated workers: num_cpus=0 actors that sleep).",
+)
+@click.option("--steps", default=5, show_default=True, help="Steps per pool size.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON line last.")
+def scale(workers: str, steps: int, as_json: bool) -> None:
+    """Samples/s and driver CPU per step against the number of rollout workers."""
+    from selfplay.runtime.cluster import use_loopback
+
+    use_loopback()
+    from selfplay.bench import orchestration as o
+    from selfplay.errors import InputError
+
+    try:
+        counts = tuple(int(x) for x in workers.split(","))
+    except ValueError:
+        raise InputError(f"--workers must be comma-separated integers, got {workers!r}") from None
+    if not counts or min(counts) < 1:
+        raise InputError(f"--workers must be positive, got {workers!r}")
+    if steps <= o.WARM + 1:
+        raise InputError(f"--steps must be > {o.WARM + 1}, got {steps}")
+    r = o.scale(counts, steps=steps)
+    click.echo(o.format_scale(r))
+    if as_json:
+        click.echo(dumps(o.scale_json(r)))
 
 
 @bench.command("games")

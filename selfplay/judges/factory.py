@@ -39,6 +39,8 @@ class JudgeSpec:
     matrix:     [n, n] P(i ≻ j) over the responses, `moves` the move names and
                 `length` the moves per response, n = len(moves)**length (game judge only).
     template:   judge prompt template with {prompt}, {a}, {b} (pairwise / llm; None = default).
+    move_ids:   the moves' token ids (game judge): it then reads responses as token ids,
+                and the rollout workers need not decode text (`judges_text`).
     """
 
     kind: JudgeKind
@@ -50,6 +52,7 @@ class JudgeSpec:
     moves: tuple[str, ...] | None = None
     length: int = 1
     template: str | None = None
+    move_ids: tuple[int, ...] | None = None
 
 
 def _game(spec: JudgeSpec) -> Judge:
@@ -57,7 +60,14 @@ def _game(spec: JudgeSpec) -> Judge:
         raise InputError("judge.kind=game needs a matrix and move names")
     from selfplay.judges.game import GameJudge
 
-    return GameJudge(spec.matrix, list(spec.moves), spec.length)
+    ids = None if spec.move_ids is None else list(spec.move_ids)
+    return GameJudge(spec.matrix, list(spec.moves), spec.length, ids)
+
+
+def judges_text(spec: JudgeSpec) -> bool:
+    """Whether the judge `spec` builds reads response texts (else token ids: a game
+    judge given its moves' token ids)."""
+    return not (spec.kind == "game" and spec.move_ids is not None)
 
 
 def _model_kwargs(spec: JudgeSpec) -> dict:

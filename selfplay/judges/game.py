@@ -10,6 +10,12 @@ number of moves). The parse is exact: a text that splits into `length` names in
 no way, or in more than one way, is invalid. An invalid response loses to every
 valid one (P = 0) and ties another invalid one (P = ½), so the extended game is
 still constant-sum and no model judge symmetrisation is needed.
+
+With the moves' token ids (`move_ids`), a response can be given as its token ids
+instead (`token_rows`): exactly `length` ids, each a move's, read in the same
+lexicographic order; anything else is invalid. The rollout workers then send no
+text at all (the task checks, once, that decoding those ids reads back as the same
+row: `SequenceGame._check_decoding`). `prob` takes either texts or rows.
 """
 
 from __future__ import annotations
@@ -43,7 +49,13 @@ def parse_moves(text: str, names: list[str], length: int) -> tuple[int, ...] | N
 
 
 class GameJudge:
-    def __init__(self, P: np.ndarray, move_names: list[str], length: int = 1) -> None:
+    def __init__(
+        self,
+        P: np.ndarray,
+        move_names: list[str],
+        length: int = 1,
+        move_ids: list[int] | None = None,
+    ) -> None:
         P = np.asarray(P, dtype=np.float64)
         a = len(move_names)
         if length < 1:
@@ -66,6 +78,28 @@ class GameJudge:
         self.moves = list(move_names)
         self.length = length
         self._index: dict[str, int] = {}  # response text -> row (−1: invalid), memoised
+        self._move_of: np.ndarray | None = None  # token id -> move index (−1: not a move)
+        if move_ids is not None:
+            if len(move_ids) != a or len(set(move_ids)) != a or min(move_ids) < 0:
+                raise InputError(f"game judge: {a} distinct move token ids needed, got {move_ids}")
+            self._move_of = np.full(max(move_ids) + 1, -1, dtype=np.int64)
+            self._move_of[list(move_ids)] = np.arange(a)
+
+    def token_rows(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """[N] int64 row of P of each response given as token ids (tokens [N, T] padded,
+        lengths [N]), −1 when it is not exactly `length` move ids."""
+        if self._move_of is None:
+            raise ValueError("this game judge was built without move token ids")
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        n = len(lengths)
+        if tokens.ndim != 2 or tokens.shape[1] < self.length:
+            return np.full(n, -1, dtype=np.int64)
+        ids = tokens[:, : self.length]
+        known = (ids >= 0) & (ids < len(self._move_of))
+        moves = np.where(known, self._move_of[np.where(known, ids, 0)], -1)
+        ok = (lengths == self.length) & (moves >= 0).all(axis=1)
+        place = len(self.moves) ** np.arange(self.length - 1, -1, -1, dtype=np.int64)
+        return np.where(ok, moves @ place, -1).astype(np.int64)
 
     def index(self, text: str) -> int:
         """The row of P that `text` names, −1 when it is not a valid response."""
@@ -77,8 +111,11 @@ class GameJudge:
                 self._index[text] = i
         return i
 
-    def move_index(self, responses: list[str]) -> np.ndarray:
-        """[N] int64 row of each response, −1 when invalid."""
+    def move_index(self, responses: list[str] | np.ndarray) -> np.ndarray:
+        """[N] int64 row of each response, −1 when invalid; an integer array is taken
+        as rows already (`token_rows`)."""
+        if isinstance(responses, np.ndarray) and responses.dtype.kind in "iu":
+            return responses.astype(np.int64)
         return np.array([self.index(r) for r in responses], dtype=np.int64)
 
     def prob(self, prompts: list[str], a: list[str], b: list[str]) -> np.ndarray:

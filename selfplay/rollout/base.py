@@ -12,7 +12,8 @@ What a row of `Samples` holds (both backends):
   logprobs[i, t]          log π_s(tokens[i, t] | prompt, tokens[i, :t]) under the
                           *final sampling distribution* π_s (0 on padding),
   texts[i]                the decoded response without special tokens, cut before
-                          the first stop string,
+                          the first stop string (decoded in the worker, once; with
+                          `decode=False`, texts is None: the judge reads token ids),
   truncated[i]            the response reached max_new_tokens without an eos id or
                           a stop string (judged on the response only, never on the
                           prompt, which may hold an eos of its own: ChatML's
@@ -77,6 +78,7 @@ class GenerationBackend(Protocol):
         top_p: float = 1.0,
         top_k: int = 0,
         stop: Sequence[str] = (),
+        decode: bool = True,
     ) -> Samples: ...
 
 
@@ -164,7 +166,7 @@ def pack_samples(
     prompts: Prompts,
     tokens: Sequence[Sequence[int]],
     logprobs: Sequence[Sequence[float]],
-    texts: list[str],
+    texts: list[str] | None,
     *,
     version: SamplerVersion,
     k: int,

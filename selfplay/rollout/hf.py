@@ -124,6 +124,7 @@ class HFBackend:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: Sequence[str] = (),
+        decode: bool = True,
     ) -> Samples:
         check_generate_args(
             prompts,
@@ -159,8 +160,10 @@ class HFBackend:
             )
         tok_rows = [tokens[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
         lp_rows = [logprobs[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
-        texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
-        texts = [cut_at_stop(t, stop) for t in texts]
+        texts = None  # token ids only (`decode` off: the judge reads the ids)
+        if decode:
+            texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
+            texts = [cut_at_stop(t, stop) for t in texts]
         truncated = ~finished if can_end(self.eos_ids, allowed_token_ids, stop) else None
         meta = {"gen_s": time.perf_counter() - t0, "new_tokens": float(lengths.sum())}
         return pack_samples(

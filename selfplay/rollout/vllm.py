@@ -157,6 +157,7 @@ class VLLMBackend:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: Sequence[str] = (),
+        decode: bool = True,
     ) -> Samples:
         if isinstance(version, MixtureVersion):
             raise InputError("mixture sampling (Nash-MD) needs the hf rollout backend")
@@ -202,8 +203,10 @@ class VLLMBackend:
                 lp_rows.append(
                     [step[t].logprob for t, step in zip(toks, comp.logprobs, strict=True)]
                 )
-        texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
-        texts = [cut_at_stop(t, stop) for t in texts]
+        texts = None  # token ids only (`decode` off: the judge reads the ids)
+        if decode:
+            texts = self.tokenizer.batch_decode(tok_rows, skip_special_tokens=True)
+            texts = [cut_at_stop(t, stop) for t in texts]
         if not can_end(self.eos_ids, allowed_token_ids, stop):
             truncated = [False] * len(tok_rows)  # fixed-length responses (the token game)
         meta = {

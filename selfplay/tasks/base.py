@@ -39,6 +39,9 @@ class Sampling:
                           the masked LM), so sampler and learner log-probs agree.
     top_p, top_k:         nucleus / top-k cuts of each token's distribution (1.0 / 0: off).
     stop:                 stop strings: a response ends at the first one (not included).
+    texts:                decode the responses to text in the worker (`Samples.texts`);
+                          off where the judge reads token ids and no rollout rows are
+                          written (`build` decides: `judges.factory.judges_text`).
     """
 
     max_new_tokens: int
@@ -48,6 +51,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     stop: tuple[str, ...] = ()
+    texts: bool = True
 
 
 class Evaluator(Protocol):

@@ -95,6 +95,10 @@ class SequenceGame:
 
         self._tokens = encode_prompts(tokenizer, [self.prompt])[0]
         self._rendered = format_prompt(tokenizer, self.prompt)
+        try:  # the judge reads responses as these ids (`sampling` reports a bad tokenizer)
+            self._move_ids = tuple(self.move_ids(tokenizer))
+        except InputError:
+            self._move_ids = None
 
     def prompts(self, count: int, start_id: int) -> Prompts:
         """`count` copies of the prompt with stable ids start_id, start_id+1, ..."""
@@ -151,6 +155,7 @@ class SequenceGame:
             matrix=self.P,
             moves=tuple(self.moves),
             length=self.length,
+            move_ids=getattr(self, "_move_ids", None),
         )
 
     def evaluator(self, tokenizer, beta: float) -> GameEvaluator:

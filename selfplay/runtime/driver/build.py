@@ -8,6 +8,7 @@ task (`selfplay.tasks`) is the only source of problem-specific pieces.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from dataclasses import dataclass, field
@@ -170,7 +171,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     """Everything a run needs, for any task. `workers`: the rollout pool's size, when a
     resumed run restores its own; `bound`: the task `bind_task` already bound (the CLI
     binds it before Ray starts), else it is bound here."""
-    from selfplay.judges.factory import check_judge_spec
+    from selfplay.judges.factory import check_judge_spec, judges_text
     from selfplay.runtime.cluster import check_run_resources
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
@@ -186,12 +187,14 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     for note in runtime_notes(cfg.algo.name, hyper):  # tabular-only features, once
         print(note, file=sys.stderr)
     r, j, lcfg = cfg.rollout, cfg.judge, cfg.learner
+    rows = r.save == "every" or cfg.tracking.enabled
+    # Texts are decoded once, in the worker, only where the judge or the rows need them.
+    sampling = dataclasses.replace(sampling, texts=judges_text(judge_spec) or rows)
     workers = r.workers if workers is None else workers
     make_worker = functools.partial(make_rollout_worker, spec, cfg, sampling)
     scaler = _autoscaler(r)
     check_run_resources(cfg, scaler.clamp(workers) if scaler else workers)  # before any actor
     rollout = [make_worker() for _ in range(scaler.clamp(workers) if scaler else workers)]
-    rows = r.save == "every" or cfg.tracking.enabled
     make_judge = functools.partial(make_judge_server, judge_spec, j, r.truncated, rows)
     judges = [make_judge() for _ in range(j.servers)]
     build_policy = functools.partial(_build_model, spec, cfg.model.dtype)

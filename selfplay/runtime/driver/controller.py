@@ -20,6 +20,14 @@ every phase strictly in order and is reproducible for a fixed seed.
 The driver only moves object refs: samples go worker → judge → assembly task
 → learners, and weights go learner rank 0 → object store → workers.
 
+The driver does not wait on the learner within a step: `train` issues its calls
+(run in order on each rank); a published version is a ref the workers' next
+`sample` loads once the weights exist. The driver blocks only on each batch's
+`BatchInfo` (`collect`) and on the step's metrics, once, before `on_step`, which
+runs with the next batch already sampled and judged when the bound allows a
+prefetch; what `on_step` issues without waiting (an evaluation of `published()`,
+read later) overlaps with the next phase.
+
 Elastic rollout pool and healing (`selfplay.runtime.workers.pool`): at each phase
 boundary the pool is resized to the run's `RunControl` target. A batch whose
 rollout worker or preference server died is reissued: the dead actors are
@@ -90,8 +98,8 @@ class PhaseRecord:
     sampler_versions: list[SamplerVersion]
     opponent_versions: list[SamplerVersion]
     anchor: Version
-    metrics: object
-    seconds: float
+    metrics: object  # PhaseMetrics (an ObjectRef until the step's end, `_finish_step`)
+    seconds: float  # wall time from this phase's `train` to the next's (or the step's end)
     batch: object = None  # BatchInfo: generation/judging seconds and token counts
     workers: int = 0  # size of the rollout pool that sampled this batch
     reissues: int = 0  # times the batch was sampled again after an actor died
@@ -114,6 +122,7 @@ class Controller:
     next_step: int = 0  # first step `run` executes (> 0 after a resume)
     queue: deque = field(default_factory=deque)  # requested, not yet trained Pendings
     judges_replaced: int = 0
+    _issued: list = field(default_factory=list)  # learner refs of the step not yet read
 
     # The pool, as the tests and `selfplay scale` see it.
     @property
@@ -158,6 +167,13 @@ class Controller:
             if role not in ("main", "ref"):
                 self.store.assign(role, v0)
 
+    def published(self, role: str = "main") -> tuple[Version, object]:
+        """The version `role` plays now and the ref of its weights, not waited on. From
+        `on_step(t)`: main@t+1, the policy step t trained; an evaluation issued on it
+        (and read later) overlaps with the next phase instead of holding the driver."""
+        v = self.store.roles[role]
+        return v, self.store.refs[v]
+
     def _release(self) -> None:
         pinned = self.store.pinned_by([s for p in self.queue for s in p.samplers])
         self.rollout_pool.drop(self.store.release_unused(pinned))
@@ -195,33 +211,49 @@ class Controller:
         needed = self.store.pinned_by(pend.samplers)
         batch_prompts = self.prompt_source(s.prompts_per_step, pend.start)
         sampler, opps = pend.samplers[0], pend.samplers[1:]
-        judged = []
-        for c, rows in enumerate(np.array_split(np.arange(len(batch_prompts)), len(pool.workers))):
-            if len(rows) == 0:
-                continue
+        chunks = np.array_split(np.arange(len(batch_prompts)), len(pool.workers))
+        chunks = [(c, rows) for c, rows in enumerate(chunks) if len(rows)]
+        # Server j judges a contiguous run of chunks in one call, so the batch keeps
+        # chunk order and the driver makes one call per server, not per chunk.
+        server = np.array_split(np.arange(len(chunks)), len(self.judges))
+        server_of = {int(i): j for j, ids in enumerate(server) for i in ids}
+        args: list[list] = [[] for _ in self.judges]
+        for i, (c, rows) in enumerate(chunks):
             w = pool.workers[c]
-            pool.ensure_loaded(w, needed, self.store.refs)
-            prompts = batch_prompts.take(rows)
+            load, drop = pool.prepare(w, needed, self.store.refs)
             # Trained-on responses may come from a hotter behaviour policy (target
             # regression is unbiased under any full-support behaviour); opponents may not.
-            smp = w.generate.remote(
-                prompts, sampler, s.k, seed=self._seed(pend.step, pend.phase, c, 0), explore=True
-            )
             # One seed for every opponent source (common random numbers): each draw
             # is still exact, but OMWU's 2·ĝ(π_t) − ĝ(π_{t−1}) then carries the noise
             # of about one draw instead of five (π_t ≈ π_{t−1} sample alike).
-            opp_refs = [
-                w.generate.remote(
-                    prompts, v, s.opponents_k, seed=self._seed(pend.step, pend.phase, c, 1)
-                )
-                for v in opps
-            ]
-            judge = self.judges[c % len(self.judges)]
-            judged.append(judge.judge_chunk.remote(smp, pend.weights, *opp_refs))
+            draws = [(sampler, s.k, self._seed(pend.step, pend.phase, c, 0), True)]
+            seed = self._seed(pend.step, pend.phase, c, 1)
+            draws += [(v, s.opponents_k, seed, False) for v in opps]
+            # One call per worker: drop, load and every draw.
+            refs = w.sample.options(num_returns=len(draws)).remote(
+                batch_prompts.take(rows), draws, load, drop
+            )
+            args[server_of[i]] += refs if len(draws) > 1 else [refs]
+        judged = [
+            j.judge_chunks.remote(pend.weights, *a)
+            for j, a in zip(self.judges, args, strict=True)
+            if a
+        ]
         pend.batch_ref, pend.info_ref, pend.rows_ref = assemble.options(num_returns=3).remote(
             s.pad_id, *judged
         )
         pend.workers = len(pool.workers)
+
+    def _finish_step(self, recs: list[PhaseRecord]) -> None:
+        """Wait for the step's learner calls (raising a learner's error) and fill in
+        the records' metrics and seconds."""
+        ray.get(self._issued)  # every rank's PhaseMetrics and copy_role (small objects)
+        self._issued = []
+        end = time.perf_counter()
+        metrics = ray.get([r.metrics for r in recs])  # rank 0's, already here
+        starts = [r.seconds for r in recs] + [end]
+        for i, r in enumerate(recs):
+            r.metrics, r.seconds = metrics[i], starts[i + 1] - starts[i]
 
     def collect(self, pend: Pending):
         """The batch's BatchInfo; a batch lost with a dead worker or judge is reissued."""
@@ -236,7 +268,14 @@ class Controller:
                 return info
             except RunError as e:  # judge failures past their retries: one line, not a traceback
                 raise RunError(str(getattr(e, "cause", None) or e)) from None
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+                _seen(pend.batch_ref, pend.rows_ref)
+                # A batch sampled from a version whose publish failed fails too (before
+                # it, so that call has already failed): the learner's error is the one.
+                if self._issued:
+                    ray.get(ray.wait(self._issued, num_returns=len(self._issued), timeout=0)[0])
+                if not isinstance(e, ray.exceptions.RayActorError):
+                    raise
                 if pend.reissues >= self.settings.max_reissues:
                     raise RunError(
                         f"batch of step {pend.step} phase {pend.phase} lost "
@@ -280,19 +319,20 @@ class Controller:
         last = pend.phase == len(self.plan.phases) - 1
         due = [rf for rf in self.plan.refresh if last and rf.due(pend.step)]
         before = dict(self.store.roles)
+        issue = self._issued.extend  # learner calls are issued here, read in `_finish_step`
         for rf in due:
             if rf.when == "before":  # the learner's copy of the pre-update policy
-                self.learners.copy_role(rf.dst, rf.src)
+                issue(self.learners.issue("copy_role", rf.dst, rf.src))
         anchor = self.store.roles[phase.anchor]
         info = self.collect(pend)  # a lost batch is reissued before the learner waits on it
-        self.learners.start_phase(phase)
-        metrics = self.learners.train_phase(phase, pend.batch_ref)
+        metrics = self.learners.issue_phase(phase, pend.batch_ref)
+        issue(metrics)
         out = Version(pend.step + 1 if phase.output == "main" else pend.step, phase.output)
         self.store.add(out, self.learners.publish(phase.output))
         self.store.assign(phase.output, out)
         for rf in due:
             if rf.when == "after":
-                self.learners.copy_role(rf.dst, rf.src)
+                issue(self.learners.issue("copy_role", rf.dst, rf.src))
         if last:
             for role, v in refreshed(
                 self.store.roles, before, self.plan.refresh, pend.step
@@ -310,8 +350,8 @@ class Controller:
             [pend.samplers[0]],
             pend.samplers[1:],
             anchor,
-            metrics,
-            time.perf_counter() - t0,
+            metrics[0],
+            t0,  # a start time until `_finish_step`
             info,
             workers=pend.workers,
             reissues=pend.reissues,
@@ -343,7 +383,18 @@ class Controller:
             self._release()
             self.rollout_pool.reap(self.queue)
             if task[1] == n - 1:
+                self._finish_step(step_records)
                 self.next_step = task[0] + 1
                 if on_step is not None:
                     on_step(task[0], step_records)
                 step_records = []
+
+
+def _seen(*refs) -> None:
+    """Read a lost batch's other results (failed with it), so Ray does not report them
+    as unhandled errors when they are freed."""
+    for r in refs:
+        try:
+            ray.get(r)
+        except Exception:  # noqa: BLE001 - the failure is the one `collect` handles
+            pass

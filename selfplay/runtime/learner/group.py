@@ -7,9 +7,20 @@ collective). Data never funnels through the driver:
 
 - a `TrainBatch` is put in the object store once; every rank receives the same
   ref (Ray resolves it zero-copy) and cuts its own whole-group shard;
-- `publish` makes rank 0 `ray.put` the FlatWeights inside its actor and return
-  `[ref]` (wrapped in a list so Ray does not dereference it on the way back).
-  The object is owned by the rank-0 actor: it lives as long as that actor does.
+- `publish` returns the ref of rank 0's `publish` task, whose return value *is* the
+  FlatWeights: Ray stores it in the object store on rank 0's node, the driver only
+  holds (and owns) the ref, and a rollout worker's `load` waits on it. Nothing
+  blocks: the driver hands the ref on before the learner has finished training.
+
+Calls are issued to every rank in order (actor tasks from one caller run in
+order). `issue(method, ...)` returns the ranks' refs without waiting; the
+blocking methods wait on them. The controller issues `start_phase`,
+`train_phase`, `publish` and `copy_role` without waiting and reads the metrics
+once per step, so learner round trips are not on its critical path.
+
+`learner_cls` (default `Learner`) is the plain class each actor wraps, built as
+`learner_cls(model_fn, config, rank=, world_size=, init_method=, backend=, device=)`;
+the simulated pipeline (`selfplay.bench.simulate`) substitutes one that sleeps.
 """
 
 from __future__ import annotations
@@ -37,9 +48,11 @@ class LearnerActor:
         rank: int,
         world_size: int,
         device: str | None = None,
+        learner_cls: Callable[..., Learner] = Learner,
     ) -> None:
         torch.set_num_threads(1)  # CPU actors share the box; no oversubscription
         self._args = (model_fn, config, rank, world_size, device)
+        self._cls = learner_cls
         self.learner: Learner | None = None
 
     def address(self) -> str:
@@ -50,7 +63,7 @@ class LearnerActor:
 
     def init(self, init_method: str | None, backend: str | None = None) -> int:
         model_fn, config, rank, world, device = self._args
-        self.learner = Learner(
+        self.learner = self._cls(
             model_fn,
             config,
             rank=rank,
@@ -77,9 +90,10 @@ class LearnerActor:
         learner = self._l()
         return learner.train_phase(phase, shard(batch, learner.ctx.rank, learner.ctx.world))
 
-    def publish_ref(self, role: str | None = None) -> list[ray.ObjectRef]:
-        flat = self._l().publish(role)
-        return [] if flat is None else [ray.put(flat)]
+    def publish(self, role: str | None = None) -> FlatWeights | None:
+        """Rank 0's FlatWeights (None on the other ranks): the task's return value is
+        the published object, so nobody waits for a ref to come back first."""
+        return self._l().publish(role)
 
     def policy_logprobs(
         self,
@@ -120,6 +134,7 @@ class LearnerGroup:
         resources: dict[str, float] | None = None,
         backend: str | None = None,
         device: str | None = None,
+        learner_cls: Callable[..., Learner] = Learner,
     ) -> None:
         if world_size < 1:
             raise ValueError(f"learner world_size must be >= 1, got {world_size}")
@@ -128,13 +143,18 @@ class LearnerGroup:
             num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None
         )
         self.actors = [
-            opts.remote(model_fn, config, r, world_size, device) for r in range(world_size)
+            opts.remote(model_fn, config, r, world_size, device, learner_cls)
+            for r in range(world_size)
         ]
         addr = ray.get(self.actors[0].address.remote()) if world_size > 1 else None
         ray.get([a.init.remote(addr, backend) for a in self.actors])
 
+    def issue(self, method: str, *args) -> list[ray.ObjectRef]:
+        """Call `method` on every rank; the ranks' result refs, not waited on."""
+        return [getattr(a, method).remote(*args) for a in self.actors]
+
     def _all(self, method: str, *args) -> list:
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        return ray.get(self.issue(method, *args))
 
     def set_role(self, role: str, weights: FlatWeights | ray.ObjectRef) -> None:
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
@@ -155,9 +175,17 @@ class LearnerGroup:
         ref = batch if isinstance(batch, ray.ObjectRef) else ray.put(batch)
         return self._all("train_phase", phase, ref)[0]
 
+    def issue_phase(self, phase: Phase, batch: TrainBatch | ray.ObjectRef) -> list:
+        """`start_phase` then `train_phase` on every rank, not waited on: the ranks'
+        `PhaseMetrics` refs (rank 0's first)."""
+        ref = batch if isinstance(batch, ray.ObjectRef) else ray.put(batch)
+        self.issue("start_phase", phase)
+        return self.issue("train_phase", phase, ref)
+
     def publish(self, role: str | None = None) -> ray.ObjectRef:
-        """Object ref of the full FlatWeights, put by rank 0 (weights skip the driver)."""
-        return self._all("publish_ref", role)[0][0]
+        """Ref of the full FlatWeights of `role` (rank 0's `publish`; every rank takes
+        part, as FSDP2 needs), not waited on: weights skip the driver."""
+        return self.issue("publish", role)[0]
 
     def policy_logprobs(
         self,

@@ -1,7 +1,9 @@
 """Thin Ray actors over the plain classes, and the assembly task.
 
 - `RolloutActor` wraps a `GenerationBackend` (hf or vllm): it pulls a version's
-  weights from the object store only when asked to load one it lacks.
+  weights from the object store only when asked to load one it lacks. The
+  controller makes one `sample` call per chunk and batch (drop, load, then every
+  draw), so the driver's cost per worker is one call, not one per draw and version.
 - `JudgeActor` wraps a `Judge` and turns (samples, opponent samples) refs into
   a `Judged` chunk, so sampled tensors go worker → judge → learner without
   passing through the driver. Failed judge calls are retried, then raised or
@@ -72,6 +74,23 @@ class RolloutActor:
     def drop(self, version: Version) -> None:
         self.backend.drop(version)
 
+    def sample(
+        self,
+        prompts: Prompts,
+        draws: list[tuple[SamplerVersion, int, int, bool]],
+        load: list[tuple[Version, list]] = (),
+        drop: list[Version] = (),
+    ):
+        """Drop the versions `drop`, pull `load` ([(version, [ref])]), then for each
+        (version, k, seed, explore) of `draws` generate K responses per prompt, in
+        order. One `Samples` per draw: call with `.options(num_returns=len(draws))`."""
+        for v in drop:
+            self.drop(v)
+        for v, boxed in load:
+            self.load(v, boxed)
+        out = tuple(self.generate(prompts, v, k, seed, explore) for v, k, seed, explore in draws)
+        return out if len(out) > 1 else out[0]
+
     def generate(
         self, prompts: Prompts, version: SamplerVersion, k: int, seed: int, explore: bool = False
     ) -> Samples:
@@ -90,6 +109,7 @@ class RolloutActor:
             top_p=s.top_p,
             top_k=s.top_k,
             stop=list(s.stop),
+            decode=s.texts,
         )
 
 
@@ -145,6 +165,15 @@ class JudgeActor:
         """[n] P(a_r ≻ b_r) per row (`judging.compare_pairs`), NaN where masked."""
         return compare_pairs(self.judge, a, b, self.policy, self.truncated).p
 
+    def judge_chunks(self, weights: list[float], *samples: Samples) -> list[Judged]:
+        """Several chunks in one call (the controller's one call per server and batch):
+        `samples` is each chunk's trained samples then its opponents, chunk after chunk."""
+        per = 1 + len(weights)
+        return [
+            self.judge_chunk(samples[i], weights, *samples[i + 1 : i + per])
+            for i in range(0, len(samples), per)
+        ]
+
     @staticmethod
     def _rows(samples: Samples, g: np.ndarray, opponents: tuple[Samples, ...]):
         import pyarrow as pa
@@ -184,13 +213,14 @@ class BatchInfo:
 
 
 @ray.remote(num_cpus=0)
-def assemble(pad_id: int | None, *chunks: Judged):
-    """Concatenate judged chunks into (TrainBatch, BatchInfo, rollout rows or None);
-    call with `.options(num_returns=3)`.
+def assemble(pad_id: int | None, *judged: Judged | list[Judged]):
+    """Concatenate judged chunks (or lists of them, `judge_chunks`) into (TrainBatch,
+    BatchInfo, rollout rows or None), in order; call with `.options(num_returns=3)`.
 
     rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
     """
-    batch = to_train_batch(list(chunks), pad_id=pad_id)
+    chunks = [c for j in judged for c in (j if isinstance(j, list) else [j])]
+    batch = to_train_batch(chunks, pad_id=pad_id)
     info = BatchInfo(
         rows=len(batch),
         queries=sum(c.queries for c in chunks),

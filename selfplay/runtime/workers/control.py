@@ -4,8 +4,10 @@ Every `selfplay train` run owns one `RunControl` actor, named after its run dir
 (`run_dir.name`) in the Ray namespace `selfplay`, not detached: it dies with
 the driver. It only holds the *desired* rollout-worker count. `selfplay scale
 RUN --rollout-workers N` writes it from any process on the cluster; the
-controller reads it at every phase boundary (a safe point) and grows or
-shrinks its pool (see `Controller._resize`):
+controller polls it at every phase boundary (a safe point) without waiting
+(`RolloutPool.poll_target`: the answer to the poll sent at the previous
+boundary, so a new target lands within two boundaries) and grows or shrinks
+its pool (see `RolloutPool.resize`):
 
 - growing starts new `RolloutActor`s; one joins the pool once its process is up
   (`rollout.join_wait_s` bounds how long a safe point waits for it, default 0:

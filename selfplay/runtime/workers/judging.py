@@ -212,7 +212,7 @@ def call_judge(
     calls = sent = 0
     pending = np.arange(n)
     while len(pending) and calls <= policy.retries:
-        args = ([prompts[i] for i in pending], [a[i] for i in pending], [b[i] for i in pending])
+        args = ([prompts[i] for i in pending], _take(a, pending), _take(b, pending))
         calls, sent = calls + 1, sent + len(pending)
         try:
             got = _call_with_timeout(judge, args, policy.timeout_s)
@@ -233,6 +233,23 @@ def call_judge(
     return PairResult(
         p=p, ok=ok, calls=calls, sent=sent, reasons=dict(Counter(reason[~ok].tolist()))
     )
+
+
+def _take(seq, idx: np.ndarray):
+    """seq[idx] of a list (of texts) or an array (of a game judge's rows)."""
+    if isinstance(seq, np.ndarray):
+        return seq[idx]
+    return [seq[i] for i in idx]
+
+
+def responses(judge: Judge, samples: Samples):
+    """What `judge` compares: the decoded texts, or where the worker sent token ids
+    only (`Samples.texts` None) the judge's rows of them (`GameJudge.token_rows`)."""
+    if samples.texts is not None:
+        return samples.texts
+    if not hasattr(judge, "token_rows"):
+        raise ValueError(f"{type(judge).__name__} reads texts, and the samples carry none")
+    return judge.token_rows(samples.tokens, samples.lengths)
 
 
 def _failure_message(res: PairResult, policy: JudgePolicy) -> str:
@@ -262,6 +279,7 @@ def estimate_g(
         raise ValueError(f"truncated must be one of {TRUNCATED}, got {truncated!r}")
     n, k = len(samples), samples.k
     trunc = truncated_flags(samples)
+    mine = responses(judge, samples)
     g = np.zeros(n, dtype=np.float64)
     keep = np.ones(n, dtype=bool)
     queries = masked = retries = 0
@@ -279,8 +297,8 @@ def estimate_g(
         res = call_judge(
             judge,
             [samples.prompt_texts[ii[r] // k] for r in ask],
-            [samples.texts[ii[r]] for r in ask],
-            [opp.texts[jj[r]] for r in ask],
+            _take(mine, ii[ask]),
+            _take(responses(judge, opp), jj[ask]),
             policy,
         )
         queries, retries = queries + res.sent, retries + max(res.calls - 1, 0)
@@ -342,8 +360,8 @@ def compare_pairs(
     res = call_judge(
         judge,
         [a.prompt_texts[r // a.k] for r in ask],
-        [a.texts[r] for r in ask],
-        [b.texts[r] for r in ask],
+        _take(responses(judge, a), ask),
+        _take(responses(judge, b), ask),
         policy,
     )
     if not res.ok.all() and policy.on_failure == "raise":

@@ -75,20 +75,28 @@ class RolloutPool:
     _loaded: dict[object, set] = field(default_factory=dict)  # actor handle -> versions
     _starting: list[tuple[object, object]] = field(default_factory=list)  # (actor, ready ref)
     _retiring: list[tuple[object, list]] = field(default_factory=list)  # (actor, queued batches)
+    _drops: dict[object, list] = field(default_factory=dict)  # actor handle -> versions to drop
+    poll: object = None  # the control's `target` ref in flight
+    _target: int = 0  # the control's target as last read
 
     # ------------------------------------------------------------- versions
-    def ensure_loaded(self, worker, versions: set[Version], refs: dict[Version, object]) -> None:
+    def prepare(
+        self, worker, versions: set[Version], refs: dict[Version, object]
+    ) -> tuple[list[tuple[Version, list]], list[Version]]:
+        """What `worker`'s next `sample` call drops and loads: the versions released since
+        its last call, and [(version, [ref])] of those in `versions` it lacks (a boxed
+        ref: the worker pulls the weights, the driver never does)."""
         have = self._loaded.setdefault(worker, set())
-        for v in sorted(versions - have):
-            # Boxed ref: the worker pulls the weights, the driver never does.
-            worker.load.remote(v, [refs[v]])
-            have.add(v)
+        load = [(v, [refs[v]]) for v in sorted(versions - have)]
+        have.update(versions)
+        return load, self._drops.pop(worker, [])
 
     def drop(self, versions: list[Version]) -> None:
+        """Released versions leave each worker with its next `sample` call."""
         for v in versions:
             for w, have in self._loaded.items():
                 if v in have:
-                    w.drop.remote(v)
+                    self._drops.setdefault(w, []).append(v)
                     have.discard(v)
 
     def heal(self) -> int:
@@ -97,6 +105,7 @@ class RolloutPool:
         dead = replace_dead(self.workers, self.make_worker)
         for i in dead:
             self._loaded.pop(old[i], None)
+            self._drops.pop(old[i], None)
         self.replaced += len(dead)
         return len(dead)
 
@@ -112,6 +121,8 @@ class RolloutPool:
         self.control = start_control(
             name, len(self.workers), (a.min_workers, a.max_workers) if a else None
         )
+        self._target = len(self.workers)
+        self.poll = self.control.target.remote()
         if a is not None:
             request_workers(len(self.workers), a.bundle)
 
@@ -122,7 +133,7 @@ class RolloutPool:
         self._starting.clear()
         if self.control is not None:
             ray.kill(self.control)
-            self.control = None
+            self.control = self.poll = None
         if self.autoscale is not None:
             request_workers(0, self.autoscale.bundle)
 
@@ -131,15 +142,29 @@ class RolloutPool:
         refs = [p.info_ref for p in queue]
         return len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else 0
 
+    def poll_target(self) -> int:
+        """The control's target, without waiting: the answer to the poll sent at the
+        previous safe point if it has come (then the next poll goes out), else the
+        last one read. A `selfplay scale` lands at the first safe point after its
+        answer arrives (one phase later at most, when the driver is fast)."""
+        if ray.wait([self.poll], timeout=0)[0]:
+            self._target = ray.get(self.poll)
+            self.poll = self.control.target.remote()
+        return self._target
+
     def resize(self, step: int, phase: int, queue) -> None:
         """Safe point (no request in flight): move the pool towards the control's target."""
         if self.control is None:
             return
-        want = ray.get(self.control.target.remote())
+        want = self.poll_target()
         if self.autoscale is not None and phase == 0 and not self._starting:
             new = self.autoscale.decide(want, self._queue_depth(queue))
             if new != want:
-                want = ray.get(self.control.set_target.remote(new))
+                # Within the control's bounds (decide clamps), so set_target accepts it;
+                # the poll sent after it reads it back.
+                self.control.set_target.remote(new)
+                self._target, self.poll = new, self.control.target.remote()
+                want = new
                 request_workers(new, self.autoscale.bundle)
         old = len(self.workers)
         have = old + len(self._starting)
@@ -178,6 +203,7 @@ class RolloutPool:
             else:
                 ray.kill(w)
                 self._loaded.pop(w, None)
+                self._drops.pop(w, None)
         self._retiring = keep
 
     def kill_all(self) -> None:
