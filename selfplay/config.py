@@ -212,6 +212,21 @@ class RuntimeConfig(_Strict):
     )
 
 
+class EvalConfig(_Strict):
+    """Sampled evaluation during training (`selfplay.runtime.driver.evaluate`)."""
+
+    every: int = Field(
+        0,
+        ge=0,
+        description="steps between evaluations of the policy against π_ref on held-out "
+        "prompts (and the last step); 0: off",
+    )
+    prompts: int = Field(
+        32, ge=2, description="held-out prompts (games: independent draws of the prompt)"
+    )
+    samples: int = Field(4, ge=1, description="responses per prompt and policy")
+
+
 class TrackingConfig(_Strict):
     enabled: bool = True
     uri: str | None = None
@@ -228,6 +243,7 @@ class Config(_Strict):
     judge: JudgeConfig = JudgeConfig()
     learner: LearnerConfig = LearnerConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

@@ -126,3 +126,50 @@ class Samples:
 
     def __len__(self) -> int:
         return int(np.asarray(self.lengths).shape[0])
+
+    def slim(self) -> Samples:
+        """What judging, evaluation and their cache need: the responses (tokens cut to
+        the longest, texts when decoded), lengths and truncation flags; no log-probs."""
+        n = len(self)
+        lengths = np.asarray(self.lengths, dtype=np.int64)
+        width = int(lengths.max()) if n else 0
+        return Samples(
+            prompt_ids=np.asarray(self.prompt_ids, dtype=np.int64),
+            prompt_texts=list(self.prompt_texts),
+            tokens=np.asarray(self.tokens, dtype=np.int64)[:, :width],
+            lengths=lengths,
+            logprobs=np.zeros((n, 0), dtype=np.float32),
+            texts=None if self.texts is None else list(self.texts),
+            version=self.version,
+            k=self.k,
+            pad_id=self.pad_id,
+            truncated=None if self.truncated is None else np.asarray(self.truncated, dtype=bool),
+        )
+
+    @staticmethod
+    def concat(parts: list[Samples]) -> Samples:
+        """The slim samples (`slim`) of several prompts as one, rows in order; the
+        parts share k. Texts only when every part has them."""
+        parts = [p.slim() for p in parts]
+        n = sum(len(p) for p in parts)
+        width = max((p.tokens.shape[1] for p in parts), default=0)
+        tokens = np.full((n, width), parts[0].pad_id if parts else 0, dtype=np.int64)
+        row = 0
+        for p in parts:
+            tokens[row : row + len(p), : p.tokens.shape[1]] = p.tokens
+            row += len(p)
+        texted = all(p.texts is not None for p in parts)
+        return Samples(
+            prompt_ids=np.concatenate([p.prompt_ids for p in parts]),
+            prompt_texts=[t for p in parts for t in p.prompt_texts],
+            tokens=tokens,
+            lengths=np.concatenate([p.lengths for p in parts]),
+            logprobs=np.zeros((n, 0), dtype=np.float32),
+            texts=[t for p in parts for t in p.texts] if texted else None,
+            version=parts[0].version,
+            k=parts[0].k,
+            pad_id=parts[0].pad_id,
+            truncated=np.concatenate(
+                [np.zeros(len(p), bool) if p.truncated is None else p.truncated for p in parts]
+            ),
+        )

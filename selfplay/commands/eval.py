@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from selfplay.errors import InputError
-
-GAME_PROMPTS = 64  # independent draws of a game's one prompt, by default
+from selfplay.evaluation.sampling import GAME_UNITS, eval_units
 
 
 @click.command("eval")
@@ -33,7 +32,10 @@ GAME_PROMPTS = 64  # independent draws of a game's one prompt, by default
     "--prompts", "data", type=str, default=None, help="Prompts file [the run's eval prompts]."
 )
 @click.option(
-    "--num-prompts", type=int, default=None, help="First N prompts [all; games: 64 draws]."
+    "--num-prompts",
+    type=int,
+    default=None,
+    help=f"First N prompts [all; games: {GAME_UNITS} draws].",
 )
 @click.option(
     "--judge.kind",
@@ -162,7 +164,12 @@ def make_plan(
 
     bound = bind_task(cfg)  # the task's data read and checked here
     _check_compatible(policies, bound)
-    prompts = _eval_prompts(bound.task, cfg, data is not None, num_prompts)
+    prompts = eval_units(bound.task, cfg.task.kind, num_prompts, every_prompt=data is not None)
+    if not len(prompts):
+        raise InputError(
+            "the run holds out no eval prompts (task.eval_split / task.eval_fraction); "
+            "give --prompts DATA"
+        )
     out_dir = Path(run) / "eval" if run is not None else Path("runs") / "eval"
     cache_dir = Path(cache).expanduser() if cache else out_dir / "cache"
     plot_path = Path(plot).expanduser() if plot else out_dir / "win_rates.png"
@@ -261,23 +268,6 @@ def _check_compatible(policies, bound) -> None:
                 f"policy {p.name} has another tokenizer than the base model; selfplay eval "
                 "samples every policy on the same prompt tokens"
             )
-
-
-def _eval_prompts(task, cfg, from_file: bool, n: int | None):
-    """The units: a game's prompt drawn N times (ids 0..N-1), a text run's held-out
-    prompts, or every prompt of --prompts; the first n of them when n is given."""
-    if cfg.task.kind != "prompts":
-        return task.prompts(n or GAME_PROMPTS, 0)
-    if from_file:
-        prompts = task.prompts(len(task.train), 0)
-    else:
-        prompts = task.eval_prompts()
-        if not len(prompts):
-            raise InputError(
-                "the run holds out no eval prompts (task.eval_split / task.eval_fraction); "
-                "give --prompts DATA"
-            )
-    return prompts.take(range(min(n or len(prompts), len(prompts))))
 
 
 def _log(report: dict, report_path: Path, uri) -> None:

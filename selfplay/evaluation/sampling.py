@@ -1,17 +1,9 @@
 """Sampling policies and judging sample pairs on the runtime's actors, for evaluation.
 
 Reusable with any rollout workers and preference servers: `selfplay eval` starts its
-own; evaluation during training passes the live controller's, e.g.
-
-    pool, v = ctl.rollout_pool, ctl.store.roles["main"]
-    cache = SampleCache(run_dir / "eval" / "cache", settings_key(sampling, S, dtype))
-    ref = lookup(cache, ref_identity, prompts, seed)   # π_ref's draws: cached once
-    draw_missing(pool.workers, Version(0, "ref"), ref_identity, prompts, S, seed, cache, ref,
-                 prepare=lambda w: pool.ensure_loaded(w, {Version(0, "ref")}, ctl.store.refs))
-    cur = [None] * len(prompts)                        # π_t's: fresh each time (no cache)
-    draw_missing(pool.workers, v, f"{run_id}-{v}", prompts, S, seed, SampleCache(None, ""),
-                 cur, prepare=lambda w: pool.ensure_loaded(w, {v}, ctl.store.refs))
-    p = compare(ctl.judges, cur, ref)                  # [U, S] P(π_t ≻ π_ref), NaN = masked
+own and waits (`sample_policy`, `compare`); evaluation during training
+(`selfplay.runtime.driver.evaluate`) issues the same calls (`issue_draws`,
+`issue_compare`) on the live controller's actors and reads them steps later.
 
 (an identity is any string: it keys the cache and seeds the draws).
 
@@ -27,8 +19,8 @@ The rules:
 - sample r of policy i is judged against sample r of policy j (S sample pairs per
   unit), with the judge's truncation rule and failure policy (`JudgeActor.compare`).
 
-`SampleCache` keeps each (policy, unit, seed) draw on disk as JSON (texts, lengths,
-truncation flags), under a directory keyed by the sampling settings, so a rerun
+`SampleCache` keeps each (policy, unit, seed) draw on disk as JSON (tokens, texts,
+lengths, truncation flags), under a directory keyed by the sampling settings, so a rerun
 draws nothing.
 """
 
@@ -45,6 +37,20 @@ import numpy as np
 from selfplay.types import Prompts, Samples, Version
 
 PLACEHOLDER = Version(0, "main")  # the version a cached sample reports
+
+
+GAME_UNITS = 64  # independent draws of a game's one prompt, by default
+
+
+def eval_units(task, kind: str, n: int | None, *, every_prompt: bool = False) -> Prompts:
+    """The units of an evaluation: a game's one prompt drawn n times (ids 0..n−1, so
+    each draw has its own seed), else the bound prompts task's held-out prompts (all
+    of its prompts with `every_prompt`: a prompts file given to `selfplay eval`), the
+    first n when n is given. Empty when a text task holds none out."""
+    if kind != "prompts":
+        return task.prompts(n or GAME_UNITS, 0)
+    prompts = task.prompts(len(task.train), 0) if every_prompt else task.eval_prompts()
+    return prompts.take(range(min(n or len(prompts), len(prompts))))
 
 
 def _digest(*parts) -> str:
@@ -68,39 +74,6 @@ def settings_key(sampling, k: int, dtype: str) -> str:
     return _digest(asdict(sampling), int(k), dtype)[:16]
 
 
-def slim(s: Samples) -> Samples:
-    """The samples without tokens and log-probs: what judging and the cache need."""
-    n = len(s)
-    return Samples(
-        prompt_ids=np.asarray(s.prompt_ids, dtype=np.int64),
-        prompt_texts=list(s.prompt_texts),
-        tokens=np.zeros((n, 0), dtype=np.int64),
-        lengths=np.asarray(s.lengths, dtype=np.int64),
-        logprobs=np.zeros((n, 0), dtype=np.float32),
-        texts=list(s.texts),
-        version=s.version,
-        k=s.k,
-        truncated=None if s.truncated is None else np.asarray(s.truncated, dtype=bool),
-    )
-
-
-def concat(parts: list[Samples]) -> Samples:
-    """Slim samples of several units as one (rows in order; the same k)."""
-    return Samples(
-        prompt_ids=np.concatenate([np.asarray(p.prompt_ids, dtype=np.int64) for p in parts]),
-        prompt_texts=[t for p in parts for t in p.prompt_texts],
-        tokens=np.zeros((sum(len(p) for p in parts), 0), dtype=np.int64),
-        lengths=np.concatenate([np.asarray(p.lengths, dtype=np.int64) for p in parts]),
-        logprobs=np.zeros((sum(len(p) for p in parts), 0), dtype=np.float32),
-        texts=[t for p in parts for t in p.texts],
-        version=parts[0].version,
-        k=parts[0].k,
-        truncated=np.concatenate(
-            [np.zeros(len(p), bool) if p.truncated is None else p.truncated for p in parts]
-        ),
-    )
-
-
 class SampleCache:
     """ROOT/<settings key>/<policy identity>/<prompt key>-<seed>.json, written atomically.
 
@@ -120,14 +93,20 @@ class SampleCache:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        n = len(d["texts"])
+        if "tokens" not in d:  # written before tokens were kept: draw again
+            return None
+        n = len(d["lengths"])
+        width = max((len(t) for t in d["tokens"]), default=0)
+        tokens = np.zeros((n, width), dtype=np.int64)
+        for r, t in enumerate(d["tokens"]):
+            tokens[r, : len(t)] = t
         return Samples(
             prompt_ids=np.asarray(prompts.ids[row : row + 1], dtype=np.int64),
             prompt_texts=[prompts.texts[row]],
-            tokens=np.zeros((n, 0), dtype=np.int64),
+            tokens=tokens,
             lengths=np.asarray(d["lengths"], dtype=np.int64),
             logprobs=np.zeros((n, 0), dtype=np.float32),
-            texts=list(d["texts"]),
+            texts=None if d["texts"] is None else list(d["texts"]),
             version=PLACEHOLDER,
             k=n,
             truncated=np.asarray(d["truncated"], dtype=bool),
@@ -140,7 +119,10 @@ class SampleCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         flags = np.zeros(len(s), bool) if s.truncated is None else s.truncated
         body = {
-            "texts": list(s.texts),
+            "tokens": [
+                [int(t) for t in row[:n]] for row, n in zip(s.tokens, s.lengths, strict=True)
+            ],
+            "texts": None if s.texts is None else list(s.texts),
             "lengths": [int(x) for x in s.lengths],
             "truncated": [bool(x) for x in flags],
         }
@@ -149,21 +131,27 @@ class SampleCache:
         os.replace(tmp, p)
 
 
+def issue_draws(workers: list, version, prompts: Prompts, k: int, seeds: list[int]) -> list:
+    """`k` responses to each prompt from `version`: one generate call per prompt with
+    its seed, round-robin over `workers` (the version loaded there); the refs of one
+    full `Samples` per prompt, in order, not waited on."""
+    return [
+        workers[u % len(workers)].generate.remote(prompts.take([u]), version, k, seed=int(sd))
+        for u, sd in enumerate(seeds)
+    ]
+
+
 def sample_policy(
     workers: list, version, prompts: Prompts, k: int, seeds: list[int], *, prepare=None, bar=None
 ) -> list[Samples]:
-    """`k` responses to each prompt from `version`, one generate call per prompt with
-    its seed, spread round-robin over `workers`; slim `Samples` per prompt, in order.
+    """`issue_draws`, waited on: slim `Samples` per prompt, in order.
 
     prepare(worker): called once per worker before its first call (load the version);
     bar: a tqdm bar advanced by one per prompt done."""
     for w in workers if prepare is not None else ():
         prepare(w)
-    refs = [
-        workers[u % len(workers)].generate.remote(prompts.take([u]), version, k, seed=int(sd))
-        for u, sd in enumerate(seeds)
-    ]
-    return [slim(s) for s in _gather(refs, bar)]
+    refs = issue_draws(workers, version, prompts, k, seeds)
+    return [s.slim() for s in _gather(refs, bar)]
 
 
 def lookup(cache: SampleCache, identity: str, prompts: Prompts, seed: int) -> list:
@@ -188,10 +176,7 @@ def draw_missing(
     bar=None,
 ) -> int:
     """Fill the None entries of `got` (from `lookup`) by sampling `version` on
-    `workers` (`sample_policy`), and cache them; returns the number of responses drawn.
-
-    During training: workers = ctl.rollout_pool.workers, version = the role's version,
-    prepare = lambda w: ctl.rollout_pool.ensure_loaded(w, {version}, ctl.store.refs)."""
+    `workers` (`sample_policy`), and cache them; returns the number of responses drawn."""
     rows = [u for u, g in enumerate(got) if g is None]
     if not rows:
         return 0
@@ -204,19 +189,26 @@ def draw_missing(
     return k * len(rows)
 
 
-def compare(judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None):
-    """[U, S] P(a_u,r ≻ b_u,r): units judged in chunks of `chunk`, spread over `judges`;
-    NaN where the judge's failure policy masked a comparison."""
+def issue_compare(judges: list, a: list, b: list, *, chunk: int = 16) -> list[tuple[int, object]]:
+    """P(a_u,r ≻ b_u,r) of each unit u, `chunk` units per call, spread over `judges`
+    (`JudgeActor.compare`: a's units then b's, `Samples` or their refs); [(units in
+    the call, ref of its [units·S] array)], not waited on."""
     if len(a) != len(b):
         raise ValueError("compare: the two sides must cover the same units")
-    if not a:
-        return np.zeros((0, 0))
     spans = [(i, min(i + chunk, len(a))) for i in range(0, len(a), chunk)]
-    refs = [
-        judges[c % len(judges)].compare.remote(concat(a[i:j]), concat(b[i:j]))
+    return [
+        (j - i, judges[c % len(judges)].compare.remote(*a[i:j], *b[i:j]))
         for c, (i, j) in enumerate(spans)
     ]
-    out = _gather(refs, bar, [j - i for i, j in spans])
+
+
+def compare(judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None):
+    """[U, S] P(a_u,r ≻ b_u,r) (`issue_compare`, waited on); NaN where the judge's
+    failure policy masked a comparison."""
+    if not a:
+        return np.zeros((0, 0))
+    calls = issue_compare(judges, a, b, chunk=chunk)
+    out = _gather([r for _, r in calls], bar, [n for n, _ in calls])
     return np.concatenate(out).reshape(len(a), a[0].k)
 
 

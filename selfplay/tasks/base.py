@@ -65,7 +65,9 @@ class Evaluator(Protocol):
         ...
 
     def evaluate(self, learners) -> dict[str, Any]:
-        """Metrics of the current policy (the `main` role)."""
+        """Metrics of the current policy (the `main` role). An evaluator that knows the
+        exact win rate against π_ref and KL(π‖π_ref) names them `win_rate_ref` and
+        `kl_ref_exact`: the sampled evaluation reports them beside its estimates."""
         ...
 
     def summary(self, learners) -> dict[str, Any]:

@@ -177,6 +177,13 @@ class SequenceGame:
         return float(games.regularized_gap(self.P, pi, beta, mu))
 
 
+def kl(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p‖q) = Σ p log(p/q) over p's support (inf where q has none of it)."""
+    on = p > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(p[on] * (np.log(p[on]) - np.log(q[on]))))
+
+
 #: Largest |Σ_s π(s) − 1| of an enumerated policy: float32 rounding is ~1e-6; a
 #: learner that does not restrict to the move tokens misses far more mass.
 MASS_TOL = 1e-3
@@ -232,6 +239,7 @@ class GameEvaluator:
             "policy": [float(x) for x in pi],
             # P(π_t beats π_ref) under the game judge, ties counting ½.
             "win_rate_ref": float(pi @ self.game.P @ self.pi_ref),
+            "kl_ref_exact": kl(pi, self.pi_ref),
         }
 
     def reference(self, learners) -> dict[str, Any]:

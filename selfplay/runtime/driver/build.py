@@ -16,6 +16,7 @@ from pathlib import Path
 
 from selfplay.algos.compat import runtime_notes
 from selfplay.config import Config
+from selfplay.errors import InputError
 
 
 def _hyper(cfg: Config, n: int):
@@ -139,6 +140,8 @@ class Run:
     hyper: object
     build_policy: object = None  # zero-arg callable: a policy model (for RUN_DIR/model)
     tokenizer: object = None  # the policy's tokenizer
+    sampling: object = None  # the rollout workers' `Sampling`
+    eval_prompts: object = None  # the sampled evaluation's prompts (eval.every > 0)
 
     @property
     def beta(self) -> float:
@@ -153,6 +156,7 @@ class Bound:
     task: object  # Task
     spec: object  # ModelSpec or a model name
     tokenizer: object
+    eval_prompts: object = None  # `Prompts` of the sampled evaluation (eval.every > 0)
 
 
 def bind_task(cfg: Config) -> Bound:
@@ -164,7 +168,17 @@ def bind_task(cfg: Config) -> Bound:
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
     task.bind(tok)
-    return Bound(task, spec, tok)
+    eval_prompts = None
+    if cfg.eval.every:
+        from selfplay.evaluation.sampling import eval_units
+
+        eval_prompts = eval_units(task, cfg.task.kind, cfg.eval.prompts)
+        if len(eval_prompts) < 2:
+            raise InputError(
+                f"eval.every={cfg.eval.every} needs at least 2 held-out prompts, the task has "
+                f"{len(eval_prompts)}: set task.eval_split or task.eval_fraction, or eval.every=0"
+            )
+    return Bound(task, spec, tok, eval_prompts)
 
 
 def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -> Run:
@@ -232,6 +246,16 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     ctl = Controller(
         algo.plan(hyper), settings, pool, judges, learners, task.prompts, make_judge=make_judge
     )
-    run = Run(task, ctl, None, algo, hyper, build_policy=build_policy, tokenizer=tok)
+    run = Run(
+        task,
+        ctl,
+        None,
+        algo,
+        hyper,
+        build_policy=build_policy,
+        tokenizer=tok,
+        sampling=sampling,
+        eval_prompts=bound.eval_prompts,
+    )
     run.evaluator = task.evaluator(tok, run.beta)
     return run

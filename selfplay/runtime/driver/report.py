@@ -110,7 +110,9 @@ def format_summary(s: dict, evaluator) -> str:
         f"{s['algo']} on {s['task']}: {s['steps']} steps, {s['samples']} samples, "
         f"{s['preference_queries']} preference queries, {s['seconds']:.1f}s"
     )
-    return "\n".join([head, *evaluator.format(s), f"run dir: {s['run_dir']}"])
+    return "\n".join(
+        [head, *evaluator.format(s), *format_eval(s.get("eval")), f"run dir: {s['run_dir']}"]
+    )
 
 
 def plot_history(history: list[dict], keys: tuple[str, ...], path: Path, title: str) -> Path:
@@ -133,6 +135,72 @@ def plot_history(history: list[dict], keys: tuple[str, ...], path: Path, title: 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def last_eval(history: list[dict]) -> dict | None:
+    """The newest sampled evaluation's metrics (`eval/…`, without the prefix) and step."""
+    for h in reversed(history):
+        if h.get("eval/win_rate") is not None or "eval/kl_ref" in h:
+            return {"step": h["step"]} | {
+                k.removeprefix("eval/"): v for k, v in h.items() if k.startswith("eval/")
+            }
+    return None
+
+
+def format_eval(e: dict | None) -> list[str]:
+    """One line for the end of `selfplay train`: the newest sampled evaluation."""
+    if not e:
+        return []
+    num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    exact = lambda k: f" (exact {num(e[k + '_exact'])})" if k + "_exact" in e else ""  # noqa: E731
+    return [
+        f"eval at step {e['step']}: win rate vs π_ref {num(e['win_rate'])} "
+        f"[{num(e['win_rate_low'])}, {num(e['win_rate_high'])}]{exact('win_rate')}, "
+        f"length-controlled {num(e['win_rate_lc'])}, KL(π‖π_ref) {num(e['kl_ref'])}"
+        f"{exact('kl_ref')}, "
+        f"length {e['length']:.1f} vs {e['length_ref']:.1f} tokens, truncated "
+        f"{e['truncated']:.2f} vs {e['truncated_ref']:.2f}"
+    ]
+
+
+def plot_eval(history: list[dict], path: Path, title: str) -> Path | None:
+    """Win rate against π_ref with its 95% band (and the exact value, for the games),
+    and the sampled KL(π‖π_ref), over the evaluated steps; None without any."""
+    pts = [h for h in history if h.get("eval/win_rate") is not None]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [h["step"] for h in pts]
+    col = lambda k: [np.nan if h.get(k) is None else h[k] for h in pts]  # noqa: E731
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(xs, col("eval/win_rate"), "o-", label="sampled")
+    a.fill_between(
+        xs, col("eval/win_rate_low"), col("eval/win_rate_high"), alpha=0.25, label="95% interval"
+    )
+    if any(h.get("eval/win_rate_exact") is not None for h in pts):
+        a.plot(xs, col("eval/win_rate_exact"), "k--", label="exact")
+    if any(h.get("eval/win_rate_lc") is not None for h in pts):
+        a.plot(xs, col("eval/win_rate_lc"), ":", label="length-controlled")
+    a.axhline(0.5, color="grey", lw=0.8)
+    a.set_ylim(0, 1)
+    a.set_xlabel("step")
+    a.set_ylabel("P(π_t ≻ π_ref)")
+    a.set_title(title)
+    a.legend(fontsize=8)
+    b.plot(xs, col("eval/kl_ref"), "o-")
+    b.set_xlabel("step")
+    b.set_ylabel("KL(π_t ‖ π_ref), sampled")
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -67,6 +67,7 @@ RESUMABLE = (
     "rollout.workers",
     "rollout.autoscale",
     "rollout.join_wait_s",
+    "eval",
     "tracking",
     "output_dir",
 )

@@ -4,7 +4,10 @@ The loop knows nothing of the problem: every `runtime.eval_every` steps (and at
 the last one) it asks the task's evaluator for the policy's metrics (for the token
 game, the exact duality gap of the last iterate), logs them with the step's
 training metrics, and at the end writes the summary, history and plot
-(`selfplay.runtime.driver.report`).
+(`selfplay.runtime.driver.report`). Every `eval.every` steps (and at the last) it
+also starts a sampled evaluation against π_ref (`selfplay.runtime.driver.evaluate`),
+which runs alongside the next steps; its metrics join their step's history entry
+and MLflow when they are in, and at the latest before a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
+from selfplay.runtime.driver.evaluate import SampledEval
 from selfplay.runtime.driver.export import (
     completions_table,
     export_policy,
     keep_policy,
     write_rollouts,
 )
-from selfplay.runtime.driver.report import format_summary, plot_history, step_metrics, summarize
+from selfplay.runtime.driver.report import (
+    format_summary,
+    last_eval,
+    plot_eval,
+    plot_history,
+    step_metrics,
+    summarize,
+)
 from selfplay.runtime.driver.resume import record_json, restore_controller, save_checkpoint
 from selfplay.runtime.driver.rundir import (
     Stopped,
@@ -106,6 +117,23 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         )
         t0 = time.perf_counter() - state["elapsed"]
         every = cfg.runtime.checkpoint_every
+        sampled = (
+            SampledEval.create(cfg, run.eval_prompts, run.sampling, run_dir)
+            if cfg.eval.every
+            else None
+        )
+
+        def record(evals: list[dict]) -> None:
+            """Finished sampled evaluations: into their step's history entry, and MLflow."""
+            for e in evals:
+                m = {k: v for k, v in e.items() if k != "step"}
+                for h in history:
+                    if h["step"] == e["step"]:
+                        h.update(m)
+                if tracker is not None:
+                    tracker.log_metrics(
+                        {k: v for k, v in m.items() if v is not None}, step=e["step"]
+                    )
 
         def on_step(step: int, recs) -> None:
             last = step + 1 == cfg.runtime.steps
@@ -116,6 +144,14 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             )
             m = step_metrics(step + 1, recs, time.perf_counter() - t0) | evals
             history.append(m)
+            if sampled is not None:
+                if last or (step + 1) % cfg.eval.every == 0:
+                    exact = {
+                        "win_rate": evals.get("win_rate_ref"),
+                        "kl_ref": evals.get("kl_ref_exact"),
+                    }
+                    sampled.issue(step + 1, ctl, {k: v for k, v in exact.items() if v is not None})
+                record(sampled.poll())
             _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
                 main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
@@ -129,6 +165,8 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             if ev.headline in m:
                 bar.set_postfix({ev.headline: f"{m[ev.headline]:.3g}", "stale": m["staleness"]})
             if step + 1 < cfg.runtime.steps and (stop or (every and (step + 1) % every == 0)):
+                if sampled is not None:
+                    record(sampled.drain())  # a resumed run has every evaluation until here
                 save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
             if stop and step + 1 < cfg.runtime.steps:
                 _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
@@ -152,6 +190,8 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                     else ""
                 )
             ) from None
+        if sampled is not None:
+            record(sampled.drain())
         seconds = time.perf_counter() - t0
         final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
         model_dir = export_policy(
@@ -160,6 +200,10 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
+        summary["eval"] = last_eval(history)
+        eval_plot = plot_eval(
+            history, run_dir / "eval" / "win_rate.png", f"{cfg.algo.name} on {run.task.source}"
+        )
         plot = plot_history(
             history,
             ev.plot_keys,
@@ -176,6 +220,8 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             tracker.log_metrics({k: v for k, v in final_metrics.items() if v is not None})
             for p in (cfg_path, plot, run_dir / "summary.json", run_dir / "history.json"):
                 tracker.log_artifact(p)
+            if eval_plot is not None:
+                tracker.log_artifact(eval_plot)
             tracker.log_artifacts(final, "checkpoint")
             tracker.log_artifacts(model_dir, "model")
     return RunResult(

@@ -33,8 +33,9 @@ import torch
 
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights
-from selfplay.runtime.learner.batch import TrainBatch, shard
+from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, shard
 from selfplay.runtime.learner.learner import Learner, LearnerSettings, LearnerState, PhaseMetrics
+from selfplay.types import Samples
 
 
 @ray.remote
@@ -103,6 +104,16 @@ class LearnerActor:
         role: str | None = None,
     ) -> np.ndarray:
         return self._l().policy_logprobs(input_ids, attention_mask, response_mask, role)
+
+    def sequence_logprobs(self, role: str | None, *samples: Samples) -> list[np.ndarray]:
+        """Per `Samples` (one prompt's responses each), [N] Σ_t log π_role(y_t | x, y_<t),
+        one forward per `Samples` (evaluation's KL; every rank takes part)."""
+        out = []
+        for s in samples:
+            b = build_train_batch(s, s.prompt_tokens, np.zeros(len(s)))
+            lp = self._l().policy_logprobs(b.input_ids, b.attention_mask, b.response_mask, role)
+            out.append(lp.sum(axis=1, dtype=np.float64))
+        return out
 
     def state(self) -> LearnerState:
         return self._l().state()

@@ -161,8 +161,13 @@ class JudgeActor:
             rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
 
-    def compare(self, a: Samples, b: Samples) -> np.ndarray:
-        """[n] P(a_r ≻ b_r) per row (`judging.compare_pairs`), NaN where masked."""
+    def compare(self, *units: Samples) -> np.ndarray:
+        """[n] P(a_r ≻ b_r) per row (`judging.compare_pairs`), NaN where masked: `units`
+        is side a's prompts then side b's, the same prompts in the same order."""
+        half = len(units) // 2
+        if not half or len(units) != 2 * half:
+            raise ValueError("compare takes side a's samples then side b's, as many of each")
+        a, b = Samples.concat(units[:half]), Samples.concat(units[half:])
         return compare_pairs(self.judge, a, b, self.policy, self.truncated).p
 
     def judge_chunks(self, weights: list[float], *samples: Samples) -> list[Judged]:

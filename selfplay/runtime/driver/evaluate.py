@@ -1,0 +1,206 @@
+"""Sampled evaluation during training (issue 11 §1): the policy against π_ref.
+
+Every `eval.every` steps, and at the last step, the trainer's `on_step(t)` calls
+`SampledEval.issue(t, ctl)`. From the driver's thread, and without waiting, it
+
+1. has each rollout worker load π_t (the `main` version step t published) and π_ref
+   through the pool's own bookkeeping (`RolloutPool.prepare`), so the next training
+   call still drops what the store released;
+2. draws S = `eval.samples` responses of π_t to each of U = `eval.prompts` held-out
+   prompts (`sampling.issue_draws`, one call per prompt, seeds from the identity
+   `step-t`) and, the first time only, π_ref's (identity `reference`, cached in
+   RUN_DIR/eval/cache, so later evaluations and a resumed run reuse them);
+3. has the preference servers judge π_t's sample r against π_ref's sample r on each
+   prompt (`sampling.issue_compare`, the run's judge and truncation rule), and the
+   learners score π_t's responses under π_ref (`sequence_logprobs`, every rank).
+
+An actor runs one caller's calls in order, so these queue between the training calls
+on the same actors while the driver goes on with the next step. `poll()` at each
+later step finishes the evaluations whose results are all in; `drain()` waits for
+the rest (before a checkpoint and at the end of the run). An evaluation whose actor
+died is reported and skipped; training goes on.
+
+Metrics of step t, prefixed `eval/` (docs/evaluation.md):
+
+- `win_rate`, `win_rate_low`, `win_rate_high`: P(π_t ≻ π_ref), the mean over prompts
+  of each prompt's mean judgment (ties ½), with the 95% t-interval over prompts
+  (`selfplay.games.league.win_rates`);
+- `win_rate_lc`: the length-controlled win rate (`selfplay.games.ratings.length_controlled`);
+- `length`, `length_ref`, `truncated`, `truncated_ref`: mean response tokens and the
+  truncated fractions of both policies;
+- `kl_ref`: KL(q‖π_ref) ≈ mean over π_t's samples of log q(y) − log π_ref(y), with q the
+  distribution sampled (π_t at `rollout.temperature`, after top-p/top-k), whose
+  log-probs the rollout worker returns; it is KL(π_t‖π_ref) at temperature 1 without
+  top-p/top-k;
+- `win_rate_exact`, `kl_ref_exact` (token and sequence games): π_t P π_ref and
+  Σ π_t log(π_t/π_ref), the task evaluator's exact `win_rate_ref` and `kl_ref_exact`
+  at the same step (the same policy when `max_staleness` is 0).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from selfplay.evaluation.sampling import (
+    SampleCache,
+    issue_compare,
+    issue_draws,
+    lookup,
+    prompt_keys,
+    settings_key,
+    unit_seed,
+)
+from selfplay.types import Prompts, Samples, Version
+
+REF = Version(0, "ref")
+REFERENCE = "reference"  # π_ref's identity in the cache (one run dir, one π_ref)
+
+
+@dataclass
+class _Pending:
+    step: int
+    exact: dict[str, float]  # the task evaluator's exact values, by metric name
+    cur: list  # per prompt, the ref of π_t's Samples
+    ref: list  # per prompt, π_ref's Samples (cached) or its ref
+    judged: list  # [(prompts in the call, ref of its [prompts·S] P(y_t ≻ y_ref))]
+    logp_ref: object  # rank 0's ref of [per prompt [S] log π_ref(y_t)]
+
+    def refs(self) -> list:
+        out = [*self.cur, *(r for _, r in self.judged), self.logp_ref]
+        return out + [r for r in self.ref if isinstance(r, ray.ObjectRef)]
+
+
+@dataclass
+class SampledEval:
+    """The evaluations of one run (module docstring); `results` are the finished
+    ones' metrics, in step order of finishing."""
+
+    prompts: Prompts
+    samples: int
+    seed: int
+    cache: SampleCache
+    pending: list[_Pending] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    _ref: list | None = None  # π_ref's draws once known (Samples or refs)
+
+    @classmethod
+    def create(cls, cfg, prompts: Prompts, sampling, run_dir: Path) -> SampledEval:
+        key = settings_key(sampling, cfg.eval.samples, cfg.model.dtype)
+        cache = SampleCache(Path(run_dir) / "eval" / "cache", key)
+        return cls(prompts, cfg.eval.samples, cfg.seed, cache)
+
+    def _seeds(self, identity: str) -> list[int]:
+        return [unit_seed(self.seed, identity, k) for k in prompt_keys(self.prompts)]
+
+    def issue(self, step: int, ctl, exact: dict[str, float] | None = None) -> None:
+        """Start the evaluation of π_step (`ctl.published("main")`); nothing waits."""
+        pool, S = ctl.rollout_pool, self.samples
+        v, _ = ctl.published("main")
+        workers = list(pool.workers)
+        for w in workers:
+            load, drop = pool.prepare(w, {v, REF}, ctl.store.refs)
+            for d in drop:
+                w.drop.remote(d)
+            for version, boxed in load:
+                w.load.remote(version, boxed)
+        if self._ref is None:
+            self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
+            missing = [u for u, s in enumerate(self._ref) if s is None]
+            if missing:
+                seeds = self._seeds(REFERENCE)
+                drawn = issue_draws(
+                    workers, REF, self.prompts.take(missing), S, [seeds[u] for u in missing]
+                )
+                for u, r in zip(missing, drawn, strict=True):
+                    self._ref[u] = r
+        cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
+        judged = issue_compare(ctl.judges, cur, self._ref)
+        logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
+        self.pending.append(_Pending(step, exact or {}, cur, list(self._ref), judged, logp))
+
+    def poll(self) -> list[dict]:
+        """Finish the evaluations whose results are all in; their metrics."""
+        out = []
+        for p in list(self.pending):
+            refs = p.refs()
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if len(ready) == len(refs):
+                out += self._finish(p)
+        return out
+
+    def drain(self) -> list[dict]:
+        """Wait for every evaluation in flight; their metrics."""
+        out = []
+        for p in list(self.pending):
+            out += self._finish(p)
+        return out
+
+    def _finish(self, p: _Pending) -> list[dict]:
+        self.pending.remove(p)
+        try:
+            full = ray.get(p.cur)
+            ref = [s if isinstance(s, Samples) else ray.get(s) for s in p.ref]
+            judged = np.concatenate(ray.get([r for _, r in p.judged]))
+            logp_ref = ray.get(p.logp_ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+            print(f"evaluation at step {p.step} skipped: {type(e).__name__}", file=sys.stderr)
+            return []
+        self._keep_reference(ref)
+        cur = [s.slim() for s in full]
+        logq = [np.asarray(s.logprobs, np.float64).sum(axis=1) for s in full]
+        m = eval_metrics(
+            judged.reshape(len(cur), self.samples), cur, ref, logq, logp_ref, exact=p.exact
+        )
+        m["step"] = p.step
+        self.results.append(m)
+        return [m]
+
+    def _keep_reference(self, ref: list[Samples]) -> None:
+        """π_ref's draws, cached once (the first evaluation), reused from memory."""
+        seeds = self._seeds(REFERENCE)
+        for u, (key, s) in enumerate(zip(prompt_keys(self.prompts), ref, strict=True)):
+            if self._ref is not None and isinstance(self._ref[u], ray.ObjectRef):
+                s = s.slim()
+                self.cache.put(REFERENCE, key, seeds[u], s)
+                self._ref[u] = s
+
+
+def eval_metrics(p, cur, ref, logq, logp_ref, exact: dict[str, float] | None = None) -> dict:
+    """The `eval/` metrics (module docstring) from p [U, S] = P(y_t ≻ y_ref) (NaN:
+    masked), π_t's and π_ref's samples per prompt, per prompt [S] log q(y_t) and
+    log π_ref(y_t), and `exact` {metric: value} reported as `eval/<metric>_exact`."""
+    from selfplay.games.league import win_rates
+    from selfplay.games.ratings import length_controlled
+
+    wr = win_rates({(0, 1): p}, 2)
+    lengths = lambda side: np.stack([s.lengths for s in side]).astype(np.float64)  # noqa: E731
+    trunc = lambda side: float(np.mean([np.mean(_flags(s)) for s in side]))  # noqa: E731
+    diff = lengths(cur) - lengths(ref)
+    kl = float(np.mean(np.concatenate(logq) - np.concatenate(logp_ref)))
+    out = {
+        "eval/win_rate": _f(wr.win_rate[0, 1]),
+        "eval/win_rate_low": _f(wr.ci_low[0, 1]),
+        "eval/win_rate_high": _f(wr.ci_high[0, 1]),
+        "eval/win_rate_lc": _f(length_controlled(p, diff)[0]),
+        "eval/length": float(lengths(cur).mean()),
+        "eval/length_ref": float(lengths(ref).mean()),
+        "eval/truncated": trunc(cur),
+        "eval/truncated_ref": trunc(ref),
+        "eval/kl_ref": kl,
+    }
+    out |= {f"eval/{k}_exact": float(v) for k, v in (exact or {}).items()}
+    return out
+
+
+def _flags(s: Samples) -> np.ndarray:
+    return np.zeros(len(s), bool) if s.truncated is None else np.asarray(s.truncated, bool)
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None

@@ -1,0 +1,166 @@
+"""Sampled evaluation during training (`eval.every`, issue 11 §1).
+
+Oracles:
+- `eval_metrics` against the statistics written out here: the mean of per-prompt
+  means, the t-interval over prompts from scipy's t quantile, the mean log-ratio;
+- a real `selfplay train` of a transitive token game, where the policy moves well away
+  from π_ref: the sampled win rate and KL against the exact π P π_ref and
+  Σ π log(π/π_ref) computed here from the run's own exact policy table (a flipped
+  sign would put the estimate near 1 − exact); MLflow's metric history and the plot;
+  π_ref's draws cached once and reused by the second evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_resume import QUICKSTART, run
+
+from selfplay.runtime.driver.evaluate import eval_metrics
+from selfplay.types import Samples, Version
+
+
+def _samples(lengths, truncated) -> Samples:
+    n = len(lengths)
+    return Samples(
+        prompt_ids=np.zeros(1, np.int64),
+        prompt_texts=["x"],
+        tokens=np.zeros((n, max(lengths)), np.int64),
+        lengths=np.asarray(lengths, np.int64),
+        logprobs=np.zeros((n, 0), np.float32),
+        texts=None,
+        version=Version(1, "main"),
+        k=n,
+        truncated=np.asarray(truncated, bool),
+    )
+
+
+def test_eval_metrics_against_the_statistics_written_out():
+    rng = np.random.default_rng(3)
+    U, S = 7, 5
+    p = rng.random((U, S))
+    p[2, 1] = np.nan  # a masked comparison leaves its prompt's other samples
+    cur = [_samples(rng.integers(1, 9, S), rng.random(S) < 0.3) for _ in range(U)]
+    ref = [_samples(rng.integers(1, 9, S), rng.random(S) < 0.5) for _ in range(U)]
+    logq = [rng.normal(-3, 1, S) for _ in range(U)]
+    logr = [rng.normal(-4, 1, S) for _ in range(U)]
+    m = eval_metrics(p, cur, ref, logq, logr, exact={"win_rate": 0.61})
+
+    means = np.array([np.nanmean(row) for row in p])
+    half = stats.t.ppf(0.975, U - 1) * means.std(ddof=1) / np.sqrt(U)
+    assert m["eval/win_rate"] == pytest.approx(means.mean(), abs=1e-12)
+    assert m["eval/win_rate_low"] == pytest.approx(means.mean() - half, abs=1e-12)
+    assert m["eval/win_rate_high"] == pytest.approx(means.mean() + half, abs=1e-12)
+    kl = np.mean([q - r for a, b in zip(logq, logr, strict=True) for q, r in zip(a, b, strict=True)])
+    assert m["eval/kl_ref"] == pytest.approx(kl, abs=1e-12)
+    assert m["eval/length"] == pytest.approx(np.mean([s.lengths for s in cur]))
+    assert m["eval/length_ref"] == pytest.approx(np.mean([s.lengths for s in ref]))
+    assert m["eval/truncated"] == pytest.approx(np.mean([s.truncated for s in cur]))
+    assert m["eval/truncated_ref"] == pytest.approx(np.mean([s.truncated for s in ref]))
+    assert m["eval/win_rate_exact"] == 0.61
+    assert 0 < m["eval/win_rate_lc"] < 1
+
+
+STEPS, EVERY, UNITS, SAMPLES = 4, 2, 32, 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_eval")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    res = run(
+        str(QUICKSTART),
+        "task.generate=transitive",
+        f"runtime.steps={STEPS}",
+        "rollout.opponents_k=64",
+        "learner.updates_per_phase=8",
+        "model.tiny.hidden=8",
+        "model.tiny.layers=1",
+        f"eval.every={EVERY}",
+        f"eval.prompts={UNITS}",
+        f"eval.samples={SAMPLES}",
+        f"tracking.uri={uri}",
+        f"output_dir={out / 'runs'}",
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = next((out / "runs").iterdir())
+    history = json.loads((run_dir / "history.json").read_text())
+    return run_dir, history, json.loads(res.stdout.strip().splitlines()[-1]), uri
+
+
+def _exact(summary, policy) -> tuple[float, float]:
+    from selfplay.config import load_config
+    from selfplay.tasks.token_game import from_config
+
+    cfg = load_config(QUICKSTART)
+    P = from_config(cfg.task.model_copy(update={"generate": "transitive"})).P
+    pi, ref = np.asarray(policy), np.asarray(summary["reference_policy"])
+    return float(pi @ P @ ref), float(np.sum(pi * np.log(pi / ref)))
+
+
+def test_estimates_sit_beside_the_exact_values(trained):
+    _, history, summary, _ = trained
+    evaluated = [h for h in history if "eval/win_rate" in h]
+    assert [h["step"] for h in evaluated] == list(range(EVERY, STEPS + 1, EVERY))
+    for h in evaluated:
+        win, kl = _exact(summary, h["policy"])
+        assert h["eval/win_rate_exact"] == pytest.approx(win, abs=1e-9)
+        assert h["eval/kl_ref_exact"] == pytest.approx(kl, abs=1e-9)
+        # 256 sample pairs: the interval is ~±0.03 wide; slack for other CPUs' draws
+        assert h["eval/win_rate_low"] - 0.03 <= win <= h["eval/win_rate_high"] + 0.03
+        assert h["eval/win_rate_low"] <= h["eval/win_rate"] <= h["eval/win_rate_high"]
+        assert abs(h["eval/kl_ref"] - kl) <= 0.1 + 0.3 * kl
+        assert h["eval/length"] == h["eval/length_ref"] == 1.0  # one move per response
+    # the policy left π_ref far enough that a flipped win rate would fail the bound
+    assert evaluated[-1]["eval/win_rate_exact"] > 0.6
+    assert summary["eval"]["step"] == STEPS
+
+
+def test_mlflow_holds_the_eval_metrics_and_the_plot(trained):
+    from mlflow.tracking import MlflowClient
+
+    run_dir, history, _, uri = trained
+    client = MlflowClient(tracking_uri=uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "selfplay"]
+    (r,) = client.search_runs([exp.experiment_id])
+    got = client.get_metric_history(r.info.run_id, "eval/win_rate")
+    want = {h["step"]: h["eval/win_rate"] for h in history if "eval/win_rate" in h}
+    assert {m.step: m.value for m in got} == pytest.approx(want)
+    assert (run_dir / "eval" / "win_rate.png").stat().st_size > 10_000
+    arts = [a.path for a in client.list_artifacts(r.info.run_id)]
+    assert "win_rate.png" in arts
+
+
+def test_reference_draws_are_cached_once_and_reused(trained):
+    run_dir, *_ = trained
+    files = list((run_dir / "eval" / "cache").rglob("*.json"))
+    # π_ref's draws only (one file per prompt), written by the first evaluation
+    assert len(files) == UNITS
+    assert len({f.parent for f in files}) == 1
+    draws = [json.loads(f.read_text()) for f in files]
+    assert all(len(d["tokens"]) == SAMPLES for d in draws)
+
+
+def test_eval_without_held_out_prompts_is_one_line(tmp_path_factory):
+    from helpers import demo_models
+
+    policy, reward = demo_models(tmp_path_factory)
+    data = policy.parent / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}"}) + "\n" for i in range(6)))
+    res = run(
+        str(QUICKSTART.parent / "text_quickstart.yaml"),
+        f"model.name={policy}",
+        f"judge.model={reward}",
+        f"task.dataset={data}",
+        "task.eval_fraction=0",
+        "eval.every=5",
+        f"output_dir={policy.parent / 'runs'}",
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "needs at least 2 held-out prompts" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (policy.parent / "runs").exists()  # refused before anything was written
