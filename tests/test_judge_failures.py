@@ -21,7 +21,7 @@ import ray
 
 from selfplay.errors import RunError
 from selfplay.judges.factory import JudgeSpec, make_judge
-from selfplay.runtime.workers.actors import JudgeActor, assemble
+from selfplay.runtime.workers.actors import JudgeActor
 from selfplay.runtime.workers.judging import Judged, JudgePolicy, estimate_g, to_train_batch
 from selfplay.types import Samples, Version
 
@@ -247,7 +247,7 @@ def test_judge_actor_retries_a_timeout_and_raises_past_retries(cluster):
     actor = JudgeActor.options(num_cpus=0).remote(judge_fn, JudgePolicy(retries=1, timeout_s=0.3))
     assert ray.get(actor.pid.remote()) != os.getpid()
     opps, weights = [s for s, _ in SOURCES], [w for _, w in SOURCES]
-    batch_ref, info_ref, _ = assemble.options(num_returns=3).remote(
+    batch_ref, info_ref, _ = actor.assemble.options(num_returns=3).remote(
         None, actor.judge_chunk.remote(TRAINED, weights, *opps)
     )
     batch, info = ray.get([batch_ref, info_ref])

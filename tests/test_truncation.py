@@ -17,7 +17,7 @@ import ray
 
 from selfplay.judges.factory import JudgeSpec, make_judge
 from selfplay.runtime.driver.report import length_stats, step_metrics
-from selfplay.runtime.workers.actors import JudgeActor, assemble
+from selfplay.runtime.workers.actors import JudgeActor
 from selfplay.runtime.workers.judging import JudgePolicy, estimate_g
 from selfplay.types import Samples, Version
 
@@ -149,7 +149,7 @@ def test_judge_actor_applies_its_rule_and_reports_lengths(cluster, rule):
     actor = JudgeActor.options(num_cpus=0).remote(judge, JudgePolicy(), rule)
     weights = [w for _, w in SOURCES]
     chunks = [actor.judge_chunk.remote(TRAINED, weights, A, B) for _ in range(2)]
-    batch, info, _ = ray.get(assemble.options(num_returns=3).remote(None, *chunks))
+    batch, info, _ = ray.get(actor.assemble.options(num_returns=3).remote(None, *chunks))
     np.testing.assert_allclose(batch.g, EXPECTED[rule] * 2, atol=1e-12)
     assert info.lengths.tolist() == [3, 8, 8, 5] * 2
     assert info.truncated.tolist() == [F, T, T, F] * 2

@@ -52,7 +52,6 @@ import ray
 from selfplay.algos.plan import StepPlan, refreshed, source_roles
 from selfplay.errors import RunError
 from selfplay.runtime.driver.store import PolicyStore, staleness
-from selfplay.runtime.workers.actors import assemble
 from selfplay.runtime.workers.pool import Resize, RolloutPool, replace_dead
 from selfplay.types import SamplerVersion, Version
 
@@ -239,9 +238,10 @@ class Controller:
             for j, a in zip(self.judges, args, strict=True)
             if a
         ]
-        pend.batch_ref, pend.info_ref, pend.rows_ref = assemble.options(num_returns=3).remote(
-            s.pad_id, *judged
-        )
+        host = next(j for j, a in zip(self.judges, args, strict=True) if a)
+        pend.batch_ref, pend.info_ref, pend.rows_ref = host.assemble.options(
+            num_returns=3
+        ).remote(s.pad_id, *judged)
         pend.workers = len(pool.workers)
 
     def _finish_step(self, recs: list[PhaseRecord]) -> None:

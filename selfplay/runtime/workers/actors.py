@@ -1,4 +1,4 @@
-"""Thin Ray actors over the plain classes, and the assembly task.
+"""Thin Ray actors over the plain classes, and the batch assembly.
 
 - `RolloutActor` wraps a `GenerationBackend` (hf or vllm): it pulls a version's
   weights from the object store only when asked to load one it lacks. The
@@ -11,9 +11,12 @@
   `RayTaskError` whose `.cause` is the one-line `RunError`. It applies the
   truncation rule (`rollout.truncated`, given at construction) and records the
   opponents' lengths and truncation flags, which only it sees.
-- `assemble` is a Ray task concatenating judged chunks into one `TrainBatch`,
-  dropping rows the judge could not score, summing the judging counts and
-  gathering the response lengths and truncation flags for the step's logs.
+- `assemble_batch` concatenates judged chunks into one `TrainBatch`, dropping rows
+  the judge could not score, summing the judging counts and gathering the response
+  lengths and truncation flags for the step's logs. It runs on a preference server
+  (`JudgeActor.assemble`), where the chunks are: as a zero-CPU Ray task it made Ray
+  start a new worker process (≈ 360 MB, torch imported) whenever none was idle, and
+  keep it.
 
 Both actors report their `pid()`, so fault-tolerance tests can kill them.
 
@@ -170,6 +173,10 @@ class JudgeActor:
         a, b = Samples.concat(units[:half]), Samples.concat(units[half:])
         return compare_pairs(self.judge, a, b, self.policy, self.truncated).p
 
+    def assemble(self, pad_id: int | None, *judged: Judged | list[Judged]):
+        """`assemble_batch` here, where the chunks were judged (no new process)."""
+        return assemble_batch(pad_id, *judged)
+
     def judge_chunks(self, weights: list[float], *samples: Samples) -> list[Judged]:
         """Several chunks in one call (the controller's one call per server and batch):
         `samples` is each chunk's trained samples then its opponents, chunk after chunk."""
@@ -217,10 +224,10 @@ class BatchInfo:
     opponent_truncated: np.ndarray = _empty(bool)
 
 
-@ray.remote(num_cpus=0)
-def assemble(pad_id: int | None, *judged: Judged | list[Judged]):
+def assemble_batch(pad_id: int | None, *judged: Judged | list[Judged]):
     """Concatenate judged chunks (or lists of them, `judge_chunks`) into (TrainBatch,
-    BatchInfo, rollout rows or None), in order; call with `.options(num_returns=3)`.
+    BatchInfo, rollout rows or None), in order (`JudgeActor.assemble` runs it; call
+    that with `.options(num_returns=3)`).
 
     rows counts the rows kept; prompt_ids lists every prompt judged (dropped rows' too).
     """
