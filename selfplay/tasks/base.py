@@ -22,6 +22,7 @@ A task also names the words a tiny demo model needs (`model_words`), so that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,10 +65,12 @@ class Evaluator(Protocol):
         """Evaluate π_ref (the `ref` role) and remember it; the metrics of step 0."""
         ...
 
-    def evaluate(self, learners) -> dict[str, Any]:
-        """Metrics of the current policy (the `main` role). An evaluator that knows the
-        exact win rate against π_ref and KL(π‖π_ref) names them `win_rate_ref` and
-        `kl_ref_exact`: the sampled evaluation reports them beside its estimates."""
+    def start(self, learners) -> Callable[[], dict[str, Any]]:
+        """Start evaluating the current policy (the `main` role): the learner calls are
+        issued now and not waited on; the returned callable waits and gives the
+        metrics. An evaluator that knows the exact win rate against π_ref and
+        KL(π‖π_ref) names them `win_rate_ref` and `kl_ref_exact`: the sampled
+        evaluation reports them beside its estimates."""
         ...
 
     def summary(self, learners) -> dict[str, Any]:

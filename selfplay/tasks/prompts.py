@@ -235,8 +235,8 @@ class TextEvaluator:
     def reference(self, learners) -> dict[str, Any]:
         return {}
 
-    def evaluate(self, learners) -> dict[str, Any]:
-        return {}
+    def start(self, learners):
+        return dict
 
     def summary(self, learners) -> dict[str, Any]:
         return self.task.facts()

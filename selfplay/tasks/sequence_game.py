@@ -207,8 +207,22 @@ class SequenceProbe:
         resp[:, -length:] = 1.0
         return cls(ids, np.ones((n, L), dtype=np.int64), resp)
 
+    def start(self, learners, role: str | None = None):
+        """Start reading π of `role` (a `LearnerGroup`'s `later`: issued, not waited on;
+        a plain `Learner` computes it now); the returned callable gives π."""
+        args = (self.input_ids, self.attention_mask, self.response_mask, role)
+        if hasattr(learners, "later"):
+            get = learners.later("policy_logprobs", *args)
+        else:
+            lp = learners.policy_logprobs(*args)
+            get = lambda: lp  # noqa: E731
+        return lambda: self._normalized(get())
+
     def policy(self, learners, role: str | None = None) -> np.ndarray:
-        lp = learners.policy_logprobs(self.input_ids, self.attention_mask, self.response_mask, role)
+        return self.start(learners, role)()
+
+    @staticmethod
+    def _normalized(lp: np.ndarray) -> np.ndarray:
         p = np.exp(lp.sum(axis=1).astype(np.float64))
         mass = float(p.sum())
         if abs(mass - 1.0) > MASS_TOL:
@@ -246,8 +260,9 @@ class GameEvaluator:
         self.pi_ref = self.probe.policy(learners, "ref")
         return self._metrics(self.pi_ref)
 
-    def evaluate(self, learners) -> dict[str, Any]:
-        return self._metrics(self.probe.policy(learners))
+    def start(self, learners):
+        later = self.probe.start(learners)
+        return lambda: self._metrics(later())
 
     def summary(self, learners) -> dict[str, Any]:
         pi, b, g = self.probe.policy(learners), self.beta, self.game

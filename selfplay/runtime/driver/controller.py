@@ -239,9 +239,9 @@ class Controller:
             if a
         ]
         host = next(j for j, a in zip(self.judges, args, strict=True) if a)
-        pend.batch_ref, pend.info_ref, pend.rows_ref = host.assemble.options(
-            num_returns=3
-        ).remote(s.pad_id, *judged)
+        pend.batch_ref, pend.info_ref, pend.rows_ref = host.assemble.options(num_returns=3).remote(
+            s.pad_id, *judged
+        )
         pend.workers = len(pool.workers)
 
     def _finish_step(self, recs: list[PhaseRecord]) -> None:

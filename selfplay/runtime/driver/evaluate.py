@@ -34,7 +34,8 @@ Metrics of step t, prefixed `eval/` (docs/evaluation.md):
   top-p/top-k;
 - `win_rate_exact`, `kl_ref_exact` (token and sequence games): π_t P π_ref and
   Σ π_t log(π_t/π_ref), the task evaluator's exact `win_rate_ref` and `kl_ref_exact`
-  at the same step (the same policy when `max_staleness` is 0).
+  when it evaluated the same step (`runtime.eval_every`; the same policy when
+  `max_staleness` is 0), added by the trainer (`with_exact`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ REFERENCE = "reference"  # π_ref's identity in the cache (one run dir, one π_r
 @dataclass
 class _Pending:
     step: int
-    exact: dict[str, float]  # the task evaluator's exact values, by metric name
     cur: list  # per prompt, the ref of π_t's Samples
     ref: list  # per prompt, π_ref's Samples (cached) or its ref
     judged: list  # [(prompts in the call, ref of its [prompts·S] P(y_t ≻ y_ref))]
@@ -97,7 +97,7 @@ class SampledEval:
     def _seeds(self, identity: str) -> list[int]:
         return [unit_seed(self.seed, identity, k) for k in prompt_keys(self.prompts)]
 
-    def issue(self, step: int, ctl, exact: dict[str, float] | None = None) -> None:
+    def issue(self, step: int, ctl) -> None:
         """Start the evaluation of π_step (`ctl.published("main")`); nothing waits."""
         pool, S = ctl.rollout_pool, self.samples
         v, _ = ctl.published("main")
@@ -121,7 +121,7 @@ class SampledEval:
         cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
         judged = issue_compare(ctl.judges, cur, self._ref)
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
-        self.pending.append(_Pending(step, exact or {}, cur, list(self._ref), judged, logp))
+        self.pending.append(_Pending(step, cur, list(self._ref), judged, logp))
 
     def poll(self) -> list[dict]:
         """Finish the evaluations whose results are all in; their metrics."""
@@ -153,9 +153,7 @@ class SampledEval:
         self._keep_reference(ref)
         cur = [s.slim() for s in full]
         logq = [np.asarray(s.logprobs, np.float64).sum(axis=1) for s in full]
-        m = eval_metrics(
-            judged.reshape(len(cur), self.samples), cur, ref, logq, logp_ref, exact=p.exact
-        )
+        m = eval_metrics(judged.reshape(len(cur), self.samples), cur, ref, logq, logp_ref)
         m["step"] = p.step
         self.results.append(m)
         return [m]
@@ -170,10 +168,10 @@ class SampledEval:
                 self._ref[u] = s
 
 
-def eval_metrics(p, cur, ref, logq, logp_ref, exact: dict[str, float] | None = None) -> dict:
+def eval_metrics(p, cur, ref, logq, logp_ref) -> dict:
     """The `eval/` metrics (module docstring) from p [U, S] = P(y_t ≻ y_ref) (NaN:
-    masked), π_t's and π_ref's samples per prompt, per prompt [S] log q(y_t) and
-    log π_ref(y_t), and `exact` {metric: value} reported as `eval/<metric>_exact`."""
+    masked), π_t's and π_ref's samples per prompt, and per prompt [S] log q(y_t) and
+    log π_ref(y_t)."""
     from selfplay.games.league import win_rates
     from selfplay.games.ratings import length_controlled
 
@@ -193,8 +191,16 @@ def eval_metrics(p, cur, ref, logq, logp_ref, exact: dict[str, float] | None = N
         "eval/truncated_ref": trunc(ref),
         "eval/kl_ref": kl,
     }
-    out |= {f"eval/{k}_exact": float(v) for k, v in (exact or {}).items()}
     return out
+
+
+#: The task evaluator's exact values (`Evaluator.start`) shown beside the estimates.
+EXACT = {"eval/win_rate_exact": "win_rate_ref", "eval/kl_ref_exact": "kl_ref_exact"}
+
+
+def with_exact(m: dict, entry: dict) -> dict:
+    """`m` plus the exact values the task evaluated at the same step (`entry`)."""
+    return m | {k: entry[src] for k, src in EXACT.items() if entry.get(src) is not None}
 
 
 def _flags(s: Samples) -> np.ndarray:

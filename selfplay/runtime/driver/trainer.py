@@ -1,9 +1,10 @@
 """`selfplay train`: run the controller on any task, evaluate, track, checkpoint, summarise.
 
 The loop knows nothing of the problem: every `runtime.eval_every` steps (and at
-the last one) it asks the task's evaluator for the policy's metrics (for the token
-game, the exact duality gap of the last iterate), logs them with the step's
-training metrics, and at the end writes the summary, history and plot
+the last one) it starts the task evaluator on the policy (for the token game, the
+exact duality gap of the last iterate: one learner call, issued and read at the next
+step, so the driver does not wait for the learner), adds its metrics to that step's
+entry and MLflow, and at the end writes the summary, history and plot
 (`selfplay.runtime.driver.report`). Every `eval.every` steps (and at the last) it
 also starts a sampled evaluation against π_ref (`selfplay.runtime.driver.evaluate`),
 which runs alongside the next steps; its metrics join their step's history entry
@@ -24,7 +25,7 @@ from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
-from selfplay.runtime.driver.evaluate import SampledEval
+from selfplay.runtime.driver.evaluate import SampledEval, with_exact
 from selfplay.runtime.driver.export import (
     completions_table,
     export_policy,
@@ -123,12 +124,32 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             else None
         )
 
+        started: list[tuple[dict, object]] = []  # (history entry, task evaluation in flight)
+
+        def finish_exact() -> None:
+            """The task's evaluations in flight (issued a step ago, so their learner call
+            ran alongside this step): into their history entries, MLflow and the bar."""
+            while started:
+                h, get = started.pop(0)
+                got = get()
+                h.update(got)
+                if tracker is not None:
+                    tracker.log_metrics(
+                        {k: v for k, v in got.items() if isinstance(v, float | int)},
+                        step=h["step"],
+                    )
+                if ev.headline in got:
+                    bar.set_postfix(
+                        {ev.headline: f"{got[ev.headline]:.3g}", "stale": h["staleness"]}
+                    )
+
         def record(evals: list[dict]) -> None:
             """Finished sampled evaluations: into their step's history entry, and MLflow."""
             for e in evals:
                 m = {k: v for k, v in e.items() if k != "step"}
                 for h in history:
                     if h["step"] == e["step"]:
+                        m = with_exact(m, h)
                         h.update(m)
                 if tracker is not None:
                     tracker.log_metrics(
@@ -137,20 +158,14 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
 
         def on_step(step: int, recs) -> None:
             last = step + 1 == cfg.runtime.steps
-            evals = (
-                ev.evaluate(ctl.learners)
-                if last or (step + 1) % cfg.runtime.eval_every == 0
-                else {}
-            )
-            m = step_metrics(step + 1, recs, time.perf_counter() - t0) | evals
+            finish_exact()
+            m = step_metrics(step + 1, recs, time.perf_counter() - t0)
             history.append(m)
+            if last or (step + 1) % cfg.runtime.eval_every == 0:
+                started.append((m, ev.start(ctl.learners)))
             if sampled is not None:
                 if last or (step + 1) % cfg.eval.every == 0:
-                    exact = {
-                        "win_rate": evals.get("win_rate_ref"),
-                        "kl_ref": evals.get("kl_ref_exact"),
-                    }
-                    sampled.issue(step + 1, ctl, {k: v for k, v in exact.items() if v is not None})
+                    sampled.issue(step + 1, ctl)
                 record(sampled.poll())
             _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
@@ -162,11 +177,10 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                     step=step + 1,
                 )
             bar.update(1)
-            if ev.headline in m:
-                bar.set_postfix({ev.headline: f"{m[ev.headline]:.3g}", "stale": m["staleness"]})
             if step + 1 < cfg.runtime.steps and (stop or (every and (step + 1) % every == 0)):
+                finish_exact()  # a resumed run has every evaluation until here
                 if sampled is not None:
-                    record(sampled.drain())  # a resumed run has every evaluation until here
+                    record(sampled.drain())
                 save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
             if stop and step + 1 < cfg.runtime.steps:
                 _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
@@ -190,6 +204,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                     else ""
                 )
             ) from None
+        finish_exact()
         if sampled is not None:
             record(sampled.drain())
         seconds = time.perf_counter() - t0

@@ -164,6 +164,12 @@ class LearnerGroup:
         """Call `method` on every rank; the ranks' result refs, not waited on."""
         return [getattr(a, method).remote(*args) for a in self.actors]
 
+    def later(self, method: str, *args):
+        """Call `method` on every rank now; the returned callable waits for the ranks
+        and gives rank 0's result (an evaluation read a step later)."""
+        refs = self.issue(method, *args)
+        return lambda: ray.get(refs)[0]
+
     def _all(self, method: str, *args) -> list:
         return ray.get(self.issue(method, *args))
 
