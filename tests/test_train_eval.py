@@ -165,3 +165,38 @@ def test_eval_without_held_out_prompts_is_one_line(tmp_path_factory):
     assert "needs at least 2 held-out prompts" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (policy.parent / "runs").exists()  # refused before anything was written
+
+
+class _Method:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def remote(self, *args):
+        self.log.append((self.name, args[0]))
+
+
+class _Worker:
+    """Records the calls the pool makes on a rollout worker, in order."""
+
+    def __init__(self):
+        self.log = []
+        self.load, self.drop = _Method(self.log, "load"), _Method(self.log, "drop")
+
+
+def test_pool_lends_versions_for_evaluation_and_takes_them_back():
+    from selfplay.runtime.workers.pool import RolloutPool
+
+    w = _Worker()
+    pool = RolloutPool([w])
+    a, b, ref = Version(1, "main"), Version(2, "main"), Version(0, "ref")
+    refs = {a: "ra", b: "rb", ref: "rref"}
+    pool.prepare(w, {a}, refs)  # training loaded π_1 with a `sample` call
+    pool.drop([a])  # released: due with the worker's next call
+    lent = pool.lend(w, {b, ref}, refs)
+    assert sorted(lent) == sorted([b, ref])
+    assert w.log == [("drop", a), ("load", b), ("load", ref)]  # the due drop first
+    pool.unload(w, [ref])
+    assert w.log[-1] == ("drop", ref)
+    # the pool knows π_ref is gone: a later call that needs it loads it again, not π_2
+    load, drop = pool.prepare(w, {b, ref}, refs)
+    assert [v for v, _ in load] == [ref] and drop == []

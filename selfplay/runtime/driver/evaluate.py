@@ -3,9 +3,10 @@
 Every `eval.every` steps, and at the last step, the trainer's `on_step(t)` calls
 `SampledEval.issue(t, ctl)`. From the driver's thread, and without waiting, it
 
-1. has each rollout worker load π_t (the `main` version step t published) and π_ref
-   through the pool's own bookkeeping (`RolloutPool.prepare`), so the next training
-   call still drops what the store released;
+1. has each rollout worker load π_t (the `main` version step t published), and π_ref
+   while its draws are missing, through the pool's own bookkeeping
+   (`RolloutPool.lend`), so the next training call still drops what the store
+   released; π_ref is dropped again after its draws where training does not use it;
 2. draws S = `eval.samples` responses of π_t to each of U = `eval.prompts` held-out
    prompts (`sampling.issue_draws`, one call per prompt, seeds from the identity
    `step-t`) and, the first time only, π_ref's (identity `reference`, cached in
@@ -102,23 +103,22 @@ class SampledEval:
         pool, S = ctl.rollout_pool, self.samples
         v, _ = ctl.published("main")
         workers = list(pool.workers)
-        for w in workers:
-            load, drop = pool.prepare(w, {v, REF}, ctl.store.refs)
-            for d in drop:
-                w.drop.remote(d)
-            for version, boxed in load:
-                w.load.remote(version, boxed)
         if self._ref is None:
             self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
-            missing = [u for u, s in enumerate(self._ref) if s is None]
-            if missing:
-                seeds = self._seeds(REFERENCE)
-                drawn = issue_draws(
-                    workers, REF, self.prompts.take(missing), S, [seeds[u] for u in missing]
-                )
-                for u, r in zip(missing, drawn, strict=True):
-                    self._ref[u] = r
+        missing = [u for u, s in enumerate(self._ref) if s is None]
+        need = {v, REF} if missing else {v}
+        lent = [pool.lend(w, need, ctl.store.refs) for w in workers]
+        if missing:  # the first evaluation: π_ref's draws (then cached)
+            seeds = self._seeds(REFERENCE)
+            drawn = issue_draws(
+                workers, REF, self.prompts.take(missing), S, [seeds[u] for u in missing]
+            )
+            for u, r in zip(missing, drawn, strict=True):
+                self._ref[u] = r
         cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
+        for w, got in zip(workers, lent, strict=True):
+            # π_ref stays only where training samples it (Nash-MD's mixture): a model copy
+            pool.unload(w, [x for x in got if x == REF])
         judged = issue_compare(ctl.judges, cur, self._ref)
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
         self.pending.append(_Pending(step, cur, list(self._ref), judged, logp))

@@ -91,6 +91,23 @@ class RolloutPool:
         have.update(versions)
         return load, self._drops.pop(worker, [])
 
+    def lend(self, worker, versions: set[Version], refs: dict[Version, object]) -> list[Version]:
+        """Load `versions` on `worker` now, for calls made outside `sample` (evaluation),
+        after applying its pending drops; returns those it lacked, to `unload` after."""
+        load, drop = self.prepare(worker, versions, refs)
+        for v in drop:
+            worker.drop.remote(v)
+        for v, boxed in load:
+            worker.load.remote(v, boxed)
+        return [v for v, _ in load]
+
+    def unload(self, worker, versions: list[Version]) -> None:
+        """Drop `versions` from `worker` after the calls already made to it."""
+        have = self._loaded.get(worker, set())
+        for v in versions:
+            worker.drop.remote(v)
+            have.discard(v)
+
     def drop(self, versions: list[Version]) -> None:
         """Released versions leave each worker with its next `sample` call."""
         for v in versions:
