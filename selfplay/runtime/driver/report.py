@@ -197,8 +197,11 @@ def plot_eval(history: list[dict], path: Path, title: str) -> Path | None:
     b.plot(xs, col("eval/kl_ref"), "o-")
     b.set_xlabel("step")
     b.set_ylabel("KL(π_t ‖ π_ref), sampled")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (a, b):
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
