@@ -57,9 +57,8 @@ from selfplay.evaluation.sampling import (
     settings_key,
     unit_seed,
 )
-from selfplay.types import Prompts, Samples, Version
+from selfplay.types import Prompts, Samples
 
-REF = Version(0, "ref")
 REFERENCE = "reference"  # π_ref's identity in the cache (one run dir, one π_ref)
 
 
@@ -78,15 +77,13 @@ class _Pending:
 
 @dataclass
 class SampledEval:
-    """The evaluations of one run (module docstring); `results` are the finished
-    ones' metrics, in step order of finishing."""
+    """The evaluations of one run (module docstring)."""
 
     prompts: Prompts
     samples: int
     seed: int
     cache: SampleCache
     pending: list[_Pending] = field(default_factory=list)
-    results: list[dict] = field(default_factory=list)
     _ref: list | None = None  # π_ref's draws once known (Samples or refs)
 
     @classmethod
@@ -102,23 +99,24 @@ class SampledEval:
         """Start the evaluation of π_step (`ctl.published("main")`); nothing waits."""
         pool, S = ctl.rollout_pool, self.samples
         v, _ = ctl.published("main")
+        ref_v, _ = ctl.published("ref")  # π_ref, published once at the start
         workers = list(pool.workers)
         if self._ref is None:
             self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
         missing = [u for u, s in enumerate(self._ref) if s is None]
-        need = {v, REF} if missing else {v}
+        need = {v, ref_v} if missing else {v}
         lent = [pool.lend(w, need, ctl.store.refs) for w in workers]
         if missing:  # the first evaluation: π_ref's draws (then cached)
             seeds = self._seeds(REFERENCE)
             drawn = issue_draws(
-                workers, REF, self.prompts.take(missing), S, [seeds[u] for u in missing]
+                workers, ref_v, self.prompts.take(missing), S, [seeds[u] for u in missing]
             )
             for u, r in zip(missing, drawn, strict=True):
                 self._ref[u] = r
         cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
         for w, got in zip(workers, lent, strict=True):
             # π_ref stays only where training samples it (Nash-MD's mixture): a model copy
-            pool.unload(w, [x for x in got if x == REF])
+            pool.unload(w, [x for x in got if x == ref_v])
         judged = issue_compare(ctl.judges, cur, self._ref)
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
         self.pending.append(_Pending(step, cur, list(self._ref), judged, logp))
@@ -149,23 +147,25 @@ class SampledEval:
             logp_ref = ray.get(p.logp_ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
             print(f"evaluation at step {p.step} skipped: {type(e).__name__}", file=sys.stderr)
+            # π_ref's draws lost with it are drawn again by the next evaluation
+            self._ref = [s if isinstance(s, Samples) else None for s in self._ref or []]
             return []
         self._keep_reference(ref)
         cur = [s.slim() for s in full]
         logq = [np.asarray(s.logprobs, np.float64).sum(axis=1) for s in full]
         m = eval_metrics(judged.reshape(len(cur), self.samples), cur, ref, logq, logp_ref)
         m["step"] = p.step
-        self.results.append(m)
         return [m]
 
     def _keep_reference(self, ref: list[Samples]) -> None:
         """π_ref's draws, cached once (the first evaluation), reused from memory."""
-        seeds = self._seeds(REFERENCE)
-        for u, (key, s) in enumerate(zip(prompt_keys(self.prompts), ref, strict=True)):
-            if self._ref is not None and isinstance(self._ref[u], ray.ObjectRef):
-                s = s.slim()
-                self.cache.put(REFERENCE, key, seeds[u], s)
-                self._ref[u] = s
+        fresh = [u for u, s in enumerate(self._ref) if isinstance(s, ray.ObjectRef)]
+        if not fresh:
+            return
+        keys, seeds = prompt_keys(self.prompts), self._seeds(REFERENCE)
+        for u in fresh:
+            self._ref[u] = ref[u].slim()
+            self.cache.put(REFERENCE, keys[u], seeds[u], self._ref[u])
 
 
 def eval_metrics(p, cur, ref, logq, logp_ref) -> dict:
