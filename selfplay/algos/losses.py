@@ -193,3 +193,12 @@ def g_hat(
             m = mask[k].to(p.dtype)
             out = out + w * (p * m).sum(-1) / m.sum(-1)
     return out
+
+
+def k3_kl(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
+    """Σ_rows (ρ−1) − log ρ with log ρ = new − old (Schulman's k3 KL estimator), from
+    per-row log-probs; 0 without `old`. The learner's `kl_anchor` and `kl_ref`."""
+    if not old:
+        return 0.0
+    lr = torch.cat(new).double() - torch.cat(old).double()
+    return float((torch.exp(lr) - 1.0 - lr).sum())

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from selfplay.algos.losses import phase_loss, sequence_logprob
+from selfplay.algos.losses import k3_kl, phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime.learner import sharding
@@ -167,7 +167,7 @@ class Learner:
             ref = mu
         else:
             ref = self._role_logprobs("ref", mbs, steps, norm) if has_ref else None
-        kl_a, kl_r = self.ctx.all_reduce_sum([_k3(new, anchor), _k3(new, ref)])
+        kl_a, kl_r = self.ctx.all_reduce_sum([k3_kl(new, anchor), k3_kl(new, ref)])
         self.snapshot(phase.output)
         return PhaseMetrics(
             loss=losses[-1],
@@ -394,11 +394,3 @@ class Learner:
             yield
         finally:
             self._load_params(saved)
-
-
-def _k3(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
-    """Σ_rows (ρ−1) − log ρ with log ρ = new − old (Schulman's k3 KL estimator)."""
-    if not old:
-        return 0.0
-    lr = torch.cat(new).double() - torch.cat(old).double()
-    return float((torch.exp(lr) - 1.0 - lr).sum())
