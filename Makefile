@@ -15,7 +15,7 @@ TRL_VENV ?= .venv-trl
 TRL_SPEC ?= trl==1.0.*
 TRL_STAMP := $(TRL_VENV)/.installed-stamp
 
-.PHONY: install run run-text test bench bench-trl lint clean
+.PHONY: install run run-text test test-fast bench bench-trl lint clean
 
 install: $(STAMP)
 
@@ -34,7 +34,11 @@ run-text: install
 	$(VENV)/bin/selfplay train conf/text_quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
+
+# The inner loop: every test that does not start a Ray cluster.
+test-fast: install
+	$(PY) -m pytest -q -m "not ray" tests
 
 bench: install
 	$(VENV)/bin/selfplay bench games
