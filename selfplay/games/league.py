@@ -1,6 +1,6 @@
 """A league of policies: win rates with intervals, exploitability, league NE, Elo.
 
-Pure numpy/scipy; the statistics behind `selfplay eval` (issue 11). Derivations
+Pure numpy/scipy; the statistics behind `selfplay eval`. Derivations
 and the calibration evidence: docs/evaluation.md#statistics.
 
 Input: ``pairs = {(i, j): p}`` with ``p`` [U, S] the judge's ``P(y_i ≻ y_j)``

@@ -1,4 +1,4 @@
-"""Sampled evaluation during training (issue 11 §1): the policy against π_ref.
+"""Sampled evaluation during training: the policy against π_ref.
 
 Every `eval.every` steps, and at the last step, the trainer's `on_step(t)` calls
 `SampledEval.issue(t, ctl)`. From the driver's thread, and without waiting, it

@@ -14,9 +14,8 @@
 - `assemble_batch` concatenates judged chunks into one `TrainBatch`, dropping rows
   the judge could not score, summing the judging counts and gathering the response
   lengths and truncation flags for the step's logs. It runs on a preference server
-  (`JudgeActor.assemble`), where the chunks are: as a zero-CPU Ray task it made Ray
-  start a new worker process (≈ 360 MB, torch imported) whenever none was idle, and
-  keep it.
+  (`JudgeActor.assemble`), where the chunks are: a zero-CPU Ray task would make Ray
+  start a new worker process (≈ 360 MB, torch imported) whenever none was idle.
 
 Both actors report their `pid()`, so fault-tolerance tests can kill them.
 

@@ -66,7 +66,7 @@ def replace_dead(actors: list, make: Callable[[], object] | None) -> list[int]:
 @dataclass
 class RolloutPool:
     workers: list
-    make_worker: Callable[[], object] | None = None  # one new RolloutActor (run.py)
+    make_worker: Callable[[], object] | None = None  # one new RolloutActor (driver/build.py)
     autoscale: Autoscaler | None = None
     join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
     control: object = None  # the run's RunControl actor, once `open_control` ran
