@@ -16,10 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from selfplay.algos.plan import StepPlan
+from selfplay.algos.plan import Num, StepPlan
 from selfplay.errors import InputError
-
-Num = object  # float | int | torch.Tensor (broadcastable to [B, 1])
 
 #: β of the regularized game, shared by every "regularized" algorithm (the
 #: project's reference value; the CLI's --beta overrides it).
@@ -90,7 +88,7 @@ class Hyper:
                   user-given η should come with adaptive=False.
     """
 
-    eta: Num = 1.0
+    eta: Num | None = 1.0
     beta: Num = 0.0
     alpha: Num = 0.0
     magnet_every: Num = 1

@@ -22,6 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
+import torch
+
+#: A coefficient or hyperparameter: a Python number, or a tensor broadcastable to [B, 1].
+Num = Union[float, int, torch.Tensor]
 Role = Literal["main", "lead", "prev", "magnet", "ref"]
 ROLES: tuple[Role, ...] = ("main", "lead", "prev", "magnet", "ref")
 
@@ -32,7 +36,7 @@ class Mixture:
 
     a: Role
     b: Role
-    lam: object  # float or tensor [B, 1]
+    lam: Num
 
 
 Source = Union[Role, Mixture]
@@ -52,12 +56,12 @@ class Phase:
     """
 
     sample: Source
-    opponents: tuple[tuple[Source, object], ...]
+    opponents: tuple[tuple[Source, Num], ...]
     anchor: Role
     mu: Role | None
-    a: object
-    b: object
-    c: object
+    a: Num
+    b: Num
+    c: Num
     output: Role
 
 
@@ -81,9 +85,9 @@ class Refresh:
     dst: Role
     src: Role
     when: Literal["before", "after"]
-    every: object = 1
-    tol: object = None
-    tol_beta: object = None
+    every: Num = 1
+    tol: Num | None = None
+    tol_beta: Num | None = None
 
     def due(self, step: int):
         """Whether the periodic refresh fires at the end of step `step`: the one place
