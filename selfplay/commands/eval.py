@@ -76,6 +76,7 @@ def eval_cmd(policies, as_json, no_mlflow, no_progress, **opts) -> None:
         from selfplay.tracking import check_store
 
         check_store(uri)
+    from selfplay.evaluation.exact import blind_spots
     from selfplay.evaluation.runner import format_report, run_eval
     from selfplay.runtime.cluster import init_ray
 
@@ -86,6 +87,8 @@ def eval_cmd(policies, as_json, no_mlflow, no_progress, **opts) -> None:
     if not no_mlflow:
         _log(report, out_dir / "report.json", uri)
     click.echo(format_report(report), err=as_json)
+    for line in blind_spots(report):
+        click.echo(line, err=True)
     if as_json:
         click.echo(dumps(report))
 

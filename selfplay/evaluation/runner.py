@@ -159,6 +159,7 @@ def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True):
 
 def run_eval(plan: EvalPlan, progress: bool = True) -> dict:
     """Sample, judge and report (module docstring); the report is JSON-safe."""
+    from selfplay.evaluation.exact import exact_gaps
     from selfplay.games.league import league_report
 
     t0 = time.perf_counter()
@@ -167,6 +168,9 @@ def run_eval(plan: EvalPlan, progress: bool = True) -> dict:
     pairs, lengths = judge_all(plan, drawn, progress)
     names = [p.name for p in plan.policies]
     report = league_report(names, pairs, lengths)
+    exact = exact_gaps(plan)
+    if exact is not None:
+        report["exact_exploitability"] = exact
     report.update(
         prompts=len(plan.prompts),
         samples=plan.samples,
@@ -214,13 +218,16 @@ def format_report(r: dict) -> str:
             for j in range(len(names))
         ]
         lines.append(f"{n:<{w}}" + "".join(cells))
-    lc = "lc_win_rate" in r
-    head = f"{'policy':<{w}}{'exploitability [95%]':>26}{'league NE':>11}{'Elo':>8}"
+    lc, exact = "lc_win_rate" in r, r.get("exact_exploitability")
+    head = f"{'policy':<{w}}{'exploitability [95%]':>26}"
+    head += f"{'exact':>8}" if exact else ""
+    head += f"{'league NE':>11}{'Elo':>8}"
     lines += ["", head + (f"{'LC win rate vs ' + names[0]:>{cw + 8}}" if lc else "")]
     for i, n in enumerate(names):
         ex = _cell(r["exploitability"][i], r["exploitability_low"][i], r["exploitability_high"][i])
         ne, elo = r.get("league_nash") or [None] * len(names), r.get("elo") or [None] * len(names)
-        row = f"{n:<{w}}{ex:>26}{_num(ne[i]):>11}{_num(elo[i], '.0f'):>8}"
+        row = f"{n:<{w}}{ex:>26}" + (f"{_num(exact[i]):>8}" if exact else "")
+        row += f"{_num(ne[i]):>11}{_num(elo[i], '.0f'):>8}"
         if lc:
             row += f"{'—' if i == 0 else _num(r['lc_win_rate'][i][0]):>{cw + 8}}"
         lines.append(row)
