@@ -120,3 +120,12 @@ def within_band(est: float, low: float, high: float, units: int, exact: float) -
     """|est − exact| ≤ z·se (`wide_band`): the exact value is inside the widened band."""
     z, se = wide_band(est, low, high, units)
     return abs(est - exact) <= z * se
+
+
+def bernstein_half(var: float, spread: float, n: int, fail: float = BAND_FAIL) -> float:
+    """ε with P(|mean of n iid X − E X| ≥ ε) ≤ `fail` by Bernstein's inequality,
+    2·exp(−n·ε² / (2·var + 2·spread·ε/3)) = fail, for |X − E X| ≤ spread and Var X =
+    var known exactly (an oracle's, not estimated): a bound, no normal approximation."""
+    L = float(np.log(2 / fail))
+    b = 2 * spread * L / 3
+    return (b + np.sqrt(b * b + 8 * n * L * var)) / (2 * n)

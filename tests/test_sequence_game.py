@@ -173,7 +173,10 @@ def test_sampled_frequencies_are_the_learner_policy(setup):
     )
     rows = {t: i for i, t in enumerate(task.responses)}
     counts = np.bincount([rows[t] for t in samples.texts], minlength=9)
-    assert chisquare(counts, pi / pi.sum() * n).pvalue > 1e-3
+    # p ≥ 1e-7: a false failure w.p. 1e-7 on any random stream (uniform p-value; the
+    # expected counts are ≥ 20, where the chi-square tail is accurate).
+    assert (pi / pi.sum() * n).min() >= 20
+    assert chisquare(counts, pi / pi.sum() * n).pvalue > 1e-7
 
 
 def test_evaluator_reports_the_exact_gap_of_the_lm_policy(setup):
