@@ -92,3 +92,40 @@ def oracle_regularized_gap(P, pi, beta: float, mu) -> float:
     lse = z.max() + np.log(np.exp(z - z.max()).sum())
     kl = float(np.sum(pi * (np.log(pi) - np.log(mu))))
     return float(2.0 * (beta * lse + beta * kl) - 1.0)
+
+
+#: Per-comparison failure probability of `wide_band`: 1e-7, so a test with up to ten
+#: such comparisons fails by chance with probability < 1e-6 (a union bound).
+BAND_FAIL = 1e-7
+
+
+def wide_band(est: float, low: float, high: float, units: int, level: float = 0.95):
+    """(z, se): the half-width in standard errors and the standard error of a reported
+    t-interval `[low, high]` around `est` over `units` clustering units, widened so a
+    calibrated estimate misses the truth with probability `BAND_FAIL`.
+
+    se is recovered from the interval: half-width / t_{U−1, (1+level)/2} (the larger
+    side: clipping to [0, 1] only shortens one side). z is the t_{U−1} quantile at
+    1 − BAND_FAIL/2 (U = 64: 6.0; U = 32: 6.9; normal: 5.3). The studentized mean of
+    U bounded unit means is t_{U−1} up to skew; 1e-7 keeps a factor-10 margin for it
+    below the 1e-6 a test may fail with. Seeds do not enter: any random stream."""
+    from scipy.stats import t
+
+    half = max(est - low, high - est)
+    se = half / t.ppf(0.5 + level / 2, units - 1)
+    return float(t.isf(BAND_FAIL / 2, units - 1)), float(se)
+
+
+def within_band(est: float, low: float, high: float, units: int, exact: float) -> bool:
+    """|est − exact| ≤ z·se (`wide_band`): the exact value is inside the widened band."""
+    z, se = wide_band(est, low, high, units)
+    return abs(est - exact) <= z * se
+
+
+def bernstein_half(var: float, spread: float, n: int, fail: float = BAND_FAIL) -> float:
+    """ε with P(|mean of n iid X − E X| ≥ ε) ≤ `fail` by Bernstein's inequality,
+    2·exp(−n·ε² / (2·var + 2·spread·ε/3)) = fail, for |X − E X| ≤ spread and Var X =
+    var known exactly (an oracle's, not estimated): a bound, no normal approximation."""
+    L = float(np.log(2 / fail))
+    b = 2 * spread * L / 3
+    return (b + np.sqrt(b * b + 8 * n * L * var)) / (2 * n)

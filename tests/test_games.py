@@ -103,8 +103,10 @@ def test_generators_are_valid_and_seeded(kind, n):
 def test_uniform_generator_lower_triangle_is_uniform():
     P = generate("uniform", 300, seed=0)
     low = P[np.tril_indices(300, -1)]
+    # n = 44850 draws: sd of the mean 0.0014 (0.01 is 7 sd), of the variance 3.5e-4
+    # (0.005 is 14 sd), of the fraction below ¼ 0.0020 (0.012 is 5.9 sd: 4e-9)
     assert abs(low.mean() - 0.5) < 0.01 and abs(low.var() - 1 / 12) < 0.005
-    assert abs(np.mean(low < 0.25) - 0.25) < 0.01
+    assert abs(np.mean(low < 0.25) - 0.25) < 0.012
 
 
 def test_generate_rejects_bad_arguments():

@@ -2,9 +2,9 @@
 
 For MPO, OMWU, Nash-MP and EGPO, `selfplay.runtime.driver.trainer.train` runs the
 token game of conf/tests/converge.yaml (3 moves, full-support NE) from a
-visibly non-NE initial policy. The exact last-iterate gap must fall at least
-10x and end below 0.05: the gap of the original game for MPO and OMWU, the
-β-regularized gap (μ = π_ref = π_0) for Nash-MP and EGPO.
+visibly non-NE initial policy. The exact last-iterate gap must fall below CAP: the
+gap of the original game for MPO and OMWU (0.70 -> below 0.1), the β-regularized gap
+(μ = π_ref = π_0) for Nash-MP and EGPO (0.22 -> below 0.022).
 
 Oracles, independent of the runtime's evaluation code: the NE is the kernel
 vector of P − ½ (closed form for a 3-move skew-symmetric game), checked against
@@ -17,7 +17,17 @@ reports, with the closed forms
 Per-algorithm settings were picked by simulating the tabular dynamics with
 sampled payoffs (same batch sizes) over 30-40 seeds, then confirmed on the LM
 for 3-5 run seeds (see conf/tests/converge.yaml and ALGO_SETTINGS below). With
-max_staleness 0 a run is bitwise reproducible, so each test is deterministic.
+max_staleness 0 a run is bitwise reproducible on one machine, but another CPU's
+rounding gives another random stream, so CAP is set from the spread over run seeds:
+
+- gap (MPO, OMWU): the last iterate's distance from the NE is payoff noise, and the
+  gap is linear in it. Over run seeds 0-10 OMWU ends at 0.021 ± 0.009 (the noisier
+  of the two; MPO 0.020 ± 0.007). CAP 0.1 is 8.8 sd above the mean (normal tail
+  1e-18); the heavier 2-D tail P(gap > r) = exp(−r²/E gap²) gives exp(−0.01/0.00053)
+  = 6e-9. A dropped optimistic term (plain MWU, same η) ends at gap ≥ 0.28 in the
+  exact tabular dynamics from such starts, so it still fails.
+- regularized gap (Nash-MP, EGPO): quadratic in the distance, 0.0002-0.0020 over
+  seeds; CAP 0.022 is 11x the largest (exponential tail with mean 0.001: e^-22).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ MATRIX = ROOT / "conf" / "tests" / "weighted_rps.csv"
 
 # algorithm -> (overrides on top of converge.yaml, which gap must converge). The final
 # gaps measured by hand for several run seeds (`seed=`; the test runs seed 0) are noted;
-# thresholds: 0.05 for gap (start 0.70), 0.022 = start/10 for regularized_gap.
+# thresholds: CAP (module doc).
 ALGO_SETTINGS = {
     # OMWU: η·λ ≈ 0.5 at the NE (λ ≈ 0.22) is the fastest locally stable step. Its
     # last iterate is the noisiest (payoff noise is amplified near the stability edge),
@@ -62,6 +72,9 @@ ALGO_SETTINGS = {
         "regularized_gap",
     ),
 }
+
+
+CAP = {"gap": 0.1, "regularized_gap": 0.022}
 
 
 def kernel_nash(P: np.ndarray) -> np.ndarray:
@@ -117,5 +130,4 @@ def test_last_iterate_converges(cluster, tmp_path, algo):
     assert s[which] == pytest.approx(end, abs=1e-6)
     # ... and the last iterate converged.
     assert start > 0.2
-    assert end <= start / 10, f"{algo}: {which} {start:.4f} -> {end:.4f}"
-    assert end < 0.05, f"{algo}: {which} {start:.4f} -> {end:.4f}"
+    assert end < CAP[which], f"{algo}: {which} {start:.4f} -> {end:.4f}"

@@ -135,12 +135,15 @@ def test_learner_sequence_logprob_is_the_sum_of_the_sampler_token_logprobs(setup
     samples = backend.generate(
         task.prompts(4, 0),
         version=V0,
-        k=16,
+        k=96,
         max_new_tokens=s.max_new_tokens,
         temperature=1.0,
         seed=3,
         allowed_token_ids=list(s.allowed_token_ids),
     )
+    # More than 4 of the 9 sequences (so at least 2 first moves, which the check of
+    # the free LM below needs): π puts 0.94 on its top 4, so 384 draws miss every
+    # other sequence w.p. ≤ Σ over 4-subsets of mass^384 = 4e-11 (64 draws: 0.09).
     assert (samples.lengths == 2).all() and len(set(samples.texts)) > 4
     batch = build_train_batch(samples, samples.prompt_tokens, np.zeros(len(samples)))
     args = (batch.input_ids, batch.attention_mask, batch.response_mask)
@@ -173,7 +176,10 @@ def test_sampled_frequencies_are_the_learner_policy(setup):
     )
     rows = {t: i for i, t in enumerate(task.responses)}
     counts = np.bincount([rows[t] for t in samples.texts], minlength=9)
-    assert chisquare(counts, pi / pi.sum() * n).pvalue > 1e-3
+    # p ≥ 1e-7: a false failure w.p. 1e-7 on any random stream (uniform p-value; the
+    # expected counts are ≥ 20, where the chi-square tail is accurate).
+    assert (pi / pi.sum() * n).min() >= 20
+    assert chisquare(counts, pi / pi.sum() * n).pvalue > 1e-7
 
 
 def test_evaluator_reports_the_exact_gap_of_the_lm_policy(setup):
