@@ -288,6 +288,30 @@ BAD_INPUT = [  # (case, overrides (`{data}`, `{bare}`: filled in), word in the m
         "task.chat_template: true needs a chat template",
     ),
     ("empty-split", ["task.dataset={data}/empty.jsonl"], "is empty"),
+    # refused by the config's validation, before the model loads and Ray starts
+    (
+        "empty-stop-string",
+        ["task.dataset={data}/strings.jsonl", "rollout.stop=['']"],
+        "config: rollout.stop: stop strings must be non-empty",
+    ),
+    (
+        "template-field-in-a-spec",
+        [
+            "task.dataset={data}/strings.jsonl",
+            "judge.kind=pairwise",
+            "judge.template='{{a:{{b}}}} {{b}}'",
+        ],
+        "config: judge.template: {a:{b}} puts a field inside a format spec",
+    ),
+    (
+        "template-unknown-field-in-a-spec",
+        [
+            "task.dataset={data}/strings.jsonl",
+            "judge.kind=llm",
+            "judge.template='{{a:{{__class__}}}} {{b}}'",
+        ],
+        "config: judge.template: unknown field {__class__} in the format spec of {a}",
+    ),
     ("unknown-split", ["task.dataset={data}/dd", "task.split=validation"], "its splits: train"),
     (
         "unknown-eval-split",
