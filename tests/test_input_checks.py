@@ -67,3 +67,38 @@ def test_second_signal_before_the_first_checkpoint_says_there_is_nothing_to_resu
     assert msg.endswith(
         f"continue from its last checkpoint with `selfplay train --resume {run_dir}`"
     )
+
+
+# ---- the true reason a path is not writable ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, env, want",
+    [
+        (
+            ["--no-mlflow", "--plot", "/proc/x.png"],
+            {},
+            "--plot /proc/x.png: directory /proc is not writable (it is on a proc file system",
+        ),
+        (
+            ["--no-mlflow", "--plot", "/proc/sub/x.png"],
+            {},
+            "directory /proc/sub is not writable (/proc is on a proc file system",
+        ),
+        (
+            [],
+            {"MLFLOW_TRACKING_URI": "sqlite:////proc/ml.db"},
+            "tracking store sqlite:////proc/ml.db: directory /proc is not writable (it is on a "
+            "proc file system",
+        ),
+    ],
+)
+def test_a_path_on_proc_is_not_called_missing(tmp_path, capsys, monkeypatch, args, env, want):
+    """/proc exists; creating a file in it fails with ENOENT, which is not the reason."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    plot = ["--plot", str(tmp_path / "g.png")] if "--plot" not in args else []
+    code, out, err = _cli(["game", "--generate", "rps", "--n", "3", *plot, *args], capsys)
+    line = _one_line(err)
+    assert code == 2 and out == "", err
+    assert want in line and "No such file" not in line, line
