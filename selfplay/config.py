@@ -141,6 +141,14 @@ class RolloutConfig(_Strict):
     )
     autoscale: AutoscaleConfig | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: list[str]) -> list[str]:
+        empty = [i for i, x in enumerate(stop) if not x]
+        if empty:  # an empty stop string would end every response at once
+            raise ValueError(f"stop strings must be non-empty; item {empty[0]} is ''")
+        return stop
+
 
 class JudgeConfig(_Strict):
     """The preference servers: which preference model they serve, how they are sized,
@@ -168,6 +176,16 @@ class JudgeConfig(_Strict):
         description="after the retries: fail the run with a clear error, or mask "
         "the failed comparisons (counted and logged, never trained on)",
     )
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, template: str | None) -> str | None:
+        from selfplay.judges.template import template_problem  # no torch: config stays light
+
+        why = None if template is None else template_problem(template)
+        if why is not None:
+            raise ValueError(why)
+        return template
 
 
 class LearnerConfig(_Strict):

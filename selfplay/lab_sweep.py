@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,51 +37,89 @@ MAX_SETTINGS = 65536
 
 
 def parse(specs: list[str] | tuple[str, ...]) -> dict[str, list]:
-    """`["eta=0.1:10:5", "seed=0,1"]` → {"eta": [...], "seed": [0, 1]} (ordered)."""
-    axes: dict[str, list] = {}
+    """`["eta=0.1:10:5", "seed=0,1"]` → {"eta": [...], "seed": [0, 1]} (ordered).
+
+    The grid's size is known from the specs alone (a range's length, a K), so an
+    oversized grid is refused before any value is made."""
+    found: dict[str, tuple] = {}
     for spec in specs:
         key, sep, vals = spec.partition("=")
         key = key.strip()
         if not sep or key not in KEYS:
             raise InputError(f"--sweep {spec!r}: expected KEY=VALUES with KEY one of {KEYS}")
-        if key in axes:
+        if key in found:
             raise InputError(f"--sweep names {key} twice")
-        axes[key] = _values(key, vals.strip(), spec)
-    if not axes:
+        found[key] = _axis(key, vals.strip(), spec)
+    if not found:
         raise InputError("--sweep needs at least one KEY=VALUES")
-    size = int(np.prod([len(v) for v in axes.values()]))
+    size = math.prod(_size(a) for a in found.values())  # exact: Python integers
     if size > MAX_SETTINGS:
         raise InputError(f"--sweep grid has {size} settings; at most {MAX_SETTINGS}")
+    axes = {key: _values(a) for key, a in found.items()}
+    for key, spec in zip(axes, specs, strict=True):
+        _check_range(key, axes[key], spec)
     return axes
 
 
-def _values(key: str, vals: str, spec: str) -> list:
+def _axis(key: str, vals: str, spec: str) -> tuple:
+    """A spec's values, not yet made: ("list", values), ("range", lo, hi) or
+    ("geom", lo, hi, k)."""
     integer = key in INT_KEYS
     try:
         if ":" in vals:
             parts = vals.split(":")
             if integer and len(parts) == 2:
-                out = list(range(int(parts[0]), int(parts[1])))
-            elif not integer and len(parts) == 3:
+                return ("range", int(parts[0]), int(parts[1]))
+            if not integer and len(parts) == 3:
                 lo, hi, k = float(parts[0]), float(parts[1]), int(parts[2])
+                _finite(key, (lo, hi), spec)
                 if lo <= 0 or hi <= 0 or k < 1:
                     raise ValueError
-                out = np.geomspace(lo, hi, k).tolist()
-            else:
-                raise ValueError
-        else:
-            out = [int(v) if integer else float(v) for v in vals.split(",")]
+                return ("geom", lo, hi, k)
+            raise ValueError
+        out = [int(v) if integer else float(v) for v in vals.split(",")]
+    except InputError:
+        raise
     except ValueError:
         form = "LO:HI (integers)" if integer else "LO:HI:K (LO, HI > 0)"
         raise InputError(f"--sweep {spec!r}: values must be V1,V2,... or {form}") from None
+    _finite(key, out, spec)
+    return ("list", out)
+
+
+def _finite(key: str, values, spec: str) -> None:
+    """A value past a float's range (1e400) or NaN is no number, whatever its sign."""
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(
+            f"--sweep {spec!r}: {key} values must be finite numbers "
+            f"(a float holds up to {sys.float_info.max:.3g})"
+        )
+
+
+def _size(axis: tuple) -> int:
+    if axis[0] == "list":
+        return len(axis[1])
+    if axis[0] == "range":
+        return max(0, axis[2] - axis[1])
+    return axis[3]
+
+
+def _values(axis: tuple) -> list:
+    if axis[0] == "list":
+        return axis[1]
+    if axis[0] == "range":
+        return list(range(axis[1], axis[2]))
+    return np.geomspace(axis[1], axis[2], axis[3]).tolist()
+
+
+def _check_range(key: str, out: list, spec: str) -> None:
     if not out:
         raise InputError(f"--sweep {spec!r}: no values")
-    lowest = 0 if key == "seed" else 1 if integer else None
+    lowest = 0 if key == "seed" else 1 if key in INT_KEYS else None
     bound = "> 0" if lowest is None else f"≥ {lowest}"
     for v in out:
-        if not np.isfinite(v) or (v <= 0 if lowest is None else v < lowest):
+        if v <= 0 if lowest is None else v < lowest:
             raise InputError(f"--sweep {spec!r}: {key} must be {bound}")
-    return out
 
 
 def grid(axes: dict[str, list]) -> list[dict]:

@@ -10,6 +10,7 @@ that `json.dumps` writes by default and no JSON parser reads.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -45,13 +46,46 @@ def check_writable_dir(path: str | Path, what: str) -> None:
     except InputError:
         raise
     except OSError as e:
-        raise InputError(f"{what} {path} is not writable ({e.strerror or e})") from None
+        raise InputError(f"{what} {path} is not writable ({_why(e, p)})") from None
     finally:
         for d in reversed(created):
             try:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _why(e: OSError, path: Path) -> str:
+    """The reason a file or directory could not be made under `path`. ENOENT for an
+    entry made in a directory that exists is no missing file: the file system takes
+    no new entries (proc, sysfs), and that is what is said."""
+    near = path
+    while not near.exists() and near.parent != near:
+        near = near.parent
+    if e.errno == errno.ENOENT and near.is_dir():
+        fs = _fs_type(near)
+        kind = f"a {fs} file system" if fs else "a file system"
+        where = "it" if near == path else str(near)
+        return f"{where} is on {kind} that takes no new files"
+    return e.strerror or str(e)
+
+
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system `path` is on (Linux: /proc/self/mounts), or None."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    real, best, fs = str(path.resolve()), "", None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+        if inside and len(mnt) >= len(best):
+            best, fs = mnt, parts[2]
+    return fs
 
 
 def check_writable_file(path: str | Path, what: str) -> None:

@@ -117,6 +117,7 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     try:
         ctl.run(STEPS, on_step=on_step)
         state = ray.get(ctl.control.state.remote())
+        end = ctl.rollout_pool.end_state()  # what the summary records
     finally:  # free the module cluster's CPUs for the next test
         ctl.close_control()
         ctl.learners.shutdown()
@@ -134,6 +135,7 @@ def test_grow_then_shrink_loses_nothing(ray_cluster, tmp_path):
     assert ctl.resizes == [Resize(4, 1, 3), Resize(6, 3, 1)]
     assert [r.workers for r in ctl.records] == pools
     assert (state.target, state.active, state.retiring) == (1, 1, 0)
+    assert end == {"target": 1, "serving": 1, "starting": 0}
     assert seen["held"] == [[Version(4, "main")]] * 2
     ids = np.concatenate([b.prompt_ids for b in batches])
     for t, (b, rec) in enumerate(zip(batches, ctl.records, strict=True)):
@@ -260,3 +262,36 @@ def test_scale_against_live_actor_rejects_out_of_bounds(ray_cluster):
             assert ray.get(h.target.remote()) == 3
     finally:
         ray.kill(h)
+
+
+def test_scale_beyond_the_cluster_is_refused_in_one_line(ray_cluster, tmp_path):
+    """The module cluster has 2 CPUs; learner 0.5 + judge 0.25 + 0.25 per rollout worker:
+    at most (2 − 0.75) / 0.25 = 5 workers fit. The in-process cluster cannot grow, so
+    more is refused (exit 2, the target left alone); a cluster that may grow takes it."""
+    import ray
+
+    from selfplay.errors import InputError
+    from selfplay.runtime.cluster import run_needs
+    from selfplay.runtime.workers import control
+
+    needs = run_needs(_cfg(tmp_path), 1)
+    fixed = control.start_control("elastic-c", 1, needs=needs)
+    grows = control.start_control("elastic-d", 1, needs=needs, grows=True)
+    try:
+        r = _cli("scale", "elastic-c", "--rollout-workers", "1000", "--address", ray_cluster)
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert r.stderr.splitlines() == [
+            "error: --rollout-workers 1000: the run needs 250.75 CPUs (1 learner shard × 0.5, "
+            "1000 rollout workers × 0.25, 1 judge server × 0.25) but the cluster has 2; at most "
+            "5 rollout workers fit (run elastic-c has 1; its in-process cluster cannot grow)"
+        ]
+        assert ray.get(fixed.state.remote()).target == 1
+        assert control.scale("elastic-c", 5)[1].target == 5
+        with pytest.raises(InputError, match="at most 5 rollout workers fit"):
+            control.scale("elastic-c", 6)
+        notes = []
+        assert control.scale("elastic-d", 7, say=notes.append)[1].target == 7
+        assert len(notes) == 1 and "at most 5 rollout workers fit now" in notes[0], notes
+    finally:
+        ray.kill(fixed)
+        ray.kill(grows)

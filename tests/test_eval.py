@@ -136,6 +136,42 @@ def test_final_against_reference_covers_the_exact_win_rate_and_caches(game_run, 
         print(f"\neval: first {first_s:.1f}s, cached rerun {second_s:.1f}s")
 
 
+def test_unusable_cache_entries_are_drawn_again_and_said(game_run, capsys):
+    """Entries that are not what the cache writes: each one is a miss, drawn again
+    (the same seeded draw, so the same bytes come back), and named on stderr."""
+    files = sorted((game_run / "eval" / "cache").rglob("*.json"))
+    assert len(files) == 2 * 64  # made by the test above
+    before = {f: f.read_bytes() for f in files[:4]}
+    whole = json.loads(before[files[2]])
+    files[0].write_text(json.dumps({"tokens": []}))
+    files[1].write_bytes(before[files[1]][: len(before[files[1]]) // 2])  # cut short
+    files[2].write_text(json.dumps({k: v[:2] for k, v in whole.items()}))  # 2 of 4 rows
+    rows = json.loads(before[files[3]])
+    rows["lengths"][0] += 1  # disagrees with its tokens
+    files[3].write_text(json.dumps(rows))
+    r, err = _eval(capsys, str(game_run))
+    assert r["sampled"] == 4 * 4 and r["cached"] == 2 * 64 * 4 - 4 * 4
+    why = {
+        files[0]: "has no 'texts'",
+        files[1]: "is not valid JSON",
+        files[2]: "holds 2 of 4 responses",
+        files[3]: "do not agree",
+    }
+    notes = [line for line in err.splitlines() if line.startswith("note: eval cache entry")]
+    assert len(notes) == 3 and "more eval cache entries are unusable" in err, err
+    for line in notes:  # (in the order they are looked up, not the files' order)
+        (f,) = [f for f in why if f"entry {f} " in line]
+        assert f"entry {f} {why[f]}" in line and line.endswith("drawing it again"), line
+    assert {f: f.read_bytes() for f in before} == before
+
+
+def test_plot_in_a_directory_not_yet_made(game_run, capsys, tmp_path):
+    plot = tmp_path / "sub" / "deeper" / "w.png"
+    r, _ = _eval(capsys, str(game_run), "--plot", str(plot))
+    assert r["cached"] == 2 * 64 * 4 and plot.stat().st_size > 1000
+    assert r["plot"] == str(plot)
+
+
 def test_league_of_kept_policies(game_run, capsys):
     r, err = _eval(capsys, "--league", str(game_run))
     # step-4 is the final policy (the last step): listed once, as `final`

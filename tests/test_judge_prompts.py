@@ -10,6 +10,7 @@ answer logits).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -116,8 +117,20 @@ def test_llm_judge_reads_answer_logits_under_its_chat_template(judges):
 
 def test_templates_are_checked():
     check_template("{prompt} | {a} | {b} {{literal}}")
-    for bad, word in (("{prompt} {a}", "both"), ("{a} {b} {c}", "{c}"), ("{a} {b} {", "formatted")):
-        with pytest.raises(InputError, match=word):
+    check_template("{a!r} {b:>3}")  # a conversion and a text spec format text
+    for bad, word in (
+        ("{prompt} {a}", "both"),
+        ("{a} {b} {c}", "{c}"),
+        ("{a} {b} {", "formatted"),
+        # a field inside a format spec: known or not, it is refused
+        ("{a:{b}} {b}", "inside a format spec"),
+        ("{a:{__class__}} {b}", "unknown field {__class__}"),
+        ("{a:{__class__}}", "unknown field {__class__}"),
+        ("{a.upper} {b}", "unknown field {a.upper}"),
+        ("{a!x} {b}", "formatted"),
+        ("{a:d} {b}", "formatted"),
+    ):
+        with pytest.raises(InputError, match=re.escape(word)):
             check_template(bad)
 
 

@@ -90,6 +90,41 @@ def test_bad_specs_are_one_line_input_errors(specs, word):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "spec, size",
+    [
+        ("eta=1:2:10000000000", 10**10),  # np.geomspace would need 80 GB
+        ("seed=0:10000000000", 10**10),
+        ("seed=0:30000000", 3 * 10**7),  # fits in memory, but is built before the check
+    ],
+)
+def test_an_oversized_grid_is_refused_before_it_is_built(capsys, spec, size):
+    """Through the CLI: one line, exit 2, at once (the size is known from the spec)."""
+    import time
+    import tracemalloc
+
+    from selfplay.cli import main
+
+    args = ["game", "--generate", "rps", "--n", "3", "--no-mlflow", "--sweep", spec]
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--sweep", "magnet_every=1,2"])
+    seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err == f"error: --sweep grid has {2 * size} settings; at most {lab_sweep.MAX_SETTINGS}\n"
+    assert seconds < 5 and peak < 50e6, (seconds, peak)
+
+
+@pytest.mark.parametrize("spec", ["alpha=1e400", "eta=nan", "beta=1e-3:1e400:4", "eta=-inf"])
+def test_a_value_that_is_no_finite_number_says_so(spec):
+    with pytest.raises(InputError, match="values must be finite numbers") as e:
+        lab_sweep.parse([spec])
+    assert "> 0" not in str(e.value)
+
+
 def test_unused_key_is_refused():
     with pytest.raises(InputError, match="omwu does not use beta"):
         lab_sweep.check_used("omwu", ["beta"])

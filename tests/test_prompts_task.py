@@ -11,6 +11,7 @@ no run dir. One real text run (prompts task, reward judge) goes end to end.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -261,6 +262,7 @@ def data(tmp_path_factory):
     write_jsonl(d / "chats.jsonl", CHATS)
     write_jsonl(d / "strings.jsonl", STRINGS)
     (d / "empty.jsonl").write_text("\n")
+    write_jsonl(d / "long.jsonl", [f"word {i} " * 700 for i in range(3)])  # > 1024 tokens
     DatasetDict({"train": Dataset.from_dict({"prompt": STRINGS})}).save_to_disk(d / "dd")
     return d
 
@@ -288,6 +290,32 @@ BAD_INPUT = [  # (case, overrides (`{data}`, `{bare}`: filled in), word in the m
         "task.chat_template: true needs a chat template",
     ),
     ("empty-split", ["task.dataset={data}/empty.jsonl"], "is empty"),
+    # longer than the model's 1024 positions too: transformers' own warning stays quiet
+    ("longer-than-the-model", ["task.dataset={data}/long.jsonl"], "every train prompt"),
+    # refused by the config's validation, before the model loads and Ray starts
+    (
+        "empty-stop-string",
+        ["task.dataset={data}/strings.jsonl", "rollout.stop=['']"],
+        "config: rollout.stop: stop strings must be non-empty",
+    ),
+    (
+        "template-field-in-a-spec",
+        [
+            "task.dataset={data}/strings.jsonl",
+            "judge.kind=pairwise",
+            "judge.template='{{a:{{b}}}} {{b}}'",
+        ],
+        "config: judge.template: {a:{b}} puts a field inside a format spec",
+    ),
+    (
+        "template-unknown-field-in-a-spec",
+        [
+            "task.dataset={data}/strings.jsonl",
+            "judge.kind=llm",
+            "judge.template='{{a:{{__class__}}}} {{b}}'",
+        ],
+        "config: judge.template: unknown field {__class__} in the format spec of {a}",
+    ),
     ("unknown-split", ["task.dataset={data}/dd", "task.split=validation"], "its splits: train"),
     (
         "unknown-eval-split",
@@ -299,16 +327,36 @@ BAD_INPUT = [  # (case, overrides (`{data}`, `{bare}`: filled in), word in the m
 
 @pytest.mark.parametrize("case, overrides, word", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_one_line_and_writes_nothing(
-    models, data, tmp_path, capfd, case, overrides, word
+    models, data, tmp_path, capfd, caplog, case, overrides, word
 ):
     """Through the CLI's entry point in this process (the task is bound before Ray
-    starts); capfd sees every byte written to the real stdout/stderr."""
+    starts); capfd sees every byte written to the real stdout/stderr, caplog what the
+    libraries log (a handler made before the test writes past capfd)."""
     from selfplay.cli import main
 
     conf, out = _config(tmp_path, models, case)
     args = [o.format(data=data, bare=models[1]) for o in overrides]
     with pytest.raises(SystemExit) as e:
         main(["train", str(conf), *args])
+    _one_line_exit_2(e.value.code, capfd.readouterr().err, word, out)
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not logged, logged
+
+
+def test_an_unwritable_datasets_cache_is_named_as_the_reason(
+    models, data, tmp_path, capfd, monkeypatch
+):
+    """Not "cannot load the dataset": the data is fine, the cache is not (/proc takes
+    no new files; HF_DATASETS_CACHE sets this attribute when datasets is imported)."""
+    import datasets
+
+    from selfplay.cli import main
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", "/proc/hf-cache")
+    conf, out = _config(tmp_path, models, "cache")
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(conf), f"task.dataset={data}/strings.jsonl"])
+    word = "the datasets cache (HF_DATASETS_CACHE) /proc/hf-cache is not writable (/proc is on"
     _one_line_exit_2(e.value.code, capfd.readouterr().err, word, out)
 
 

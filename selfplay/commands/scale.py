@@ -39,7 +39,7 @@ def scale(run: str, workers: int, address: str | None) -> None:
     from selfplay.runtime.workers import control
 
     connect(address)
-    before, st = control.scale(run, workers)
+    before, st = control.scale(run, workers, say=lambda m: click.echo(m, err=True))
     note = f"; autoscale keeps it in [{st.autoscale[0]}, {st.autoscale[1]}]" if st.autoscale else ""
     click.echo(
         f"{run}: rollout workers {before} -> {st.target} (serving {st.active}, "

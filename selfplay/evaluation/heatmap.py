@@ -74,5 +74,6 @@ def plot_win_rates(report: dict, path, *, title: str | None = None) -> Path:
     level = report.get("level", 0.95)
     fig.suptitle(title or f"League win rates, P(row ≻ column), {level:.0%} intervals", fontsize=10)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked writable before any work
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path

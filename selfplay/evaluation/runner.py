@@ -95,7 +95,7 @@ def draw(plan: EvalPlan, progress: bool = True) -> Drawn:
     t0 = time.perf_counter()
     cfg, prompts, S = plan.cfg, plan.prompts, plan.samples
     sampling = plan.task.sampling(plan.tokenizer, cfg.rollout)
-    cache = SampleCache(plan.cache, settings_key(sampling, S, cfg.model.dtype))
+    cache = SampleCache(plan.cache, settings_key(sampling, S, cfg.model.dtype), k=S)
     out = Drawn(samples=[lookup(cache, p.identity, prompts, plan.seed) for p in plan.policies])
     out.cached = S * sum(g is not None for got in out.samples for g in got)
     if any(g is None for got in out.samples for g in got):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,23 +78,49 @@ def settings_key(sampling, k: int, dtype: str) -> str:
 class SampleCache:
     """ROOT/<settings key>/<policy identity>/<prompt key>-<seed>.json, written atomically.
 
-    root None: no cache (nothing read, nothing written)."""
+    root None: no cache (nothing read, nothing written). k: the responses each entry
+    must hold (the S of the settings key). An entry that is not what `put` writes
+    (not JSON, a field missing, fewer than k rows, lengths that disagree with the
+    tokens) is a miss: the draw is made again, and said once per entry on stderr
+    (`say`), up to `NOTES` entries."""
 
-    def __init__(self, root: str | Path | None, settings: str) -> None:
+    NOTES = 3
+
+    def __init__(self, root: str | Path | None, settings: str, k: int | None = None, say=None):
         self.dir = None if root is None else Path(root) / settings
+        self.k = k
+        self.say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.bad = 0  # entries found unusable, drawn again
 
     def _path(self, identity: str, key: str, seed: int) -> Path:
         return self.dir / _digest(identity)[:32] / f"{key}-{seed}.json"
+
+    def _reject(self, path: Path, why: str) -> None:
+        self.bad += 1
+        if self.bad <= self.NOTES:
+            self.say(f"note: eval cache entry {path} {why}; drawing it again")
+        elif self.bad == self.NOTES + 1:
+            self.say("note: more eval cache entries are unusable; each is drawn again")
 
     def get(self, identity: str, prompts: Prompts, row: int, key: str, seed: int):
         if self.dir is None:
             return None
         p = self._path(identity, key, seed)
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return None
-        if "tokens" not in d:  # written before tokens were kept: draw again
+        except (OSError, ValueError) as e:  # unreadable, or not UTF-8
+            self._reject(p, f"cannot be read ({getattr(e, 'strerror', None) or e})")
+            return None
+        try:
+            d = json.loads(text)
+        except ValueError:
+            self._reject(p, "is not valid JSON")
+            return None
+        why = entry_problem(d, self.k)
+        if why is not None:
+            self._reject(p, why)
             return None
         n = len(d["lengths"])
         width = max((len(t) for t in d["tokens"]), default=0)
@@ -129,6 +156,32 @@ class SampleCache:
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(body), encoding="utf-8")
         os.replace(tmp, p)
+
+
+def entry_problem(d, k: int | None) -> str | None:
+    """Why a parsed cache entry is not one `SampleCache.put` writes (None: it is one).
+    k: the rows it must hold (None: any number, at least one)."""
+    if not isinstance(d, dict):
+        return "is not a JSON object"
+    missing = [f for f in ("tokens", "texts", "lengths", "truncated") if f not in d]
+    if missing:
+        return f"has no {missing[0]!r}"
+    tokens, texts, lengths, flags = d["tokens"], d["texts"], d["lengths"], d["truncated"]
+    if not all(isinstance(x, list) for x in (tokens, lengths, flags)):
+        return "has a field of the wrong type"
+    want = k if k is not None else len(lengths)
+    rows = {len(tokens), len(lengths), len(flags), want}
+    if texts is not None:
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return "has texts that are not strings"
+        rows.add(len(texts))
+    if len(rows) != 1 or not want:
+        return f"holds {len(lengths)} of {want} responses (tokens {len(tokens)})"
+    for t, n, f in zip(tokens, lengths, flags, strict=True):
+        ints = isinstance(t, list) and all(type(x) is int and x >= 0 for x in t)
+        if not ints or type(n) is not int or n != len(t) or type(f) is not bool:
+            return "has a response whose tokens, length or truncation flag do not agree"
+    return None
 
 
 def issue_draws(workers: list, version, prompts: Prompts, k: int, seeds: list[int]) -> list:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from selfplay.errors import InputError
+from selfplay.judges.template import template_problem
 from selfplay.types import RawPrompt
 
 RawJudge = Callable[[list[RawPrompt], list[str], list[str]], np.ndarray]
@@ -75,25 +76,13 @@ def prompt_key(prompt: RawPrompt) -> tuple:
     return (1, tuple((m["role"], m["content"]) for m in as_messages(prompt)))
 
 
-TEMPLATE_FIELDS = ("prompt", "a", "b")
-
-
 def check_template(template: str) -> None:
-    """InputError unless `template` formats with exactly {prompt}, {a} and {b} (each
-    of {a}, {b} at least once; literal braces doubled)."""
-    import string
-
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise InputError(f"judge.template: cannot be formatted ({e})") from None
-    bad = sorted(names - set(TEMPLATE_FIELDS))
-    if bad:
-        raise InputError(
-            f"judge.template: unknown field {{{bad[0]}}}; use {{prompt}}, {{a}}, {{b}}"
-        )
-    if not {"a", "b"} <= names:
-        raise InputError("judge.template must contain both {a} and {b}")
+    """InputError unless `template` is a judge template (`judges.template`: exactly
+    {prompt}, {a} and {b} as plain fields, each of {a}, {b} at least once)."""
+    why = template_problem(template)
+    if why is not None:
+        sep = " " if why.startswith("must") else ": "
+        raise InputError(f"judge.template{sep}{why}")
 
 
 def check_batch(prompts: Sequence[RawPrompt], a: Sequence[str], b: Sequence[str]) -> int:

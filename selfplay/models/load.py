@@ -162,8 +162,11 @@ def _tokenizer_name(tokenizer) -> str:
 
 
 def encode_rendered(tokenizer: PreTrainedTokenizerBase, text: str, templated: bool) -> list[int]:
-    """Token ids of a rendered prompt (never empty: an empty prompt becomes <bos>/<eos>)."""
-    ids = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    """Token ids of a rendered prompt (never empty: an empty prompt becomes <bos>/<eos>).
+
+    Quiet (`verbose=False`): a prompt longer than the model's limit is the caller's
+    to count and refuse (`task.max_prompt_tokens`), not transformers' to warn about."""
+    ids = list(tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"])
     if not ids:
         start = tokenizer.bos_token_id
         ids = [start if start is not None else tokenizer.eos_token_id]

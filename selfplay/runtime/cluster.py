@@ -218,14 +218,19 @@ def shortfall(
     total: dict[str, float],
     nodes: list[dict[str, float]],
     remedies: dict[str, str] | None = None,
+    *,
+    how: bool = True,
 ) -> str | None:
     """Why a cluster with `total` resources (`nodes`: each alive node's) can never place
     `needs`, as one line, or None when it can. An actor fits on one node or nowhere.
-    `remedies`: resource name (or "*": any) -> a fix besides lowering the config keys."""
+    `remedies`: resource name (or "*": any) -> a fix besides lowering the config keys;
+    `how` False: the reason alone, without the fix."""
     eps = 1e-6
     remedies = remedies or {}
 
     def fix(r: str, keys) -> str:
+        if not how:
+            return ""
         *most, last = dict.fromkeys(keys)
         text = f"lower {', '.join(most)} or {last}" if most else f"lower {last}"
         text += " (or their num_cpus)" if r == "CPU" else ""
@@ -243,7 +248,7 @@ def shortfall(
             )
             return (
                 f"the run needs {_unit(r, want)} ({detail}) but the cluster has "
-                f"{_num(have) if have else 'none'}; {fix(r, (n.keys[r] for n in parts))}"
+                f"{_num(have) if have else 'none'}" + _then(fix(r, (n.keys[r] for n in parts)))
             )
     for n in needs:  # one actor on one node
         if not n.count or any(
@@ -255,10 +260,38 @@ def shortfall(
         want = ", ".join(_unit(r, a) for r, a in n.bundle.items())
         return (
             f"a {n.what} needs {want} on one node, but no node has that (the most on one "
-            f"node: {', '.join(_unit(r, most[r]) for r in short)}); "
-            f"{fix(short[0], (n.keys[r] for r in short))}"
+            f"node: {', '.join(_unit(r, most[r]) for r in short)})"
+            + _then(fix(short[0], (n.keys[r] for r in short)))
         )
     return None
+
+
+def _then(fix: str) -> str:
+    return f"; {fix}" if fix else ""
+
+
+def with_workers(needs: list[Need], workers: int) -> list[Need]:
+    """`needs` with the rollout workers' count set to `workers`."""
+    return [
+        Need(n.what, workers, n.bundle, n.keys) if n.what == "rollout worker" else n for n in needs
+    ]
+
+
+def scale_shortfall(needs: list[Need], workers: int, view=None) -> str | None:
+    """Why the cluster cannot place a run's actors (`needs`, from `run_needs`) with
+    `workers` rollout workers, with the most that fit (None: they fit)."""
+    total, nodes = (view or _cluster_view)()
+    why = shortfall(with_workers(needs, workers), total, nodes, how=False)
+    if why is None:
+        return None
+    lo, hi = 0, workers  # the most that fit: shortfall grows with the count
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if shortfall(with_workers(needs, mid), total, nodes) is None:
+            lo = mid
+        else:
+            hi = mid - 1
+    return f"{why}; at most {lo} rollout worker{'s' if lo != 1 else ''} fit"
 
 
 def _cluster_view() -> tuple[dict[str, float], list[dict[str, float]]]:

@@ -92,6 +92,14 @@ def load_splits(name: str) -> dict:
         return _load(datasets, name, p)
 
 
+def _check_cache(datasets) -> None:
+    """`load_dataset` writes its Arrow cache under HF_DATASETS_CACHE, even for a local
+    file: an unwritable one is named as the reason, not blamed on the data."""
+    from selfplay.outputs import check_writable_dir
+
+    check_writable_dir(datasets.config.HF_DATASETS_CACHE, "the datasets cache (HF_DATASETS_CACHE)")
+
+
 def _load(datasets, name: str, p: Path) -> dict:
     try:
         if p.is_file():
@@ -103,12 +111,14 @@ def _load(datasets, name: str, p: Path) -> dict:
                 )
             if _is_empty_file(p):
                 raise InputError(f"task.split 'train' of {name!r} is empty: the file has no rows")
+            _check_cache(datasets)
             out = datasets.load_dataset(builder, data_files={"train": str(p)})
         elif p.is_dir() and _is_saved(p):
             out = datasets.load_from_disk(str(p))
         else:  # a directory of data files, or a hub name
             if not p.is_dir():
                 offline_unless_reachable()
+            _check_cache(datasets)
             out = datasets.load_dataset(str(p) if p.is_dir() else name)
     except InputError:
         raise

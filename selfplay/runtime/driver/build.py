@@ -186,7 +186,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     resumed run restores its own; `bound`: the task `bind_task` already bound (the CLI
     binds it before Ray starts), else it is bound here."""
     from selfplay.judges.factory import check_judge_spec, judges_text
-    from selfplay.runtime.cluster import check_run_resources
+    from selfplay.runtime.cluster import check_run_resources, run_needs
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
@@ -241,7 +241,12 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
         pad_id=tok.pad_token_id,
     )
     pool = RolloutPool(
-        rollout, make_worker=make_worker, autoscale=scaler, join_wait_s=r.join_wait_s
+        rollout,
+        make_worker=make_worker,
+        autoscale=scaler,
+        join_wait_s=r.join_wait_s,
+        needs=run_needs(cfg, len(rollout)),
+        grows=bool(cfg.runtime.address),
     )
     ctl = Controller(
         algo.plan(hyper), settings, pool, judges, learners, task.prompts, make_judge=make_judge

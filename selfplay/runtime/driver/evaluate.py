@@ -89,7 +89,7 @@ class SampledEval:
     @classmethod
     def create(cls, cfg, prompts: Prompts, sampling, run_dir: Path) -> SampledEval:
         key = settings_key(sampling, cfg.eval.samples, cfg.model.dtype)
-        cache = SampleCache(Path(run_dir) / "eval" / "cache", key)
+        cache = SampleCache(Path(run_dir) / "eval" / "cache", key, k=cfg.eval.samples)
         return cls(prompts, cfg.eval.samples, cfg.seed, cache)
 
     def _seeds(self, identity: str) -> list[int]:

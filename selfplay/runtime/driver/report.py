@@ -94,6 +94,7 @@ def summarize(cfg, run, history: list[dict], seconds: float, run_dir: Path) -> d
         "samples": int(rows),
         "max_staleness_seen": max((r.staleness for r in ctl.records), default=0),
         "rollout_resizes": [[z.step, z.old, z.new] for z in ctl.resizes],  # (step, old, new)
+        "rollout_pool": ctl.rollout_pool.end_state(),  # asked for, serving, not yet joined
         # Fault tolerance, this process's part of the run: actors replaced, batches redone.
         "rollout_workers_replaced": ctl.rollout_pool.replaced,
         "judges_replaced": ctl.judges_replaced,

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from selfplay.config import Config, to_yaml
 from selfplay.errors import InputError, RunError
+from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR, list_checkpoints
 
 LOCK = ".lock"
 _held: dict[Path, int] = {}  # run dir -> fd of its lock, held until the process ends
@@ -146,6 +147,14 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum else ""
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether `--resume run_dir` has a checkpoint to continue from."""
+    try:
+        return bool(list_checkpoints(Path(run_dir) / CHECKPOINT_DIR))
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """Within the block, SIGTERM and SIGINT request a stop at the next step boundary
@@ -158,11 +167,18 @@ def stop_on_signals():
 
     def handler(signum, frame):
         if req:
-            how = (
-                f"continue from its last checkpoint with `selfplay train --resume {req.run_dir}`"
-                if req.run_dir is not None
-                else "no run dir was made yet"
-            )
+            if req.run_dir is None:
+                how = "no run dir was made yet"
+            elif not _has_checkpoint(req.run_dir):
+                how = (
+                    f"no checkpoint was written yet in {req.run_dir}: nothing to resume; "
+                    "start the run again"
+                )
+            else:
+                how = (
+                    "continue from its last checkpoint with "
+                    f"`selfplay train --resume {req.run_dir}`"
+                )
             raise Stopped(f"stopped by {signal.Signals(signum).name} at once; {how}", signum)
         req.signum = signum
 

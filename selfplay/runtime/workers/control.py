@@ -57,10 +57,18 @@ class ControlState:
 class RunControl:
     """The run's mailbox: the desired rollout-worker count, and the pool as last reported."""
 
-    def __init__(self, target: int, bounds: tuple[int, int] | None) -> None:
+    def __init__(
+        self, target: int, bounds: tuple[int, int] | None, needs=None, grows: bool = False
+    ) -> None:
         self._target = target
         self._bounds = bounds
         self._pool = (target, 0, 0)
+        self._needs = needs  # the run's actors (cluster.run_needs), for `selfplay scale`
+        self._grows = grows  # on a cluster that may grow (runtime.address)
+
+    def needs(self) -> tuple[list | None, bool]:
+        """(what the run's actors ask Ray for, whether its cluster may grow)."""
+        return self._needs, self._grows
 
     def target(self) -> int:
         return self._target
@@ -79,8 +87,15 @@ class RunControl:
         return ControlState(self._target, *self._pool, autoscale=self._bounds)
 
 
-def start_control(name: str, workers: int, bounds: tuple[int, int] | None = None):
+def start_control(
+    name: str,
+    workers: int,
+    bounds: tuple[int, int] | None = None,
+    needs: list | None = None,
+    grows: bool = False,
+):
     """Create the run's `RunControl`; a live run of the same name is an InputError.
+    `needs` (`cluster.run_needs`) and `grows` let `selfplay scale` check a new size.
 
     It is pinned to the driver's node: a 0-CPU actor may otherwise land on a
     worker node that the autoscaler later removes, taking the run with it.
@@ -90,7 +105,7 @@ def start_control(name: str, workers: int, bounds: tuple[int, int] | None = None
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     try:
         return RunControl.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
-            workers, bounds
+            workers, bounds, needs, grows
         )
     except ValueError:
         raise InputError(f"a run named {name} already runs on this Ray cluster") from None
@@ -131,8 +146,15 @@ class Autoscaler:
         return self.clamp(current)
 
 
-def scale(run: str, workers: int) -> tuple[int, ControlState]:
-    """Set run `run`'s desired rollout-worker count; returns (previous target, state)."""
+def scale(run: str, workers: int, say=None) -> tuple[int, ControlState]:
+    """Set run `run`'s desired rollout-worker count; returns (previous target, state).
+
+    A size the cluster cannot place (`cluster.scale_shortfall`) is refused where the
+    cluster cannot grow (the run's in-process cluster: InputError, the target is left
+    as it is); on a cluster that may grow (runtime.address) it is set, and `say` tells
+    what waits for nodes (Ray's autoscaler adds them for the pending workers)."""
+    from selfplay.runtime.cluster import scale_shortfall
+
     if workers < 1:
         raise InputError(f"--rollout-workers must be >= 1, got {workers}")
     try:
@@ -142,6 +164,15 @@ def scale(run: str, workers: int) -> tuple[int, ControlState]:
             f"no running run named {run!r} on this Ray cluster (namespace {NAMESPACE})"
         ) from None
     before = ray.get(ctl.state.remote())
+    needs, grows = ray.get(ctl.needs.remote())
+    why = None if needs is None else scale_shortfall(needs, workers)
+    if why is not None and not grows:
+        raise InputError(
+            f"--rollout-workers {workers}: {why} (run {run} has {before.target}; its "
+            "in-process cluster cannot grow)"
+        )
+    if why is not None and say is not None:
+        say(f"note: --rollout-workers {workers}: {why} now; the rest wait for nodes to join")
     try:
         ray.get(ctl.set_target.remote(workers))
     except ray.exceptions.RayTaskError as e:

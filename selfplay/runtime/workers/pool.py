@@ -70,6 +70,8 @@ class RolloutPool:
     autoscale: Autoscaler | None = None
     join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
     control: object = None  # the run's RunControl actor, once `open_control` ran
+    needs: list | None = None  # what the run's actors ask Ray for (`cluster.run_needs`)
+    grows: bool = False  # the cluster may grow (runtime.address): a size beyond it waits
     resizes: list[Resize] = field(default_factory=list)
     replaced: int = 0  # workers replaced after their process died
     _loaded: dict[object, set] = field(default_factory=dict)  # actor handle -> versions
@@ -132,11 +134,21 @@ class RolloutPool:
         """Workers started for the pool that have not joined it yet."""
         return [w for w, _ in self._starting]
 
+    def end_state(self) -> dict[str, int]:
+        """The pool as it is: the size asked for (`selfplay scale`, autoscale), the
+        workers serving, and those started that have not joined (waiting for room)."""
+        target = self._target if self.control is not None else len(self.workers)
+        return {"target": target, "serving": len(self.workers), "starting": len(self._starting)}
+
     def open_control(self, name: str) -> None:
         """Start the run's named `RunControl`, so `selfplay scale NAME` reaches it."""
         a = self.autoscale
         self.control = start_control(
-            name, len(self.workers), (a.min_workers, a.max_workers) if a else None
+            name,
+            len(self.workers),
+            (a.min_workers, a.max_workers) if a else None,
+            self.needs,
+            self.grows,
         )
         self._target = len(self.workers)
         self.poll = self.control.target.remote()
