@@ -21,11 +21,13 @@ max_staleness 0 a run is bitwise reproducible on one machine, but another CPU's
 rounding gives another random stream, so CAP is set from the spread over run seeds:
 
 - gap (MPO, OMWU): the last iterate's distance from the NE is payoff noise, and the
-  gap is linear in it. Over run seeds 0-10 OMWU ends at 0.021 ± 0.009 (the noisier
-  of the two; MPO 0.020 ± 0.007). CAP 0.1 is 8.8 sd above the mean (normal tail
-  1e-18); the heavier 2-D tail P(gap > r) = exp(−r²/E gap²) gives exp(−0.01/0.00053)
-  = 6e-9. A dropped optimistic term (plain MWU, same η) ends at gap ≥ 0.28 in the
-  exact tabular dynamics from such starts, so it still fails.
+  gap is linear in it. Over run seeds 0-5 OMWU ends at 0.020 ± 0.011 (the noisier
+  of the two; MPO, seeds 0-4, 0.020 ± 0.008). CAP 0.1 is 7.6 sd above OMWU's mean
+  (normal tail 1e-14); the heavier tail of a 2-D Gaussian's norm,
+  P(gap > r) = exp(−r²/E gap²), gives exp(−0.01/0.00048) = 1e-9. (0.05, the cap
+  before, is 2.9 sd: about 1 run in 500, or exp(−5.2) = 0.6% by the 2-D tail.) A
+  dropped optimistic term (plain MWU, same η) ends at gap ≥ 0.28 in the exact
+  tabular dynamics from such starts, so it still fails.
 - regularized gap (Nash-MP, EGPO): quadratic in the distance, 0.0002-0.0020 over
   seeds; CAP 0.022 is 11x the largest (exponential tail with mean 0.001: e^-22).
 """
@@ -54,7 +56,8 @@ MATRIX = ROOT / "conf" / "tests" / "weighted_rps.csv"
 ALGO_SETTINGS = {
     # OMWU: η·λ ≈ 0.5 at the NE (λ ≈ 0.22) is the fastest locally stable step. Its
     # last iterate is the noisiest (payoff noise is amplified near the stability edge),
-    # so it gets 8192 opponent draws per source. Seeds 0-4: 0.005, 0.016, 0.035, 0.023, 0.026.
+    # so it gets 8192 opponent draws per source. Seeds 0-5: 0.005, 0.016, 0.035, 0.023, 0.026,
+    # 0.014.
     "omwu": (["algo.eta=2.4", "runtime.steps=30", "rollout.opponents_k=1024"], "gap"),
     # MPO: α ≈ λ keeps the inner MMD loop stable; ηα = 2; magnet every 4 steps.
     # Seeds 0-4: 0.013, 0.017, 0.026, 0.030, 0.014.
