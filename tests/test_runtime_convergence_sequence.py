@@ -6,7 +6,7 @@ sequence game of conf/tests/converge_sequence.yaml (2 moves over 3 move tokens, 
 sequences, a full-support NE that is not uniform) from a visibly non-NE initial
 policy. The exact last-iterate gap of the sequence policy (the product of the LM's
 restricted conditionals, enumerated) must fall: the gap of the original game for
-MPO and OMWU below 0.1 (from > 0.4), the β-regularized gap (μ = π_ref = π_0) for
+MPO and OMWU below 0.12 (from > 0.4), the β-regularized gap (μ = π_ref = π_0) for
 Nash-MP and EGPO at least 10x and below 0.05, as tests/test_runtime_convergence.py
 asks of the token game.
 
@@ -22,9 +22,11 @@ payoffs from five LM initial policies, then confirmed on the LM for several run
 seeds (ALGO_SETTINGS). With max_staleness 0 a run is bitwise reproducible on one
 machine; another CPU's rounding gives another random stream, so the caps are set from
 the spread over run seeds (tests/test_runtime_convergence.py has the arithmetic): the
-gap of MPO, seeds 0-2, is 0.023 ± 0.006 and linear in the payoff noise, so 0.05 is
-exceeded with probability exp(−0.05²/E gap²) = exp(−4.5) ≈ 1% by a 2-D Gaussian's
-tail, 0.1 with exp(−18) = 1.5e-8 (OMWU is tighter, 0.025-0.028). The regularized gaps
+gap of MPO, seeds 0-2, is 0.023 ± 0.006 (RMS s = 0.0235) and linear in the payoff
+noise, so 0.05 is exceeded with probability up to P(|Z| > 0.05/s) = 3% (noise along
+one direction), 0.12 with P(|Z| > 5.1) = 3e-7 (OMWU is tighter, 0.025-0.028, RMS
+0.027: P(|Z| > 4.5) = 7e-6 at worst, but its spread, 0.0015, puts 0.12 60 sd above
+its mean: a floor, not noise). The regularized gaps
 sit at a floor with a small spread (Nash-MP 0.0025-0.0031, EGPO 0.0006-0.0009), far
 below start/10 ≥ 0.01.
 """
@@ -122,7 +124,7 @@ def test_last_iterate_converges(cluster, tmp_path, algo):
     assert s[which] == pytest.approx(end, abs=1e-6)
     # ... and the last iterate converged.
     if which == "gap":
-        assert end < 0.1, f"{algo}: {which} {start:.4f} -> {end:.4f}"
+        assert end < 0.12, f"{algo}: {which} {start:.4f} -> {end:.4f}"
     else:
         assert end <= start / 10, f"{algo}: {which} {start:.4f} -> {end:.4f}"
         assert end < 0.05, f"{algo}: {which} {start:.4f} -> {end:.4f}"
