@@ -145,8 +145,12 @@ def distance(kind: str, P, pis: np.ndarray, pi0, eta) -> tuple[float, float, np.
 
 
 # Final measure must be at most start/RATIO and below CAP (gap units, or max |Δπ|).
-RATIO = {"nash": 10, "average": 3, "regularized": 10, "nash-md": 5}
-CAP = {"nash": 0.06, "average": 0.25, "regularized": 0.025, "nash-md": 0.1}
+# "nash": the last-iterate gap is linear in the payoff noise; CAP 0.12 as in
+# tests/test_runtime_convergence.py (same game; there OMWU's RMS over run seeds is
+# 0.022, so 0.12 is 5.5 RMS: < 1e-7 even with all the noise along one direction;
+# 0.06 was 2.7 RMS, ~1%). The other kinds were measured at seed 0 only (above).
+RATIO = {"nash": 5, "average": 3, "regularized": 10, "nash-md": 5}
+CAP = {"nash": 0.12, "average": 0.25, "regularized": 0.025, "nash-md": 0.1}
 
 
 @pytest.mark.ray

@@ -164,7 +164,7 @@ def test_sampled_frequencies_are_the_learner_policy(setup):
     assert pi.sum() == pytest.approx(1.0, abs=1e-5)
     backend = make_backend("hf", spec)
     backend.load_weights(V0, learner.publish())
-    n = 4000
+    n = 8000  # a sampler at 1.1× the temperature gives p ≈ 1e-12 here (at 4000: 3e-6)
     samples = backend.generate(
         task.prompts(8, 0),
         version=V0,
@@ -177,8 +177,8 @@ def test_sampled_frequencies_are_the_learner_policy(setup):
     rows = {t: i for i, t in enumerate(task.responses)}
     counts = np.bincount([rows[t] for t in samples.texts], minlength=9)
     # p ≥ 1e-7: a false failure w.p. 1e-7 on any random stream (uniform p-value; the
-    # expected counts are ≥ 20, where the chi-square tail is accurate).
-    assert (pi / pi.sum() * n).min() >= 20
+    # expected counts are ≥ 50, where the chi-square tail is accurate).
+    assert (pi / pi.sum() * n).min() >= 50
     assert chisquare(counts, pi / pi.sum() * n).pvalue > 1e-7
 
 
