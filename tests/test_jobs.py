@@ -334,3 +334,45 @@ def test_job_message_is_one_line():
     )
     assert one_line("Job finished successfully.") == "Job finished successfully."
     assert one_line("") == ""
+
+
+@pytest.fixture
+def plain_web(tmp_path):
+    """A plain `http.server` (not Ray) on a free loopback port; yields (URL, its root dir)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "args, served",
+    [
+        (["stop", "raysubmit_x"], None),
+        (["submit", "conf/quickstart.yaml"], None),
+        (["logs", "raysubmit_x"], "<html>hello</html>"),  # answers 200, but not JSON
+    ],
+)
+def test_job_commands_against_a_web_server_that_is_not_ray(plain_web, args, served):
+    """Every job command connects through `jobs.connect` (status and logs as stop)."""
+    url, root = plain_web
+    why = "returned 404"
+    if served is not None:
+        (root / "api").mkdir()
+        (root / "api" / "version").write_text(served)
+        why = "gave Expecting value"
+    r = selfplay(*args, "--address", url)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"error: {url} is not a Ray job server (GET /api/version {why}"), line
