@@ -21,6 +21,7 @@ from pathlib import Path
 import ray
 
 from selfplay.config import Config
+from selfplay.config_paths import absolute_paths
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
@@ -58,7 +59,9 @@ def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> Run
     bound by `build.bind_task` (else `build` binds it).
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
-    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`). Relative paths in `cfg`
+    are this directory's, and the run records them absolute (`config_paths`)."""
+    cfg = absolute_paths(cfg)
     own_cluster = not ray.is_initialized() and not cfg.runtime.address
     init_ray(cfg)
     if own_cluster:
