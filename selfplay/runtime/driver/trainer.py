@@ -24,13 +24,17 @@ from selfplay.config import Config
 from selfplay.config_paths import absolute_paths
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
+from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
+from selfplay.runtime.driver.disk import disk_full
 from selfplay.runtime.driver.evaluate import SampledEval, with_exact
 from selfplay.runtime.driver.export import (
+    MODEL_DIR,
     completions_table,
     export_policy,
     keep_policy,
+    policy_dir,
     write_rollouts,
 )
 from selfplay.runtime.driver.report import (
@@ -173,7 +177,8 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
                 main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
-                keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
+                with disk_full(policy_dir(run_dir, step + 1), _go_on(run_dir)):
+                    keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
             if tracker is not None:
                 tracker.log_metrics(
                     {k: v for k, v in m.items() if k != "step" and isinstance(v, float | int)},
@@ -184,7 +189,10 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 finish_exact()  # a resumed run has every evaluation until here
                 if sampled is not None:
                     record(sampled.drain())
-                save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
+                with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
+                    save_checkpoint(
+                        ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0}
+                    )
             if stop and step + 1 < cfg.runtime.steps:
                 _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
 
@@ -211,10 +219,16 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         if sampled is not None:
             record(sampled.drain())
         seconds = time.perf_counter() - t0
-        final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
-        model_dir = export_policy(
-            ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
-        )
+        with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
+            final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
+        with disk_full(
+            run_dir / MODEL_DIR,
+            f"the final checkpoint {final.name} is intact: free space, then write the model "
+            f"with `selfplay export {run_dir}`",
+        ):
+            model_dir = export_policy(
+                ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
+            )
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
@@ -266,6 +280,17 @@ def _rollouts(cfg: Config, run_dir: Path, step: int, recs, tracker) -> None:
         write_rollouts(tables, run_dir, step)
     if tracker is not None and (table := completions_table(tables)) is not None:
         tracker.log_table(table, f"completions/step-{step:06d}.json")
+
+
+def _go_on(run_dir: Path) -> str:
+    """What a run that failed to write can go on from: its newest checkpoint, if any."""
+    saved = sorted((run_dir / CHECKPOINT_DIR).glob("step-*"))
+    if not saved:
+        return "no checkpoint was written yet: free space and start the run again"
+    return (
+        f"the last checkpoint {saved[-1].name} is intact: free space, then continue with "
+        f"`selfplay train --resume {run_dir}`"
+    )
 
 
 def _stopped(stop, done: int, steps: int, run_dir: Path) -> None:
