@@ -20,6 +20,7 @@ forever, silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -62,18 +63,65 @@ def find_token() -> str | None:
         return None
 
 
-def send_token() -> None:
-    """A client joining a cluster by address sends the token only with RAY_AUTH_MODE=token
-    (Ray >= 2.52), while a default head asks for it once a token exists: without it the GCS
-    refuses us and Ray retries for ~20 s. So, with RAY_AUTH_MODE unset, send it when there is
-    one (a wrong token still costs those ~20 s)."""
-    if "RAY_AUTH_MODE" in os.environ or find_token() is None:
+def send_token(address: str | None = None) -> None:
+    """Send the cluster token exactly when the cluster at `address` asks for it.
+
+    With RAY_AUTH_MODE set, Ray does as it says. Else the GCS is asked once, without a
+    token (`needs_token`): one that asks for it gets the token where Ray keeps it
+    (`find_token`; none there is one line saying what to set); one that does not gets
+    none (RAY_AUTH_MODE=disabled: Ray itself would send a token it finds in ~/.ray to a
+    cluster found by 'auto', which then fails). When the GCS cannot be asked, a token
+    that exists is sent, as before."""
+    if "RAY_AUTH_MODE" in os.environ:
         return
-    os.environ["RAY_AUTH_MODE"] = "token"
+    token = find_token()
+    needs = needs_token(address) if address else None
+    if needs is None:
+        if token is not None:
+            _auth_mode("token")
+        return
+    if needs and token is None:
+        raise InputError(
+            f"the Ray cluster at {address} asks for its token: set RAY_AUTH_TOKEN (or "
+            f"RAY_AUTH_TOKEN_PATH to a file holding it)"
+        )
+    if needs or token is not None:
+        _auth_mode("token" if needs else "disabled")
+
+
+def _auth_mode(mode: str) -> None:
+    os.environ["RAY_AUTH_MODE"] = mode
     if "ray._raylet" in sys.modules:  # Ray read its config already: read it again
         from ray._raylet import Config
 
         Config.initialize("")
+
+
+def needs_token(address: str, timeout: float = 3.0) -> bool | None:
+    """Whether the GCS at `address` (HOST:PORT, or 'auto') refuses a call without the
+    cluster token: True, False, or None when it cannot be told (no answer in `timeout`
+    seconds, a Ray client address, another error)."""
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            address = get_ray_address_from_environment("auto", None)
+        except Exception:
+            return None
+    if not address or address.startswith("ray://") or ":" not in address:
+        return None
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return None
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        except grpc.RpcError as e:
+            return True if e.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return False
 
 
 def _host(address: str) -> str:
@@ -107,16 +155,42 @@ def init_ray(cfg: Config) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if is_loopback(cfg.runtime.address):
         use_loopback()
-    if cfg.runtime.address:
-        send_token()
-        ray.init(address=cfg.runtime.address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=cfg.runtime.num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            dashboard_host="127.0.0.1",
-        )
+    with _overloaded():
+        if cfg.runtime.address:
+            send_token(cfg.runtime.address)
+            ray.init(address=cfg.runtime.address, log_to_driver=False)
+        else:
+            # "local": a new cluster in this process, even where `ray start` recorded one
+            # (ray.init() alone joins that, and refuses num_cpus for it).
+            ray.init(
+                address="local",
+                num_cpus=cfg.runtime.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                dashboard_host="127.0.0.1",
+            )
+
+
+STARTUP_TIMEOUT = "timed out during startup"  # ray._private.node: its raylet never registered
+
+
+@contextlib.contextmanager
+def _overloaded():
+    """`ray.init` giving up on a node that did not come up within Ray's own bound (30 s,
+    `ray._private.node`) is one line: the machine is too busy to start Ray."""
+    import ray
+
+    try:
+        yield
+    except Exception as e:
+        if STARTUP_TIMEOUT not in str(e):
+            raise
+        ray.shutdown()  # the processes it did start
+        raise RunError(
+            "Ray could not start: its node timed out during startup (Ray waits 30 s for "
+            "it); the machine is overloaded: retry when it is less busy, or lower "
+            "runtime.num_cpus"
+        ) from None
 
 
 def check_reachable(address: str) -> None:
@@ -142,7 +216,7 @@ def connect(address: str | None) -> str:
         check_reachable(addr)  # also refuses a job-server URL
     if is_loopback(addr):
         use_loopback()  # else Ray dials the machine's address, where nothing listens
-    send_token()
+    send_token(addr)
     import ray
 
     from selfplay.runtime.workers.control import NAMESPACE
