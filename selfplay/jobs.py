@@ -233,7 +233,7 @@ def connect(address: str | None = None):
     from ray.job_submission import JobSubmissionClient
     from requests.exceptions import HTTPError
 
-    from selfplay.runtime.cluster import find_token
+    from selfplay.runtime.cluster_auth import find_token
 
     with _sdk_errors(addr):
         try:

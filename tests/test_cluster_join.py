@@ -90,11 +90,7 @@ def test_an_in_process_run_beside_a_recorded_cluster(plain_head, tmp_path):
 
 def test_a_token_is_sent_only_when_the_cluster_asks(plain_head):
     """A client with ~/.ray/auth_token joins a cluster without token authentication."""
-    from selfplay.runtime.cluster import needs_token
-
     addr, tmp = plain_head
-    assert needs_token(addr) is False
-    assert needs_token(f"127.0.0.1:{free_port()}") is None  # nothing answers: cannot tell
     r = selfplay(
         "scale",
         "no-such-run",
@@ -108,6 +104,10 @@ def test_a_token_is_sent_only_when_the_cluster_asks(plain_head):
     assert r.returncode == 2, r.stderr[-3000:]
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and "no-such-run" in line, line
+    from selfplay.runtime.cluster_auth import needs_token
+
+    assert needs_token(addr) is False
+    assert needs_token(f"127.0.0.1:{free_port()}") is None  # nothing answers: cannot tell
 
 
 def test_ray_timing_out_at_startup_is_one_line(tmp_path, capsys, monkeypatch):

@@ -31,6 +31,7 @@ from selfplay.runtime.driver.disk import disk_full
 from selfplay.runtime.driver.evaluate import SampledEval, with_exact
 from selfplay.runtime.driver.export import (
     MODEL_DIR,
+    ROLLOUT_DIR,
     completions_table,
     export_policy,
     keep_policy,
@@ -174,7 +175,8 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 if last or (step + 1) % cfg.eval.every == 0:
                     sampled.issue(step + 1, ctl)
                 record(sampled.poll())
-            _rollouts(cfg, run_dir, step + 1, recs, tracker)
+            with disk_full(run_dir / ROLLOUT_DIR, _go_on(run_dir)):
+                _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
                 main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
                 with disk_full(policy_dir(run_dir, step + 1), _go_on(run_dir)):
@@ -233,19 +235,20 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
         summary["eval"] = last_eval(history)
-        eval_plot = plot_eval(
-            history, run_dir / "eval" / "win_rate.png", f"{cfg.algo.name} on {run.task.source}"
-        )
-        plot = plot_history(
-            history,
-            ev.plot_keys,
-            run_dir / f"{ev.headline}.png",
-            f"{cfg.algo.name} on {run.task.source}",
-        )
-        # Always valid JSON: a diverged run's NaN/inf are written as null.
-        (run_dir / "summary.json").write_text(dumps(summary, indent=1))
-        (run_dir / "history.json").write_text(dumps(history, indent=1))
-        (run_dir / "records.json").write_text(dumps([record_json(r) for r in ctl.records]))
+        with disk_full(run_dir, f"its final checkpoint {final.name} and model/ are written"):
+            eval_plot = plot_eval(
+                history, run_dir / "eval" / "win_rate.png", f"{cfg.algo.name} on {run.task.source}"
+            )
+            plot = plot_history(
+                history,
+                ev.plot_keys,
+                run_dir / f"{ev.headline}.png",
+                f"{cfg.algo.name} on {run.task.source}",
+            )
+            # Always valid JSON: a diverged run's NaN/inf are written as null.
+            (run_dir / "summary.json").write_text(dumps(summary, indent=1))
+            (run_dir / "history.json").write_text(dumps(history, indent=1))
+            (run_dir / "records.json").write_text(dumps([record_json(r) for r in ctl.records]))
         if tracker is not None:
             final_metrics = {f"final_{ev.headline}": summary.get(ev.headline)}
             final_metrics["samples_per_s"] = summary["samples_per_s"]
