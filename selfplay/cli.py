@@ -32,6 +32,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("selfplay.commands.jobs", "status", "Status of a submitted Ray job."),
     "logs": ("selfplay.commands.jobs", "logs", "Logs of a submitted Ray job."),
     "stop": ("selfplay.commands.jobs", "stop", "Stop a submitted Ray job."),
+    "export": (
+        "selfplay.commands.export",
+        "export",
+        "Write a run's model/ from its newest checkpoint.",
+    ),
     "scale": ("selfplay.commands.scale", "scale", "Resize a running job's rollout workers."),
 }
 

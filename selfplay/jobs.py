@@ -198,9 +198,23 @@ def _sdk_errors(address: str, job_id: str | None = None) -> Iterator[None]:
         raise InputError(f"cannot reach the Ray job server at {address}") from None
     except RuntimeError as e:
         text = str(e)
+        if text.startswith("Version check returned"):  # GET /api/version: 404
+            raise _not_ray(address, text.split(".")[0].removeprefix("Version check ")) from None
         if job_id is not None and ("does not exist" in text or "404" in text):
             raise InputError(f"no job {job_id} at {address}") from None
         raise
+
+
+def _not_ray(address: str, why: str) -> InputError:
+    return InputError(
+        f"{address} is not a Ray job server (GET /api/version {why}); give the head's "
+        f"dashboard address, e.g. http://HEAD:8265"
+    )
+
+
+def _first(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _token_source() -> str:
@@ -217,12 +231,15 @@ def connect(address: str | None = None):
     addr = job_address(address)
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+    from requests.exceptions import HTTPError
 
-    from selfplay.runtime.cluster import find_token
+    from selfplay.runtime.cluster_auth import find_token
 
     with _sdk_errors(addr):
         try:
             return JobSubmissionClient(addr)
+        except (HTTPError, ValueError, KeyError) as e:  # a server that answers, but not as Ray
+            raise _not_ray(addr, f"gave {_first(e)}") from None
         except AuthenticationError as e:
             token = find_token()
             if (

@@ -234,25 +234,48 @@ def test_bad_input_is_one_line_and_writes_nothing(game_run, capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def text_run(cluster, tmp_path_factory):
+    """Trained from the demo models' directory, naming them by relative paths."""
+    import os
+    import shutil
+
     policy, reward = demo_models(tmp_path_factory, "qwen2")
+    shutil.copy(shipped_prompts_path("chat_prompts.jsonl"), policy.parent / "prompts.jsonl")
     out = tmp_path_factory.mktemp("text")
-    run_dir = _train(
-        [
-            f"task.dataset={shipped_prompts_path('chat_prompts.jsonl')}",
-            f"model.name={policy}",
-            f"judge.model={reward}",
-            "rollout.prompts_per_step=4",
-            "rollout.k=2",
-            "rollout.opponents_k=2",
-            "rollout.max_new_tokens=8",
-            "learner.updates_per_phase=1",
-            "runtime.steps=2",
-            "tracking.enabled=false",
-            f"output_dir={out}",
-        ],
-        ROOT / "conf" / "text_quickstart.yaml",
-    )
+    here = os.getcwd()
+    os.chdir(policy.parent)
+    try:
+        run_dir = _train(
+            [
+                "task.dataset=prompts.jsonl",
+                f"model.name={policy.name}",
+                f"judge.model={reward.name}",
+                "rollout.prompts_per_step=4",
+                "rollout.k=2",
+                "rollout.opponents_k=2",
+                "rollout.max_new_tokens=8",
+                "learner.updates_per_phase=1",
+                "runtime.steps=2",
+                "tracking.enabled=false",
+                f"output_dir={out}",
+            ],
+            ROOT / "conf" / "text_quickstart.yaml",
+        )
+    finally:
+        os.chdir(here)
     return run_dir, policy
+
+
+def test_a_run_is_evaluated_from_another_directory(text_run, capsys, tmp_path, monkeypatch):
+    """The run recorded its relative paths absolute, so its config means the same files
+    from anywhere: its base model, tokenizer and judge load from tmp_path too."""
+    run_dir, policy = text_run
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.model.name == str(policy)
+    assert cfg.judge.model == str(policy.parent / "reward")
+    assert cfg.task.dataset == str(policy.parent / "prompts.jsonl")
+    monkeypatch.chdir(tmp_path)
+    r, _ = _eval(capsys, str(run_dir), "--reference", str(policy), "--num-prompts", "2")
+    assert r["policies"] == ["reference", "final"] and r["prompts"] == 2
 
 
 def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path, monkeypatch):

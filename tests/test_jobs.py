@@ -76,6 +76,9 @@ def selfplay(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: flo
     )
 
 
+GCS: dict[str, str] = {}  # the head's GCS address, once it is up
+
+
 @pytest.fixture(scope="module")
 def head():
     """(job server URL, client env, token) of a fresh default head whose token is in the
@@ -104,7 +107,7 @@ def head():
         "--dashboard-port",
         str(dash),
         "--port",
-        str(free_port()),
+        str(gcs := free_port()),
         "--ray-client-server-port",
         str(free_port()),
         "--dashboard-agent-listen-port",
@@ -125,6 +128,7 @@ def head():
     url = f"http://127.0.0.1:{dash}"
     try:
         _wait_up(url, token, proc, Path(tmp) / "head.log")
+        GCS["address"] = f"127.0.0.1:{gcs}"
         yield url, env, token
     finally:
         stop_server(proc, group=False, timeout=30)  # `ray start --block` stops its children
@@ -143,6 +147,26 @@ def test_default_head_asks_for_the_token(head):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
     assert e.value.code == 401
+
+
+def test_a_cluster_that_asks_for_a_token_none_here_is_one_line(head, tmp_path):
+    """`selfplay scale --address GCS` from a HOME without a token: the GCS is asked first,
+    and the answer says what to set, at once (not after Ray's ~20 s of refused retries)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    addr = GCS["address"]
+    r = selfplay(
+        "scale", "some-run", "--rollout-workers", "1", "--address", addr, env=_env(HOME=str(home))
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: the Ray cluster at {addr} asks for its token: set RAY_AUTH_TOKEN (or "
+        f"RAY_AUTH_TOKEN_PATH to a file holding it)"
+    ]
+    assert not (home / ".ray").exists()  # nothing written
+    from selfplay.runtime.cluster_auth import needs_token
+
+    assert needs_token(addr) is True
 
 
 def test_submit_wait_runs_to_mlflow(head, tmp_path):
@@ -334,3 +358,45 @@ def test_job_message_is_one_line():
     )
     assert one_line("Job finished successfully.") == "Job finished successfully."
     assert one_line("") == ""
+
+
+@pytest.fixture
+def plain_web(tmp_path):
+    """A plain `http.server` (not Ray) on a free loopback port; yields (URL, its root dir)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "args, served",
+    [
+        (["stop", "raysubmit_x"], None),
+        (["submit", "conf/quickstart.yaml"], None),
+        (["logs", "raysubmit_x"], "<html>hello</html>"),  # answers 200, but not JSON
+    ],
+)
+def test_job_commands_against_a_web_server_that_is_not_ray(plain_web, args, served):
+    """Every job command connects through `jobs.connect` (status and logs as stop)."""
+    url, root = plain_web
+    why = "returned 404"
+    if served is not None:
+        (root / "api").mkdir()
+        (root / "api" / "version").write_text(served)
+        why = "gave Expecting value"
+    r = selfplay(*args, "--address", url)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"error: {url} is not a Ray job server (GET /api/version {why}"), line

@@ -202,3 +202,42 @@ def test_train_refuses_a_bad_judge_before_anything_starts(
     import ray
 
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "policy, judge, word",
+    [
+        (0, ("llm", 1), "judge.model (judge.kind=llm) "),  # a reward model as the llm judge
+        (1, ("reward", 1), "model.name "),  # a reward model as the policy
+    ],
+)
+def test_train_refuses_a_model_whose_weights_are_missing(
+    demo, tmp_path, capsys, policy, judge, word
+):
+    """Random weights are never trained or judged with: one line naming the key, exit 2,
+    before Ray starts."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "say hi"}\n')
+    out_dir = tmp_path / "runs"
+    conf = tmp_path / "text.yaml"
+    conf.write_text("task:\n  kind: prompts\n")
+    args = [
+        "train",
+        str(conf),
+        f"task.dataset={data}",
+        f"model.name={demo[policy]}",
+        f"judge.kind={judge[0]}",
+        f"judge.model={demo[judge[1]]}",
+        f"output_dir={out_dir}",
+        "tracking.enabled=false",
+    ]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: {word}") and "lacks weights" in line, line
+    assert "(lm_head.weight)" in line
+    import ray
+
+    assert not ray.is_initialized()

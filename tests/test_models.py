@@ -161,3 +161,39 @@ def test_a_model_path_that_does_not_exist_is_one_line(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         check_safetensors_dir(str(tmp_path / "missing"))
     check_safetensors_dir("org/hub-name")  # a hub name is left to from_pretrained
+
+
+def _save(model, tok, d):
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def test_weights_missing_from_the_files_are_refused(tmp_path):
+    """transformers' own loading info decides: a classifier's files loaded as a causal LM
+    lack lm_head.weight, a causal LM's loaded as a classifier lack score.weight."""
+    tok = SPEC.tokenizer()
+    clf = _save(SPEC.sequence_classifier(), tok, tmp_path / "reward")
+    lm = _save(SPEC.causal_lm(), tok, tmp_path / "policy")
+    with pytest.raises(InputError, match=r"lacks weights a LlamaForCausalLM needs \(lm_head"):
+        load_policy(clf)
+    with pytest.raises(InputError, match=r"LlamaForSequenceClassification needs \(score"):
+        load_classifier(lm)
+    load_policy(lm), load_classifier(clf)  # each as what it is: loads
+
+
+def test_tied_embeddings_are_not_missing(tmp_path):
+    """A tied lm_head is not in the files (save_pretrained writes the tensor once) and is
+    the embedding after loading, not random."""
+    from safetensors import safe_open
+
+    n = len(tiny_vocab(WORDS))
+    d = _save(
+        tiny_causal_lm(n, seed=0, hidden=16, layers=1, tie_embeddings=True),
+        SPEC.tokenizer(),
+        tmp_path,
+    )
+    with safe_open(f"{d}/model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    model, _ = load_policy(d)
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)

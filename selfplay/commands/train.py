@@ -47,7 +47,10 @@ def train(
     if config is None and resume is None:
         raise InputError("train needs a CONFIG file (or --resume RUN_DIR)")
     # Bad input fails here, before Ray starts and before anything is written.
-    cfg = load_config(config, overrides) if config is not None else None
+    from selfplay.config_paths import absolute_paths
+
+    # Relative paths are this directory's: the run records them absolute.
+    cfg = absolute_paths(load_config(config, overrides)) if config is not None else None
     ckpt = None
     if resume is not None:
         from selfplay.runtime.driver.resume import check_resume  # imports no Ray
@@ -88,6 +91,7 @@ def _preflight(cfg, *, new_run: bool):
         from selfplay.judges.factory import check_judge_spec, model_judge_spec
 
         check_judge_spec(model_judge_spec(cfg.judge))
+    _check_weights(cfg)
     local = not cfg.runtime.address  # the in-process cluster: its actors run on this machine
     if local and os.environ.get("RAY_ADDRESS"):
         # ray.init would join that cluster and refuse runtime.num_cpus with a traceback.
@@ -123,6 +127,20 @@ def _preflight(cfg, *, new_run: bool):
     from selfplay.runtime.driver.build import bind_task  # imports no Ray
 
     return bind_task(cfg)
+
+
+def _check_weights(cfg) -> None:
+    """Each model the run loads from files (policy, judge) loaded once here, and refused
+    in one line when transformers reports weights missing from its files (they would be
+    random); its memory is freed before Ray starts."""
+    from selfplay.models.load import check_model_weights
+
+    if cfg.model.name != "tiny":
+        check_model_weights(cfg.model.name, "model.name")
+    model = cfg.judge.model
+    if cfg.judge.kind in ("reward", "pairwise", "llm") and not model.startswith("tiny:"):
+        kind = "causal" if cfg.judge.kind == "llm" else "classifier"
+        check_model_weights(model, f"judge.model (judge.kind={cfg.judge.kind})", kind)
 
 
 def _quiet_hub() -> None:

@@ -9,7 +9,8 @@ A POLICY argument is one of
 A run's reference π_ref is its initial policy, rebuilt from RUN_DIR/config.yaml:
 `model.name: tiny` is a tiny model built in code from `model.tiny` (seeded, so the
 same weights as at the start of the run), any other name is that model directory
-(a relative one is read from the current directory, as training read it).
+(a run records it absolute, `selfplay.config_paths`; a relative one, left by an older
+run, is read from the current directory).
 
 A policy's identity (the sample cache's key) is the SHA-256 of its config.json and
 weight files, or of the tiny spec's name. Nothing here imports Ray.

@@ -90,14 +90,53 @@ def _from_pretrained(auto_cls, name: str, what: str):
     check_safetensors_dir(name)
     if not is_local(name):
         offline_unless_reachable()
+    from transformers.utils import logging as hf_logging
+
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report: the refusal below says it in one line
+    hf_logging.disable_progress_bar()
     try:
-        model = auto_cls.from_pretrained(name, use_safetensors=True, trust_remote_code=False)
+        model, info = auto_cls.from_pretrained(
+            name, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+        )
     except (OSError, ValueError, SafetensorError) as e:
         # ValueError: e.g. a config whose auto_map needs the repository's own code.
         if re.search(r"file named \S*\.safetensors", str(e)):
             raise InputError(PICKLE_REFUSED.format(name)) from None
         raise InputError(f"cannot load {what} {name!r}: {_first_line(e)}") from None
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+    check_loading_info(info, name, what, model)
     return model, load_tokenizer(name)
+
+
+def check_loading_info(info: dict, name: str, what: str, model) -> None:
+    """InputError when transformers' loading info (`output_loading_info=True`) reports
+    weights that the files lack (`missing_keys`: transformers initialised them at random)
+    or hold in another shape (`mismatched_keys`). Tied weights (an lm_head tied to the
+    embeddings) are not missing: transformers leaves them out of `missing_keys`."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ()
+    )
+    if not missing and not mismatched:
+        return
+    bad, how = (missing, "lacks") if missing else (mismatched, "has in another shape")
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    raise InputError(
+        f"{what} {name!r} {how} weights a {type(model).__name__} needs ({shown}); they "
+        f"would be random: is it another kind of model (a reward model where a causal LM "
+        f"is wanted, or the reverse)?"
+    )
+
+
+def check_model_weights(name: str, what: str, kind: str = "causal") -> None:
+    """Load `name` once (`causal`: as a causal LM, else as a sequence classifier) and
+    refuse it when weights are missing (`check_loading_info`); the model is dropped."""
+    auto_cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    _from_pretrained(auto_cls, name, what)
 
 
 def load_policy(
@@ -109,7 +148,7 @@ def load_policy(
             name_or_path if isinstance(name_or_path, ModelSpec) else ModelSpec.parse(name_or_path)
         )
         return _finish(spec.causal_lm(), spec.tokenizer(), dtype, device)
-    model, tok = _from_pretrained(AutoModelForCausalLM, name_or_path, "policy")
+    model, tok = _from_pretrained(AutoModelForCausalLM, name_or_path, "model")
     return _finish(model, tok, dtype, device)
 
 
@@ -123,9 +162,7 @@ def load_classifier(
         )
         model, tok = spec.sequence_classifier(), spec.tokenizer()
     else:
-        model, tok = _from_pretrained(
-            AutoModelForSequenceClassification, name_or_path, "classifier"
-        )
+        model, tok = _from_pretrained(AutoModelForSequenceClassification, name_or_path, "model")
     if model.config.num_labels != 1:
         raise InputError(
             f"judge model {name_or_path!s} has {model.config.num_labels} labels; "

@@ -20,16 +20,17 @@ forever, silently.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from selfplay.config import Config
 from selfplay.errors import InputError, RunError
+from selfplay.runtime.cluster_auth import send_token
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # How long a run on an existing cluster (runtime.address) waits for resources it
@@ -48,32 +49,6 @@ def use_loopback() -> None:
     consts = sys.modules.get("ray._private.ray_constants")
     if consts is not None:
         consts.ENABLE_RAY_CLUSTER = False
-
-
-def find_token() -> str | None:
-    """The cluster token where Ray keeps it: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH,
-    else ~/.ray/auth_token (which `ray start --head` and a local `ray.init()` use)."""
-    if tok := os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return tok
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
-    try:
-        return Path(path).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def send_token() -> None:
-    """A client joining a cluster by address sends the token only with RAY_AUTH_MODE=token
-    (Ray >= 2.52), while a default head asks for it once a token exists: without it the GCS
-    refuses us and Ray retries for ~20 s. So, with RAY_AUTH_MODE unset, send it when there is
-    one (a wrong token still costs those ~20 s)."""
-    if "RAY_AUTH_MODE" in os.environ or find_token() is None:
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if "ray._raylet" in sys.modules:  # Ray read its config already: read it again
-        from ray._raylet import Config
-
-        Config.initialize("")
 
 
 def _host(address: str) -> str:
@@ -107,16 +82,42 @@ def init_ray(cfg: Config) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if is_loopback(cfg.runtime.address):
         use_loopback()
-    if cfg.runtime.address:
-        send_token()
-        ray.init(address=cfg.runtime.address, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=cfg.runtime.num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            dashboard_host="127.0.0.1",
-        )
+    with _overloaded():
+        if cfg.runtime.address:
+            send_token(cfg.runtime.address)
+            ray.init(address=cfg.runtime.address, log_to_driver=False)
+        else:
+            # "local": a new cluster in this process, even where `ray start` recorded one
+            # (ray.init() alone joins that, and refuses num_cpus for it).
+            ray.init(
+                address="local",
+                num_cpus=cfg.runtime.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                dashboard_host="127.0.0.1",
+            )
+
+
+STARTUP_TIMEOUT = "timed out during startup"  # ray._private.node: its raylet never registered
+
+
+@contextlib.contextmanager
+def _overloaded():
+    """`ray.init` giving up on a node that did not come up within Ray's own bound (30 s,
+    `ray._private.node`) is one line: the machine is too busy to start Ray."""
+    import ray
+
+    try:
+        yield
+    except Exception as e:
+        if STARTUP_TIMEOUT not in str(e):
+            raise
+        ray.shutdown()  # the processes it did start
+        raise RunError(
+            "Ray could not start: its node timed out during startup (Ray waits 30 s for "
+            "it); the machine is overloaded: retry when it is less busy, or lower "
+            "runtime.num_cpus"
+        ) from None
 
 
 def check_reachable(address: str) -> None:
@@ -142,7 +143,7 @@ def connect(address: str | None) -> str:
         check_reachable(addr)  # also refuses a job-server URL
     if is_loopback(addr):
         use_loopback()  # else Ray dials the machine's address, where nothing listens
-    send_token()
+    send_token(addr)
     import ray
 
     from selfplay.runtime.workers.control import NAMESPACE

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -128,3 +129,47 @@ def completions_table(tables: list, limit: int = 8) -> dict[str, list] | None:
                 cols["g"].append(d["g"][i])
                 cols["version"].append(d["sampler_version"][i])
     return cols if cols["step"] else None
+
+
+def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tuple[Path, int]:
+    """Write RUN_DIR/model/ (or `out`) from the run's newest intact checkpoint, without
+    Ray: the policy's weights after that step, exactly as the run would have exported
+    them. Returns (the model dir, the checkpoint's step). InputError for a run dir
+    another process trains in, one without a checkpoint, or one sharded over several
+    learners (its `--resume` exports it)."""
+    from selfplay.config import Config
+    from selfplay.errors import InputError
+    from selfplay.models.weights import flatten_state_dict
+    from selfplay.runtime.checkpoint.codec import unpack_learner_state
+    from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR, load_latest
+    from selfplay.runtime.driver.build import _build_model, _tokenizer, model_spec
+    from selfplay.runtime.driver.rundir import lock_run_dir
+    from selfplay.tasks import make_task
+
+    d = Path(run_dir)
+    if not (d / "config.yaml").is_file():
+        raise InputError(f"{d}: not a selfplay run directory (no config.yaml)")
+    lock_run_dir(d)  # not while a run trains in it
+    ckpt = load_latest(d / CHECKPOINT_DIR)
+    try:
+        cfg = Config.model_validate(ckpt.meta["config"])
+        ranks = ckpt.meta["controller"]["learners"]
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{d}: checkpoint {ckpt.path.name} holds no valid config") from None
+    if len(ranks) != 1:
+        raise InputError(
+            f"{d}: checkpoint {ckpt.path.name} is sharded over {len(ranks)} learners; "
+            f"`selfplay train --resume {d} runtime.steps={ckpt.step + 1}` exports its model"
+        )
+    state = unpack_learner_state(ckpt.tensors["learner-0"], ranks[0])
+    spec = model_spec(cfg, make_task(cfg.task))
+    model = _build_model(spec, cfg.model.dtype)
+    names = [n for n, _ in model.named_parameters()]
+    if len(names) != len(state.params):
+        raise InputError(
+            f"{d}: checkpoint {ckpt.path.name} holds {len(state.params)} tensors, the "
+            f"policy {len(names)}"
+        )
+    flat = flatten_state_dict(dict(zip(names, state.params, strict=True)))
+    build = functools.partial(_build_model, spec, cfg.model.dtype)
+    return export_policy(flat, build, _tokenizer(cfg, spec), d, out), ckpt.step

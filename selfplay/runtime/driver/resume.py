@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from selfplay.config import Config, load_config
+from selfplay.config_paths import absolute_paths
 from selfplay.errors import InputError
 from selfplay.runtime.checkpoint.codec import (
     pack_arrays,
@@ -119,8 +120,11 @@ def check_resume(
         raise InputError(f"--resume {d}: not a selfplay run directory (no config.yaml)")
     lock_run_dir(d)  # a second process stops here; the checks below read a quiet run dir
     want = cfg if cfg is not None else load_config(d / "config.yaml", overrides)
+    # Paths compared absolute, from here (a run made before runs recorded them so was
+    # started here too, or its relative paths name other files now).
+    want = absolute_paths(want)
     ckpt = load_latest(d / CHECKPOINT_DIR, warn=warn)
-    have = _config_of(ckpt, d)
+    have = absolute_paths(_config_of(ckpt, d))
     a, b = _flat(have.model_dump(mode="json")), _flat(want.model_dump(mode="json"))
     diff = [k for k in sorted(set(a) | set(b)) if not _resumable(k) and a.get(k) != b.get(k)]
     if diff:

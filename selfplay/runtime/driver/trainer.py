@@ -21,15 +21,21 @@ from pathlib import Path
 import ray
 
 from selfplay.config import Config
+from selfplay.config_paths import absolute_paths
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
+from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
+from selfplay.runtime.driver.disk import disk_full
 from selfplay.runtime.driver.evaluate import SampledEval, with_exact
 from selfplay.runtime.driver.export import (
+    MODEL_DIR,
+    ROLLOUT_DIR,
     completions_table,
     export_policy,
     keep_policy,
+    policy_dir,
     write_rollouts,
 )
 from selfplay.runtime.driver.report import (
@@ -58,7 +64,9 @@ def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> Run
     bound by `build.bind_task` (else `build` binds it).
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
-    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    `rundir.Stopped` (see `selfplay.runtime.driver.rundir`). Relative paths in `cfg`
+    are this directory's, and the run records them absolute (`config_paths`)."""
+    cfg = absolute_paths(cfg)
     own_cluster = not ray.is_initialized() and not cfg.runtime.address
     init_ray(cfg)
     if own_cluster:
@@ -167,10 +175,12 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 if last or (step + 1) % cfg.eval.every == 0:
                     sampled.issue(step + 1, ctl)
                 record(sampled.poll())
-            _rollouts(cfg, run_dir, step + 1, recs, tracker)
+            with disk_full(run_dir / ROLLOUT_DIR, _go_on(run_dir)):
+                _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
                 main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
-                keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
+                with disk_full(policy_dir(run_dir, step + 1), _go_on(run_dir)):
+                    keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
             if tracker is not None:
                 tracker.log_metrics(
                     {k: v for k, v in m.items() if k != "step" and isinstance(v, float | int)},
@@ -181,7 +191,10 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 finish_exact()  # a resumed run has every evaluation until here
                 if sampled is not None:
                     record(sampled.drain())
-                save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0})
+                with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
+                    save_checkpoint(
+                        ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0}
+                    )
             if stop and step + 1 < cfg.runtime.steps:
                 _stopped(stop, step + 1, cfg.runtime.steps, run_dir)
 
@@ -208,27 +221,34 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         if sampled is not None:
             record(sampled.drain())
         seconds = time.perf_counter() - t0
-        final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
-        model_dir = export_policy(
-            ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
-        )
+        with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
+            final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
+        with disk_full(
+            run_dir / MODEL_DIR,
+            f"the final checkpoint {final.name} is intact: free space, then write the model "
+            f"with `selfplay export {run_dir}`",
+        ):
+            model_dir = export_policy(
+                ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
+            )
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
         summary["eval"] = last_eval(history)
-        eval_plot = plot_eval(
-            history, run_dir / "eval" / "win_rate.png", f"{cfg.algo.name} on {run.task.source}"
-        )
-        plot = plot_history(
-            history,
-            ev.plot_keys,
-            run_dir / f"{ev.headline}.png",
-            f"{cfg.algo.name} on {run.task.source}",
-        )
-        # Always valid JSON: a diverged run's NaN/inf are written as null.
-        (run_dir / "summary.json").write_text(dumps(summary, indent=1))
-        (run_dir / "history.json").write_text(dumps(history, indent=1))
-        (run_dir / "records.json").write_text(dumps([record_json(r) for r in ctl.records]))
+        with disk_full(run_dir, f"its final checkpoint {final.name} and model/ are written"):
+            eval_plot = plot_eval(
+                history, run_dir / "eval" / "win_rate.png", f"{cfg.algo.name} on {run.task.source}"
+            )
+            plot = plot_history(
+                history,
+                ev.plot_keys,
+                run_dir / f"{ev.headline}.png",
+                f"{cfg.algo.name} on {run.task.source}",
+            )
+            # Always valid JSON: a diverged run's NaN/inf are written as null.
+            (run_dir / "summary.json").write_text(dumps(summary, indent=1))
+            (run_dir / "history.json").write_text(dumps(history, indent=1))
+            (run_dir / "records.json").write_text(dumps([record_json(r) for r in ctl.records]))
         if tracker is not None:
             final_metrics = {f"final_{ev.headline}": summary.get(ev.headline)}
             final_metrics["samples_per_s"] = summary["samples_per_s"]
@@ -263,6 +283,17 @@ def _rollouts(cfg: Config, run_dir: Path, step: int, recs, tracker) -> None:
         write_rollouts(tables, run_dir, step)
     if tracker is not None and (table := completions_table(tables)) is not None:
         tracker.log_table(table, f"completions/step-{step:06d}.json")
+
+
+def _go_on(run_dir: Path) -> str:
+    """What a run that failed to write can go on from: its newest checkpoint, if any."""
+    saved = sorted((run_dir / CHECKPOINT_DIR).glob("step-*"))
+    if not saved:
+        return "no checkpoint was written yet: free space and start the run again"
+    return (
+        f"the last checkpoint {saved[-1].name} is intact: free space, then continue with "
+        f"`selfplay train --resume {run_dir}`"
+    )
 
 
 def _stopped(stop, done: int, steps: int, run_dir: Path) -> None:

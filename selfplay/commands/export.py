@@ -1,0 +1,26 @@
+"""`selfplay export RUN_DIR [--out DIR]`: a run's model/ from its newest checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("run_dir", type=str)
+@click.option(
+    "--out", default=None, metavar="DIR", help="Where to write it [RUN_DIR/model]; replaced."
+)
+def export(run_dir: str, out: str | None) -> None:
+    """Write RUN_DIR/model (safetensors, config, tokenizer) from the run's newest intact
+    checkpoint, without Ray and without training: after a failed export (a full disk),
+    or for the policy of a run that stopped early. Prints the directory written."""
+    from pathlib import Path
+
+    from selfplay.runtime.driver.disk import disk_full
+    from selfplay.runtime.driver.export import MODEL_DIR, export_from_checkpoint
+
+    target = Path(out) if out else Path(run_dir) / MODEL_DIR
+    with disk_full(target, "the run's checkpoints are intact: free space and export again"):
+        path, step = export_from_checkpoint(run_dir, Path(out) if out else None)
+    click.echo(f"wrote {path} (the policy after step {step})", err=True)
+    click.echo(str(path))
