@@ -21,8 +21,9 @@ from pathlib import Path
 import ray
 
 from selfplay.config import Config
-from selfplay.errors import RunError
 from selfplay.outputs import dumps
+from selfplay.runtime import waits
+from selfplay.runtime.checkpoint.codec import rng_state, set_rng_state
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
 from selfplay.runtime.driver.evaluate import SampledEval, with_exact
@@ -32,6 +33,7 @@ from selfplay.runtime.driver.export import (
     keep_policy,
     write_rollouts,
 )
+from selfplay.runtime.driver.failures import run_failure, wait_failure
 from selfplay.runtime.driver.report import (
     format_summary,
     last_eval,
@@ -82,6 +84,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         run_dir = resume.path.parent.parent
         lock_run_dir(run_dir)  # already held when `check_resume` ran in this process
     stop.run_dir = run_dir
+    ctl.stop = stop  # a wait for lost actors' replacements ends at the first signal
     cfg_path = write_config(cfg, run_dir)  # atomically, after the config was checked
     if resume is None:
         ctl.init_versions()
@@ -169,7 +172,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 record(sampled.poll())
             _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
-                main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
+                main = waits.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
                 keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
             if tracker is not None:
                 tracker.log_metrics(
@@ -187,31 +190,23 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
 
         try:
             ctl.run(cfg.runtime.steps, on_step=on_step)
-        except ray.exceptions.RayActorError as e:
-            raise RunError(
-                f"a learner died at step {ctl.next_step} ({type(e).__name__}); the "
-                f"last checkpoint is intact: continue with `selfplay train --resume "
-                f"{run_dir}`"
-            ) from None
-        except ray.exceptions.RayTaskError as e:  # a learner's step raised (e.g. overflow)
-            cause = str(getattr(e, "cause", None) or e).strip().splitlines()
-            saved = any((run_dir / "checkpoints").glob("step-*"))
-            raise RunError(
-                f"a learner failed at step {ctl.next_step}: {cause[-1] if cause else e!r}"
-                + (
-                    f"; its checkpoints are intact (`selfplay train --resume {run_dir}`)"
-                    if saved
-                    else ""
-                )
-            ) from None
-        finish_exact()
-        if sampled is not None:
-            record(sampled.drain())
-        seconds = time.perf_counter() - t0
-        final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
-        model_dir = export_policy(
-            ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
-        )
+            finish_exact()
+            if sampled is not None:
+                record(sampled.drain())
+            seconds = time.perf_counter() - t0
+            # The model first: a final checkpoint that fails (out of memory, of disk)
+            # leaves the trained policy in RUN_DIR/model all the same. Building the
+            # model draws from the RNGs; the checkpoint keeps them as the run left them.
+            rng = rng_state()
+            model_dir = export_policy(
+                waits.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
+            )
+            set_rng_state(*rng)
+            final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
+        except waits.WaitAborted as e:  # no node could host a lost worker, or a signal
+            raise wait_failure(e, ctl.next_step, run_dir) from None
+        except ray.exceptions.RayError as e:  # a learner died or raised, out of memory
+            raise run_failure(e, ctl.next_step, run_dir) from None
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
@@ -256,7 +251,7 @@ def _rollouts(cfg: Config, run_dir: Path, step: int, recs, tracker) -> None:
         return
     tables = [
         with_step(t, step, r.output.role)
-        for r, t in zip([r for r in recs if r.rows_ref is not None], ray.get(refs), strict=True)
+        for r, t in zip([r for r in recs if r.rows_ref is not None], waits.get(refs), strict=True)
         if t is not None
     ]
     if cfg.rollout.save == "every":

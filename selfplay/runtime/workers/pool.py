@@ -69,6 +69,7 @@ class RolloutPool:
     make_worker: Callable[[], object] | None = None  # one new RolloutActor (run.py)
     autoscale: Autoscaler | None = None
     join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
+    needs: str = ""  # one worker's Ray resources, as the messages name them
     control: object = None  # the run's RunControl actor, once `open_control` ran
     resizes: list[Resize] = field(default_factory=list)
     replaced: int = 0  # workers replaced after their process died
@@ -116,15 +117,15 @@ class RolloutPool:
                     self._drops.setdefault(w, []).append(v)
                     have.discard(v)
 
-    def heal(self) -> int:
-        """Replace dead workers in their slots; returns how many were replaced."""
+    def heal(self) -> list[int]:
+        """Replace dead workers in their slots; returns the slots replaced."""
         old = list(self.workers)
         dead = replace_dead(self.workers, self.make_worker)
         for i in dead:
             self._loaded.pop(old[i], None)
             self._drops.pop(old[i], None)
         self.replaced += len(dead)
-        return len(dead)
+        return dead
 
     # ------------------------------------------------------------- elastic
     @property
