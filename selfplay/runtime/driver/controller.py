@@ -57,7 +57,7 @@ from selfplay.algos.plan import StepPlan, refreshed, source_roles
 from selfplay.errors import RunError
 from selfplay.runtime import waits
 from selfplay.runtime.driver.store import PolicyStore, staleness
-from selfplay.runtime.workers.pool import Resize, RolloutPool, replace_dead
+from selfplay.runtime.workers.pool import Resize, RolloutPool, heal
 from selfplay.types import SamplerVersion, Version
 
 
@@ -294,30 +294,16 @@ class Controller:
                         f"{pend.reissues + 1} times (a rollout worker or preference "
                         f"server died: {type(e).__name__}); giving up"
                     ) from None
-            self._heal()
+            # ...and waits (bounded by node_wait_s) for the replacements to be up
+            self.judges_replaced += heal(
+                self.rollout_pool,
+                self.judges,
+                self.make_judge,
+                self.settings.node_wait_s,
+                self.stop,
+            )
             pend.reissues += 1  # even with nothing replaced: the reissue runs on live actors
             self._issue(pend)
-
-    def _heal(self) -> None:
-        """Replace dead rollout workers and judges in their slots and wait (bounded by
-        `node_wait_s`, or a stop signal: `waits.WaitAborted`) until the new ones are up:
-        a batch issued to an actor no node can host would wait forever."""
-        workers = self.rollout_pool.heal()
-        dead = replace_dead(self.judges, self.make_judge)
-        self.judges_replaced += len(dead)
-        new = [*(self.rollout_pool.workers[i] for i in workers), *(self.judges[i] for i in dead)]
-        what = " and ".join(
-            f"{n} {name}{'s' if n > 1 else ''}"
-            for n, name in ((len(workers), "rollout worker"), (len(dead), "preference server"))
-            if n
-        )
-        needs = self.rollout_pool.needs if workers else ""
-        waits.await_ready(
-            new,
-            what=what + (f" ({needs})" if needs else ""),
-            wait_s=self.settings.node_wait_s,
-            stop=self.stop,
-        )
 
     # ------------------------------------------------------------- training
     def _predicted_staleness(self, nxt: tuple[int, int], cur: tuple[int, int]) -> int:

@@ -43,7 +43,7 @@ def resume_hint(run_dir: Path) -> str:
 
 def oom_cause(e: BaseException) -> str | None:
     """The text of Ray's out-of-memory error inside `e`, or None if `e` is not one."""
-    for x in (e, getattr(e, "cause", None)):
+    for x in (getattr(e, "cause", None), e):  # the cause: Ray's message, not a task's header
         if isinstance(x, ray.exceptions.OutOfMemoryError):
             return str(x)
     text = str(e)

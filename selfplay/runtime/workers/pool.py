@@ -63,6 +63,28 @@ def replace_dead(actors: list, make: Callable[[], object] | None) -> list[int]:
     return dead
 
 
+def heal(pool, judges: list, make_judge, wait_s: float, stop=None) -> int:
+    """Replace the dead rollout workers of `pool` and the dead `judges` in their slots,
+    and wait until the new ones are up: at most `wait_s` seconds, or until `stop` (a
+    `StopRequest`) is set (`waits.await_ready`, raising `WaitAborted`), as a batch
+    issued to an actor that no node can host would wait forever. Returns the number
+    of judges replaced."""
+    from selfplay.runtime import waits
+
+    workers = pool.heal()
+    dead = replace_dead(judges, make_judge)
+    new = [*(pool.workers[i] for i in workers), *(judges[i] for i in dead)]
+    what = " and ".join(
+        f"{n} {name}{'s' if n > 1 else ''}"
+        for n, name in ((len(workers), "rollout worker"), (len(dead), "preference server"))
+        if n
+    )
+    if workers and pool.needs:
+        what += f" ({pool.needs})"
+    waits.await_ready(new, what=what, wait_s=wait_s, stop=stop)
+    return len(dead)
+
+
 @dataclass
 class RolloutPool:
     workers: list
