@@ -31,7 +31,6 @@ from test_resume import ENV, QUICKSTART, ROOT, SELFPLAY
 from test_resume import SMALL as CLI_SMALL
 
 from selfplay.config import load_config
-from selfplay.runtime import waits
 from selfplay.runtime.checkpoint import format as ck
 from selfplay.runtime.driver.build import build
 
@@ -76,7 +75,9 @@ def multi():
         mp.undo()
 
 
-def test_node_lost_then_another_added_the_run_finishes(multi, tmp_path, monkeypatch, capsys):
+def test_node_lost_then_another_added_the_run_finishes(multi, tmp_path, monkeypatch):
+    from selfplay.runtime import waits
+
     node = multi.add_node(**ROLLOUT_NODE)
     cfg = load_config(
         CONF,

@@ -45,9 +45,7 @@ class OutOfMemoryAtSecondState(Learner):
         return super().state()
 
 
-def test_oom_at_the_final_checkpoint_is_one_line_and_loses_nothing(
-    cluster, tmp_path, monkeypatch
-):
+def test_oom_at_the_final_checkpoint_is_one_line_and_loses_nothing(cluster, tmp_path, monkeypatch):
     from ray import cloudpickle
 
     from selfplay.runtime.driver.resume import check_resume
