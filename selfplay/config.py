@@ -228,6 +228,13 @@ class RuntimeConfig(_Strict):
         description="times one batch is reissued after a rollout worker or "
         "preference server died, before the run fails",
     )
+    node_wait_s: float = Field(
+        120.0,
+        ge=0,
+        le=86400,
+        description="seconds a run waits for a dead rollout worker or preference server's "
+        "replacement to start (its node lost, none other can host it) before it fails",
+    )
 
 
 class EvalConfig(_Strict):

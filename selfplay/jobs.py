@@ -229,6 +229,7 @@ def connect(address: str | None = None):
     """A `JobSubmissionClient` for the job server at `address` (checked to answer); when
     the server asks for a token that the SDK did not send, send the cluster's (above)."""
     addr = job_address(address)
+    _probe(addr)  # a server that accepts and never answers would hold the SDK for minutes
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
     from requests.exceptions import HTTPError
@@ -249,6 +250,24 @@ def connect(address: str | None = None):
             ):
                 raise
         return JobSubmissionClient(addr, headers={"Authorization": f"Bearer {token}"})
+
+
+def _probe(url: str) -> None:
+    """Refuse in one line a job server URL whose port accepts connections but does not
+    answer an HTTP request within `cluster.probe_timeout()` seconds."""
+    from urllib.parse import urlsplit
+
+    from selfplay.runtime.cluster import probe
+
+    u = urlsplit(url)
+    try:
+        host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        raise InputError(f"bad job server URL {url!r}") from None
+    if not host:
+        raise InputError(f"bad job server URL {url!r}")
+    hello = f"GET /api/version HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n"
+    probe(host, port, hello.encode(), "Ray job server", url, why=False)
 
 
 def submit(client, sub: Submission) -> str:

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import click
 
 from selfplay.errors import InputError
 from selfplay.evaluation.sampling import GAME_UNITS, eval_units
+
+# Bounds on an evaluation's size, checked before anything starts: every prompt (a game's
+# every draw) is one generate call per policy and S responses, all held in memory.
+MAX_PROMPTS = 100_000
+MAX_SAMPLES = 1024
 
 
 @click.command("eval")
@@ -76,12 +82,28 @@ def eval_cmd(policies, as_json, no_mlflow, no_progress, **opts) -> None:
         from selfplay.tracking import check_store
 
         check_store(uri)
+    import ray
+
     from selfplay.evaluation.exact import blind_spots
     from selfplay.evaluation.runner import format_report, run_eval
     from selfplay.runtime.cluster import init_ray
+    from selfplay.runtime.driver.rundir import Stopped, reap_cluster_with_driver, stop_on_signals
 
+    own_cluster = not ray.is_initialized() and not plan.cfg.runtime.address
     init_ray(plan.cfg)
-    report = run_eval(plan, progress=not no_progress)
+    if own_cluster:  # its Ray processes die with this one, however it dies
+        reap_cluster_with_driver()
+    with stop_on_signals() as stop:  # after ray.init, which installs its own SIGTERM handler
+        try:
+            report = run_eval(plan, progress=not no_progress, stop=stop)
+        except Stopped as e:
+            cached = f"the draws made so far are cached in {plan.cache}: " if plan.cache else ""
+            click.echo(
+                f"error: {str(e).split(';')[0]}; nothing was reported; {cached}"
+                f"the same command goes on from there",
+                err=True,
+            )
+            sys.exit(e.exit_code)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(dumps(report, indent=1))
     if not no_mlflow:
@@ -120,8 +142,10 @@ def make_plan(
         )
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
-    if num_prompts is not None and num_prompts < 1:
-        raise InputError(f"--num-prompts must be >= 1, got {num_prompts}")
+    if num_prompts is not None and not 1 <= num_prompts <= MAX_PROMPTS:
+        raise InputError(f"--num-prompts must be in [1, {MAX_PROMPTS}], got {num_prompts}")
+    if samples > MAX_SAMPLES:
+        raise InputError(f"--samples must be <= {MAX_SAMPLES}, got {samples}")
     if not 0 <= seed <= SEED_MAX:
         raise InputError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     if league is not None and not pol.is_run_dir(league):

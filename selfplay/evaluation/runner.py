@@ -86,8 +86,9 @@ def _flat(policy: Policy, dtype: str):
     return flatten_state_dict(model)
 
 
-def draw(plan: EvalPlan, progress: bool = True) -> Drawn:
-    """Every policy's S responses to every eval prompt, from the cache or sampled."""
+def draw(plan: EvalPlan, progress: bool = True, stop=None) -> Drawn:
+    """Every policy's S responses to every eval prompt, from the cache or sampled;
+    `stop`: a `StopRequest` that ends it (`Stopped`), each draw so far cached."""
     import ray
 
     from selfplay.runtime.driver.build import make_rollout_worker
@@ -119,6 +120,7 @@ def draw(plan: EvalPlan, progress: bool = True) -> Drawn:
                         got,
                         prepare=lambda w, v=version, r=ref: w.load.remote(v, [r]),
                         bar=bar,
+                        stop=stop,
                     )
                 for w in workers:
                     w.drop.remote(version)
@@ -130,7 +132,7 @@ def draw(plan: EvalPlan, progress: bool = True) -> Drawn:
     return out
 
 
-def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True):
+def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True, stop=None):
     """({(i, j): [U, S] P(y_i ≻ y_j)}, {(i, j): [U, S] len(y_i) − len(y_j)}) for i < j."""
     import ray
 
@@ -148,7 +150,7 @@ def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True):
             for i in range(m):
                 for j in range(i + 1, m):
                     a, b = drawn.samples[i], drawn.samples[j]
-                    pairs[(i, j)] = compare(judges, a, b, bar=bar)
+                    pairs[(i, j)] = compare(judges, a, b, bar=bar, stop=stop)
                     la = np.stack([s.lengths for s in a]).astype(np.float64)
                     lengths[(i, j)] = la - np.stack([s.lengths for s in b])
     finally:
@@ -157,15 +159,17 @@ def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True):
     return pairs, lengths
 
 
-def run_eval(plan: EvalPlan, progress: bool = True) -> dict:
-    """Sample, judge and report (module docstring); the report is JSON-safe."""
+def run_eval(plan: EvalPlan, progress: bool = True, stop=None) -> dict:
+    """Sample, judge and report (module docstring); the report is JSON-safe. `stop`:
+    the `StopRequest` of `rundir.stop_on_signals`; once set, `Stopped` is raised
+    within `waits.POLL_S`, every draw finished so far cached."""
     from selfplay.evaluation.exact import exact_gaps
     from selfplay.games.league import league_report
 
     t0 = time.perf_counter()
-    drawn = draw(plan, progress)
+    drawn = draw(plan, progress, stop)
     t1 = time.perf_counter()
-    pairs, lengths = judge_all(plan, drawn, progress)
+    pairs, lengths = judge_all(plan, drawn, progress, stop)
     names = [p.name for p in plan.policies]
     report = league_report(names, pairs, lengths)
     exact = exact_gaps(plan)

@@ -195,16 +195,27 @@ def issue_draws(workers: list, version, prompts: Prompts, k: int, seeds: list[in
 
 
 def sample_policy(
-    workers: list, version, prompts: Prompts, k: int, seeds: list[int], *, prepare=None, bar=None
+    workers: list,
+    version,
+    prompts: Prompts,
+    k: int,
+    seeds: list[int],
+    *,
+    prepare=None,
+    bar=None,
+    each=None,
+    stop=None,
 ) -> list[Samples]:
     """`issue_draws`, waited on: slim `Samples` per prompt, in order.
 
     prepare(worker): called once per worker before its first call (load the version);
-    bar: a tqdm bar advanced by one per prompt done."""
+    bar: a tqdm bar advanced by one per prompt done; each(i, samples): called as
+    prompt i's draw comes in; stop: a `StopRequest` (`_gather`)."""
     for w in workers if prepare is not None else ():
         prepare(w)
     refs = issue_draws(workers, version, prompts, k, seeds)
-    return [s.slim() for s in _gather(refs, bar)]
+    slim = None if each is None else (lambda i, s: each(i, s.slim()))
+    return [s.slim() for s in _gather(refs, bar, each=slim, stop=stop)]
 
 
 def lookup(cache: SampleCache, identity: str, prompts: Prompts, seed: int) -> list:
@@ -227,18 +238,32 @@ def draw_missing(
     *,
     prepare=None,
     bar=None,
+    stop=None,
 ) -> int:
     """Fill the None entries of `got` (from `lookup`) by sampling `version` on
-    `workers` (`sample_policy`), and cache them; returns the number of responses drawn."""
+    `workers` (`sample_policy`), caching each draw as it comes in (a stopped
+    evaluation keeps what it drew); returns the number of responses drawn."""
     rows = [u for u, g in enumerate(got) if g is None]
     if not rows:
         return 0
     keys = prompt_keys(prompts)
     seeds = [unit_seed(seed, identity, keys[u]) for u in rows]
-    new = sample_policy(workers, version, prompts.take(rows), k, seeds, prepare=prepare, bar=bar)
-    for u, sd, smp in zip(rows, seeds, new, strict=True):
-        cache.put(identity, keys[u], sd, smp)
-        got[u] = smp
+
+    def keep(i: int, smp) -> None:
+        cache.put(identity, keys[rows[i]], seeds[i], smp)
+        got[rows[i]] = smp
+
+    sample_policy(
+        workers,
+        version,
+        prompts.take(rows),
+        k,
+        seeds,
+        prepare=prepare,
+        bar=bar,
+        each=keep,
+        stop=stop,
+    )
     return k * len(rows)
 
 
@@ -255,25 +280,39 @@ def issue_compare(judges: list, a: list, b: list, *, chunk: int = 16) -> list[tu
     ]
 
 
-def compare(judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None):
+def compare(
+    judges: list, a: list[Samples], b: list[Samples], *, chunk: int = 16, bar=None, stop=None
+):
     """[U, S] P(a_u,r ≻ b_u,r) (`issue_compare`, waited on); NaN where the judge's
     failure policy masked a comparison."""
     if not a:
         return np.zeros((0, 0))
     calls = issue_compare(judges, a, b, chunk=chunk)
-    out = _gather([r for _, r in calls], bar, [n for n, _ in calls])
+    out = _gather([r for _, r in calls], bar, [n for n, _ in calls], stop=stop)
     return np.concatenate(out).reshape(len(a), a[0].k)
 
 
-def _gather(refs: list, bar, weights: list[int] | None = None) -> list:
-    """ray.get of `refs` in order, advancing `bar` as each one finishes."""
+def _gather(refs: list, bar, weights: list[int] | None = None, *, each=None, stop=None) -> list:
+    """ray.get of `refs` in order, advancing `bar` and calling each(i, value) as each one
+    finishes. It waits in slices of `waits.POLL_S` (a blocking ray.get would hold the
+    signal handlers) and raises `Stopped` once `stop` (a `StopRequest`) is set."""
     import ray
 
-    if bar is None:
-        return ray.get(refs)
+    from selfplay.runtime.driver.rundir import Stopped
+    from selfplay.runtime.waits import POLL_S
+
     w = dict(zip(refs, weights or [1] * len(refs), strict=True))
+    at = {r: i for i, r in enumerate(refs)}
+    out: list = [None] * len(refs)
     pending = list(refs)
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        bar.update(sum(w[r] for r in done))
-    return ray.get(refs)
+        if stop:
+            raise Stopped(f"stopped by {stop.name}", stop.signum)
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        if bar is not None:
+            bar.update(sum(w[r] for r in done))
+        for r, value in zip(done, ray.get(done, timeout=60), strict=True):
+            out[at[r]] = value
+            if each is not None:
+                each(at[r], value)
+    return out

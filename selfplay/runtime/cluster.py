@@ -120,6 +120,48 @@ def _overloaded():
         ) from None
 
 
+# How long a command waits for a cluster's address to answer before it gives up in one
+# line (a port that accepts connections and never answers made `ray.init` hang for
+# minutes); $SELFPLAY_PROBE_TIMEOUT_S overrides it.
+PROBE_TIMEOUT_S = 5.0
+# The client's side of an HTTP/2 connection's start (RFC 9113 §3.4): its preface and
+# an empty SETTINGS frame. A gRPC server (Ray's GCS) answers with its SETTINGS frame.
+H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def probe_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("SELFPLAY_PROBE_TIMEOUT_S", PROBE_TIMEOUT_S)))
+    except ValueError:
+        return PROBE_TIMEOUT_S
+
+
+def probe(host: str, port: int, hello: bytes, what: str, shown: str, why: bool = True) -> None:
+    """Connect to `host:port`, send `hello` and wait at most `probe_timeout()` seconds
+    for the server to answer it (any bytes, or closing the connection): a port that
+    accepts connections but never answers is refused in one line (InputError), as is
+    one that refuses them (with the reason when `why`)."""
+    import select
+
+    timeout = probe_timeout()
+    try:
+        sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
+    except OSError as e:
+        reason = f" ({e.strerror or e})" if why else ""
+        raise InputError(f"cannot reach the {what} at {shown}{reason}") from None
+    with sock:
+        try:
+            sock.sendall(hello)
+            ready, _, _ = select.select([sock], [], [], timeout)
+        except OSError:
+            return  # reset as we spoke: something answers, not the silent kind
+    if not ready:
+        raise InputError(
+            f"the {what} at {shown} accepts connections but did not answer within "
+            f"{timeout:g} s ($SELFPLAY_PROBE_TIMEOUT_S); is that the right address?"
+        )
+
+
 def check_reachable(address: str) -> None:
     """A GCS that does not answer makes `ray.init` hang for minutes: probe it first."""
     if address.startswith(("http://", "https://")):
@@ -130,10 +172,7 @@ def check_reachable(address: str) -> None:
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise InputError(f"--address must be HOST:PORT of the Ray GCS or 'auto', got {address!r}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
-    except OSError as e:
-        raise InputError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
+    probe(host, int(port), H2_HELLO, "Ray cluster", address)
 
 
 def connect(address: str | None) -> str:

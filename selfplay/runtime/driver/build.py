@@ -55,6 +55,12 @@ def make_rollout_worker(spec, cfg: Config, sampling):
     ).remote(functools.partial(_build_backend, spec, r.backend, cfg.model.dtype), sampling)
 
 
+def worker_bundle(r) -> dict[str, float]:
+    """One rollout worker's Ray resources (the rollout section's), as Ray is asked."""
+    bundle = {"CPU": r.num_cpus, "GPU": r.num_gpus, **r.resources}
+    return {k: float(v) for k, v in bundle.items() if v > 0}
+
+
 def _autoscaler(r):
     """The rollout autoscale policy, or None; its bundle is one worker's Ray resources."""
     from selfplay.runtime.workers.control import Autoscaler
@@ -62,13 +68,8 @@ def _autoscaler(r):
     if r.autoscale is None:
         return None
     a = r.autoscale
-    bundle = {"CPU": r.num_cpus, "GPU": r.num_gpus, **r.resources}
     return Autoscaler(
-        a.min_workers,
-        a.max_workers,
-        a.target_queue_depth,
-        {k: float(v) for k, v in bundle.items() if v > 0},
-        window=a.window,
+        a.min_workers, a.max_workers, a.target_queue_depth, worker_bundle(r), window=a.window
     )
 
 
@@ -239,6 +240,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
         seed=cfg.seed,
         max_reissues=cfg.runtime.max_reissues,
         pad_id=tok.pad_token_id,
+        node_wait_s=cfg.runtime.node_wait_s,
     )
     pool = RolloutPool(
         rollout,
@@ -247,6 +249,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
         join_wait_s=r.join_wait_s,
         needs=run_needs(cfg, len(rollout)),
         grows=bool(cfg.runtime.address),
+        worker_resources=", ".join(f"{k}: {v:g}" for k, v in worker_bundle(r).items()),
     )
     ctl = Controller(
         algo.plan(hyper), settings, pool, judges, learners, task.prompts, make_judge=make_judge

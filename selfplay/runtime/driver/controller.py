@@ -32,7 +32,11 @@ Elastic rollout pool and healing (`selfplay.runtime.workers.pool`): at each phas
 boundary the pool is resized to the run's `RunControl` target. A batch whose
 rollout worker or preference server died is reissued: the dead actors are
 replaced in their slots and the same prompts are sampled again from the same
-versions with the same seeds (`collect`), at most `max_reissues` times.
+versions with the same seeds (`collect`), at most `max_reissues` times. A worker
+lost with its node is replaced the same way, on the remaining or new nodes; while
+no node can host it the controller waits at most `node_wait_s`, saying so
+(`selfplay.runtime.waits.await_ready`), then fails with `WaitAborted`. Every wait on
+Ray is made in slices (`waits.get`), so a stop signal is honoured at any time.
 
 Checkpoints (`selfplay.runtime.driver.resume`) are taken at step boundaries; the
 controller's state is `next_step`, the prompt `cursor`, the policy store and
@@ -51,8 +55,9 @@ import ray
 
 from selfplay.algos.plan import StepPlan, refreshed, source_roles
 from selfplay.errors import RunError
+from selfplay.runtime import waits
 from selfplay.runtime.driver.store import PolicyStore, staleness
-from selfplay.runtime.workers.pool import Resize, RolloutPool, replace_dead
+from selfplay.runtime.workers.pool import Resize, RolloutPool, heal
 from selfplay.types import SamplerVersion, Version
 
 
@@ -65,6 +70,7 @@ class ControllerSettings:
     seed: int
     max_reissues: int = 3
     pad_id: int | None = None
+    node_wait_s: float = 120.0  # how long replacements of dead actors may take to start
 
 
 @dataclass
@@ -121,6 +127,7 @@ class Controller:
     next_step: int = 0  # first step `run` executes (> 0 after a resume)
     queue: deque = field(default_factory=deque)  # requested, not yet trained Pendings
     judges_replaced: int = 0
+    stop: object = None  # the run's StopRequest: set by the first SIGTERM/SIGINT
     _issued: list = field(default_factory=list)  # learner refs of the step not yet read
 
     # The pool, as the tests and `selfplay scale` see it.
@@ -247,10 +254,10 @@ class Controller:
     def _finish_step(self, recs: list[PhaseRecord]) -> None:
         """Wait for the step's learner calls (raising a learner's error) and fill in
         the records' metrics and seconds."""
-        ray.get(self._issued)  # every rank's PhaseMetrics and copy_role (small objects)
+        waits.get(self._issued)  # every rank's PhaseMetrics and copy_role (small objects)
         self._issued = []
         end = time.perf_counter()
-        metrics = ray.get([r.metrics for r in recs])  # rank 0's, already here
+        metrics = waits.get([r.metrics for r in recs])  # rank 0's, already here
         starts = [r.seconds for r in recs] + [end]
         for i, r in enumerate(recs):
             r.metrics, r.seconds = metrics[i], starts[i + 1] - starts[i]
@@ -259,7 +266,7 @@ class Controller:
         """The batch's BatchInfo; a batch lost with a dead worker or judge is reissued."""
         while True:
             try:
-                info = ray.get(pend.info_ref)
+                info = waits.get(pend.info_ref)
                 if info.rows == 0:
                     raise RunError(
                         f"every response of step {pend.step} phase {pend.phase} was "
@@ -268,13 +275,18 @@ class Controller:
                 return info
             except RunError as e:  # judge failures past their retries: one line, not a traceback
                 raise RunError(str(getattr(e, "cause", None) or e)) from None
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.RayTaskError,
+                ray.exceptions.ObjectLostError,
+            ) as e:
                 _seen(pend.batch_ref, pend.rows_ref)
                 # A batch sampled from a version whose publish failed fails too (before
                 # it, so that call has already failed): the learner's error is the one.
                 if self._issued:
-                    ray.get(ray.wait(self._issued, num_returns=len(self._issued), timeout=0)[0])
-                if not isinstance(e, ray.exceptions.RayActorError):
+                    done = ray.wait(self._issued, num_returns=len(self._issued), timeout=0)[0]
+                    ray.get(done, timeout=60)
+                if not isinstance(e, ray.exceptions.RayActorError | ray.exceptions.ObjectLostError):
                     raise
                 if pend.reissues >= self.settings.max_reissues:
                     raise RunError(
@@ -282,9 +294,14 @@ class Controller:
                         f"{pend.reissues + 1} times (a rollout worker or preference "
                         f"server died: {type(e).__name__}); giving up"
                     ) from None
-            self.rollout_pool.heal()
-            dead = replace_dead(self.judges, self.make_judge)
-            self.judges_replaced += len(dead)
+            # ...and waits (bounded by node_wait_s) for the replacements to be up
+            self.judges_replaced += heal(
+                self.rollout_pool,
+                self.judges,
+                self.make_judge,
+                self.settings.node_wait_s,
+                self.stop,
+            )
             pend.reissues += 1  # even with nothing replaced: the reissue runs on live actors
             self._issue(pend)
 
@@ -395,6 +412,6 @@ def _seen(*refs) -> None:
     as unhandled errors when they are freed."""
     for r in refs:
         try:
-            ray.get(r)
+            ray.get(r, timeout=10)
         except Exception:  # noqa: BLE001 - the failure is the one `collect` handles
             pass

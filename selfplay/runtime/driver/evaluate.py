@@ -57,6 +57,7 @@ from selfplay.evaluation.sampling import (
     settings_key,
     unit_seed,
 )
+from selfplay.runtime import waits
 from selfplay.types import Prompts, Samples
 
 REFERENCE = "reference"  # π_ref's identity in the cache (one run dir, one π_ref)
@@ -141,10 +142,10 @@ class SampledEval:
     def _finish(self, p: _Pending) -> list[dict]:
         self.pending.remove(p)
         try:
-            full = ray.get(p.cur)
-            ref = [s if isinstance(s, Samples) else ray.get(s) for s in p.ref]
-            judged = np.concatenate(ray.get([r for _, r in p.judged]))
-            logp_ref = ray.get(p.logp_ref)
+            full = waits.get(p.cur)
+            ref = [s if isinstance(s, Samples) else waits.get(s) for s in p.ref]
+            judged = np.concatenate(waits.get([r for _, r in p.judged]))
+            logp_ref = waits.get(p.logp_ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
             print(f"evaluation at step {p.step} skipped: {type(e).__name__}", file=sys.stderr)
             # π_ref's draws lost with it are drawn again by the next evaluation

@@ -65,6 +65,7 @@ RESUMABLE = (
     "runtime.checkpoint_keep",
     "runtime.keep_policies_every",
     "runtime.max_reissues",
+    "runtime.node_wait_s",
     "rollout.workers",
     "rollout.autoscale",
     "rollout.join_wait_s",

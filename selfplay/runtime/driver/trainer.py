@@ -24,10 +24,12 @@ from selfplay.config import Config
 from selfplay.config_paths import absolute_paths
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
+from selfplay.runtime import waits
+from selfplay.runtime.checkpoint.codec import rng_state, set_rng_state
 from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR
 from selfplay.runtime.cluster import init_ray
 from selfplay.runtime.driver.build import RunResult, build
-from selfplay.runtime.driver.disk import disk_full
+from selfplay.runtime.driver.disk import disk_full, free_space, is_disk_full
 from selfplay.runtime.driver.evaluate import SampledEval, with_exact
 from selfplay.runtime.driver.export import (
     MODEL_DIR,
@@ -38,6 +40,7 @@ from selfplay.runtime.driver.export import (
     policy_dir,
     write_rollouts,
 )
+from selfplay.runtime.driver.failures import run_failure, wait_failure
 from selfplay.runtime.driver.report import (
     format_summary,
     last_eval,
@@ -90,6 +93,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
         run_dir = resume.path.parent.parent
         lock_run_dir(run_dir)  # already held when `check_resume` ran in this process
     stop.run_dir = run_dir
+    ctl.stop = stop  # a wait for lost actors' replacements ends at the first signal
     cfg_path = write_config(cfg, run_dir)  # atomically, after the config was checked
     if resume is None:
         ctl.init_versions()
@@ -178,7 +182,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             with disk_full(run_dir / ROLLOUT_DIR, _go_on(run_dir)):
                 _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
-                main = ray.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
+                main = waits.get(ctl.store.refs[ctl.store.roles["main"]])  # π_{step+1}
                 with disk_full(policy_dir(run_dir, step + 1), _go_on(run_dir)):
                     keep_policy(main, run.build_policy, run.tokenizer, run_dir, step + 1)
             if tracker is not None:
@@ -200,37 +204,28 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
 
         try:
             ctl.run(cfg.runtime.steps, on_step=on_step)
-        except ray.exceptions.RayActorError as e:
-            raise RunError(
-                f"a learner died at step {ctl.next_step} ({type(e).__name__}); the "
-                f"last checkpoint is intact: continue with `selfplay train --resume "
-                f"{run_dir}`"
-            ) from None
-        except ray.exceptions.RayTaskError as e:  # a learner's step raised (e.g. overflow)
-            cause = str(getattr(e, "cause", None) or e).strip().splitlines()
-            saved = any((run_dir / "checkpoints").glob("step-*"))
-            raise RunError(
-                f"a learner failed at step {ctl.next_step}: {cause[-1] if cause else e!r}"
-                + (
-                    f"; its checkpoints are intact (`selfplay train --resume {run_dir}`)"
-                    if saved
-                    else ""
+            finish_exact()
+            if sampled is not None:
+                record(sampled.drain())
+            seconds = time.perf_counter() - t0
+            # The model first: a final checkpoint that fails (out of memory, of disk)
+            # leaves the trained policy in RUN_DIR/model all the same. Building the
+            # model draws from the RNGs; the checkpoint keeps them as the run left them.
+            rng = rng_state()
+            model_dir, full = _export_final(ctl, run, run_dir)
+            set_rng_state(*rng)
+            done = f"the model is in {model_dir}; " if model_dir else ""
+            with disk_full(run_dir / CHECKPOINT_DIR, done + _go_on(run_dir)):
+                final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
+            if full is not None:
+                raise RunError(
+                    f"{full}; the final checkpoint {final.name} is intact: free space, then "
+                    f"write the model with `selfplay export {run_dir}`"
                 )
-            ) from None
-        finish_exact()
-        if sampled is not None:
-            record(sampled.drain())
-        seconds = time.perf_counter() - t0
-        with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
-            final = save_checkpoint(ctl, cfg, run_dir, {**state, "elapsed": seconds})
-        with disk_full(
-            run_dir / MODEL_DIR,
-            f"the final checkpoint {final.name} is intact: free space, then write the model "
-            f"with `selfplay export {run_dir}`",
-        ):
-            model_dir = export_policy(
-                ray.get(ctl.learners.publish()), run.build_policy, run.tokenizer, run_dir
-            )
+        except waits.WaitAborted as e:  # no node could host a lost worker, or a signal
+            raise wait_failure(e, ctl.next_step, run_dir) from None
+        except ray.exceptions.RayError as e:  # a learner died or raised, out of memory
+            raise run_failure(e, ctl.next_step, run_dir) from None
         summary = summarize(cfg, run, history, seconds, run_dir)
         summary["checkpoint"] = str(final)
         summary["model"] = str(model_dir)
@@ -276,13 +271,29 @@ def _rollouts(cfg: Config, run_dir: Path, step: int, recs, tracker) -> None:
         return
     tables = [
         with_step(t, step, r.output.role)
-        for r, t in zip([r for r in recs if r.rows_ref is not None], ray.get(refs), strict=True)
+        for r, t in zip([r for r in recs if r.rows_ref is not None], waits.get(refs), strict=True)
         if t is not None
     ]
     if cfg.rollout.save == "every":
         write_rollouts(tables, run_dir, step)
     if tracker is not None and (table := completions_table(tables)) is not None:
         tracker.log_table(table, f"completions/step-{step:06d}.json")
+
+
+def _export_final(ctl, run, run_dir: Path) -> tuple[Path | None, str | None]:
+    """(RUN_DIR/model, None) once the final policy is written there; (None, what
+    happened) when the disk was full, so the final checkpoint is still tried."""
+    weights = waits.get(ctl.learners.publish())
+    try:
+        return export_policy(weights, run.build_policy, run.tokenizer, run_dir), None
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        where = run_dir / MODEL_DIR
+        return (
+            None,
+            f"no space left on the device of {where} ({free_space(where)} free) while writing it",
+        )
 
 
 def _go_on(run_dir: Path) -> str:

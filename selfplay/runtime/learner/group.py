@@ -33,6 +33,7 @@ import torch
 
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights
+from selfplay.runtime import waits
 from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, shard
 from selfplay.runtime.learner.learner import Learner, LearnerSettings, LearnerState, PhaseMetrics
 from selfplay.types import Samples
@@ -157,8 +158,8 @@ class LearnerGroup:
             opts.remote(model_fn, config, r, world_size, device, learner_cls)
             for r in range(world_size)
         ]
-        addr = ray.get(self.actors[0].address.remote()) if world_size > 1 else None
-        ray.get([a.init.remote(addr, backend) for a in self.actors])
+        addr = waits.get(self.actors[0].address.remote()) if world_size > 1 else None
+        waits.get([a.init.remote(addr, backend) for a in self.actors])
 
     def issue(self, method: str, *args) -> list[ray.ObjectRef]:
         """Call `method` on every rank; the ranks' result refs, not waited on."""
@@ -168,10 +169,10 @@ class LearnerGroup:
         """Call `method` on every rank now; the returned callable waits for the ranks
         and gives rank 0's result (an evaluation read a step later)."""
         refs = self.issue(method, *args)
-        return lambda: ray.get(refs)[0]
+        return lambda: waits.get(refs)[0]
 
     def _all(self, method: str, *args) -> list:
-        return ray.get(self.issue(method, *args))
+        return waits.get(self.issue(method, *args))
 
     def set_role(self, role: str, weights: FlatWeights | ray.ObjectRef) -> None:
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
@@ -217,7 +218,7 @@ class LearnerGroup:
         return self._all("state")
 
     def load_state(self, states: list[LearnerState]) -> None:
-        ray.get([a.load_state.remote(s) for a, s in zip(self.actors, states, strict=True)])
+        waits.get([a.load_state.remote(s) for a, s in zip(self.actors, states, strict=True)])
 
     def shutdown(self) -> None:
         try:

@@ -63,12 +63,35 @@ def replace_dead(actors: list, make: Callable[[], object] | None) -> list[int]:
     return dead
 
 
+def heal(pool, judges: list, make_judge, wait_s: float, stop=None) -> int:
+    """Replace the dead rollout workers of `pool` and the dead `judges` in their slots,
+    and wait until the new ones are up: at most `wait_s` seconds, or until `stop` (a
+    `StopRequest`) is set (`waits.await_ready`, raising `WaitAborted`), as a batch
+    issued to an actor that no node can host would wait forever. Returns the number
+    of judges replaced."""
+    from selfplay.runtime import waits
+
+    workers = pool.heal()
+    dead = replace_dead(judges, make_judge)
+    new = [*(pool.workers[i] for i in workers), *(judges[i] for i in dead)]
+    what = " and ".join(
+        f"{n} {name}{'s' if n > 1 else ''}"
+        for n, name in ((len(workers), "rollout worker"), (len(dead), "preference server"))
+        if n
+    )
+    if workers and pool.worker_resources:
+        what += f" ({pool.worker_resources})"
+    waits.await_ready(new, what=what, wait_s=wait_s, stop=stop)
+    return len(dead)
+
+
 @dataclass
 class RolloutPool:
     workers: list
     make_worker: Callable[[], object] | None = None  # one new RolloutActor (driver/build.py)
     autoscale: Autoscaler | None = None
     join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
+    worker_resources: str = ""  # one worker's Ray resources, as the messages name them
     control: object = None  # the run's RunControl actor, once `open_control` ran
     needs: list | None = None  # what the run's actors ask Ray for (`cluster.run_needs`)
     grows: bool = False  # the cluster may grow (runtime.address): a size beyond it waits
@@ -118,15 +141,15 @@ class RolloutPool:
                     self._drops.setdefault(w, []).append(v)
                     have.discard(v)
 
-    def heal(self) -> int:
-        """Replace dead workers in their slots; returns how many were replaced."""
+    def heal(self) -> list[int]:
+        """Replace dead workers in their slots; returns the slots replaced."""
         old = list(self.workers)
         dead = replace_dead(self.workers, self.make_worker)
         for i in dead:
             self._loaded.pop(old[i], None)
             self._drops.pop(old[i], None)
         self.replaced += len(dead)
-        return len(dead)
+        return dead
 
     # ------------------------------------------------------------- elastic
     @property
