@@ -59,9 +59,11 @@ class PhaseMetrics:
 
     loss / loss_initial: mean pair loss at the last / first update (before its step).
     grad_norm:           total gradient norm of the last update, before clipping.
-    kl_anchor, kl_ref:   k3 estimates E_y[(ρ−1) − log ρ], ρ = π_θ(y)/π_role(y), over the
-                         batch rows after training; unbiased for KL(role‖θ) when the rows
-                         were sampled from that role. kl_ref is NaN without a "ref" role.
+    kl_anchor, kl_ref:   k3 estimates of KL(π_θ‖π_role): the mean over the batch rows of
+                         (r − 1) − log r, r = π_role(y)/π_θ(y) (sequence probabilities
+                         after training); unbiased when the rows are drawn from π_θ
+                         (on-policy: explore_temperature = temperature, no staleness).
+                         kl_ref is NaN without a "ref" role.
     """
 
     loss: float
