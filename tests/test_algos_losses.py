@@ -293,3 +293,33 @@ def test_k3_kl_is_unbiased_for_kl_policy_to_reference_on_long_responses():
     assert kl == pytest.approx(0.916, abs=1e-3) and tol < 0.25
     assert abs(est - kl) <= tol, (est, kl, tol)
     assert losses.k3_kl([torch.zeros(3)], None) == 0.0
+
+
+@pytest.mark.parametrize("allowed", [None, (1, 3, 4, 7)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_is_the_tempered_restricted_log_softmax_with_its_gradient(
+    allowed, temperature
+):
+    """Chunked (3 positions a chunk here) against the plain formula
+    z(y)/T − logsumexp_{v ∈ A} z(v)/T, values and gradients (float64)."""
+    from selfplay.algos.logprobs import token_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    ids = None if allowed is None else torch.tensor(allowed)
+    pool = torch.arange(9) if ids is None else ids
+    tgt = pool[torch.randint(0, len(pool), (2, 7), generator=gen)]
+    w = torch.randn(2, 7, dtype=torch.float64, generator=gen)
+    got = token_logprobs(x, tgt, temperature=temperature, allowed=ids, chunk_elements=2 * 3 * 9)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    z = x / temperature
+    lse = torch.logsumexp(z if ids is None else z[..., ids], -1)
+    want = z.gather(-1, tgt[..., None]).squeeze(-1) - lse
+    (g_want,) = torch.autograd.grad((want * w).sum(), x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
+    if temperature != 1.0:  # the temperature changes the answer
+        plain = x.gather(-1, tgt[..., None]).squeeze(-1) - torch.logsumexp(
+            x if ids is None else x[..., ids], -1
+        )
+        assert (got - plain).abs().max() > 0.01

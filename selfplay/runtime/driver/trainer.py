@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from selfplay.config import Config
+from selfplay.config import Config, check_training
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
 from selfplay.runtime.cluster import init_ray
@@ -59,6 +59,7 @@ def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> Run
 
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
     `rundir.Stopped` (see `selfplay.runtime.driver.rundir`)."""
+    check_training(cfg)  # before Ray starts
     own_cluster = not ray.is_initialized() and not cfg.runtime.address
     init_ray(cfg)
     if own_cluster:

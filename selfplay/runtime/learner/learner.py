@@ -37,6 +37,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from selfplay.algos.logprobs import token_logprobs
 from selfplay.algos.losses import k3_kl, phase_loss, sequence_logprob
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
@@ -237,17 +238,18 @@ class Learner:
     def _forward_token_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]); with `allowed_token_ids`
-        π is the sampler's restricted LM, logit(y) − logsumexp(allowed logits). A target
-        outside the set (prompt, padding) then gets a finite non-log-prob, masked by callers."""
+        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]) with π the sampled LM:
+        softmax(logits / `temperature`), restricted to `allowed_token_ids` as the sampler
+        restricts it (`selfplay.algos.logprobs.token_logprobs`, no log-softmax copy of
+        the logits). A target outside the set (prompt, padding) then gets a finite
+        non-log-prob, masked by callers."""
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        # At least float32 (bf16/fp16 models); a float64 model keeps float64.
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        target = input_ids[:, 1:].unsqueeze(-1)
-        if self._allowed is None:
-            return torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1)
-        norm = torch.logsumexp(logits.index_select(-1, self._allowed), -1)
-        return logits.gather(-1, target).squeeze(-1) - norm
+        return token_logprobs(
+            logits,
+            input_ids[:, 1:],
+            temperature=self.config.temperature,
+            allowed=self._allowed,
+        )
 
     def _seq_logprobs(self, mb: Micro, normalize: bool) -> torch.Tensor:
         tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
