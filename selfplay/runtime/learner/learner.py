@@ -19,6 +19,13 @@ may use: `selfplay.algos.compat`. What this class adds is the bookkeeping:
   AdamW state. `start_phase` loads the anchor's weights and optimizer state, so
   EGPO / Nash-MP phase 2 restarts from θ_t exactly; `train_phase` stores its
   result (weights + optimizer state) under `phase.output`.
+- Each tensor is held once. The role the model was last trained into (or
+  snapshotted as) is *live*: the model's own parameters and AdamW state are that
+  role, copied only when the model is about to move away from it (a phase with
+  another output, another anchor loaded). Frozen roles are never written in place,
+  so `copy_role` of a stored role shares its tensors, and copies carry no
+  optimizer state (every plan's anchor is "main", which is never a copy). Scoring
+  under a role swaps its tensors into the model (`_weights`) instead of copying.
 - Exact normalisation under sharding: per-pair losses are summed
   (reduction="sum") and divided by the all-reduced global pair count, so one
   shard and N shards take the same step (see `sharding.py`).
@@ -92,12 +99,14 @@ class Learner:
             weight_decay=config.weight_decay,
         )
         self._roles: dict[str, RoleWeights] = {}
+        self._live: str | None = None  # the role the model's parameters and AdamW state are
         self.snapshot("main")
 
     # ----------------------------------------------------------------- roles
     @property
     def roles(self) -> tuple[str, ...]:
-        return tuple(self._roles)
+        live = (self._live,) if self._live is not None and self._live not in self._roles else ()
+        return (*self._roles, *live)
 
     def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
         """Store full weights (a FlatWeights or state dict) as `role`, without optimizer state."""
@@ -113,22 +122,43 @@ class Learner:
                     f"role {role!r}: {n} has shape {tuple(full.shape)}, model has {tuple(p.shape)}"
                 )
             params.append(sharding.local_of_full(full, p).clone())
+        if role == self._live:
+            self._live = None
         self._roles[role] = RoleWeights(params=params)
 
     def snapshot(self, role: str) -> None:
-        """Store the current weights AND optimizer state as `role`."""
-        self._roles[role] = RoleWeights(params=self._local_params(), optim=self._optim_state())
+        """The current weights AND optimizer state become `role` (held by the model
+        itself until it moves on: see `_keep_live`)."""
+        self._roles.pop(role, None)
+        self._live = role
 
     def copy_role(self, dst: str, src: str) -> None:
-        r = self._role(src)
-        self._roles[dst] = RoleWeights(
-            params=[t.clone() for t in r.params],
-            optim=None if r.optim is None else clone_optim(r.optim),
-        )
+        """`dst` := `src`'s weights, without optimizer state: shared tensors for a stored
+        role (frozen), a copy of the model's weights for the live one."""
+        if dst == src:
+            return
+        if src == self._live:
+            r = RoleWeights(params=self._local_params())
+        else:
+            r = RoleWeights(params=list(self._role(src).params))
+        if dst == self._live:
+            self._live = None
+        self._roles[dst] = r
+
+    def _keep_live(self) -> None:
+        """Copy the live role (weights and AdamW state) out of the model before the model
+        changes; afterwards no role is live."""
+        if self._live is not None:
+            self._roles[self._live] = RoleWeights(self._local_params(), self._optim_state())
+            self._live = None
 
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
-        r = self._role(phase if isinstance(phase, str) else phase.anchor)
+        name = phase if isinstance(phase, str) else phase.anchor
+        if name == self._live:
+            return  # the model already is the anchor, optimizer state included
+        r = self._role(name)
+        self._keep_live()
         self._load_params(r.params)
         if r.optim is not None:
             self.opt.state.clear()
@@ -158,12 +188,14 @@ class Learner:
             raise ValueError("train batch has no pairs: every group holds a single response")
         anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
+        if self._live != phase.output:
+            self._keep_live()  # the model leaves a role the phase does not replace
         losses, gnorm = [], 0.0
         for _ in range(updates):
             loss, gnorm = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
             losses.append(loss)
         new = self._role_logprobs(None, mbs, steps, norm)
-        has_ref = phase.mu == "ref" or "ref" in self._roles
+        has_ref = phase.mu == "ref" or "ref" in self.roles
         if phase.mu == "ref":
             ref = mu
         else:
@@ -307,6 +339,7 @@ class Learner:
 
         Unsharded, a role's tensors are flattened where they are: swapping them into
         the model and back would copy the whole policy three more times."""
+        role = None if role == self._live else role
         if role is not None and not self.ctx.sharded:
             if self.ctx.rank != 0:
                 return None
@@ -324,18 +357,22 @@ class Learner:
             # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
             return None if sd is None else flatten_state_dict(sd)
 
-    def state(self) -> LearnerState:
-        """This rank's state as plain local tensors (optimizer DTensors → their shards)."""
+    def state(self, copy: bool = True) -> LearnerState:
+        """This rank's state as plain local tensors (optimizer DTensors → their shards).
+        The live role is `params`/`optim` (named by `live`, not repeated in `roles`).
+        copy=False: the tensors themselves, for writing out before the next call."""
+        c = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return LearnerState(
             rank=self.ctx.rank,
             world=self.ctx.world,
             strategy=self.config.strategy,
-            params=self._local_params(),
-            optim=local_optim(self._optim_state()),
+            params=[c(local(p).detach()) for p in self._params],
+            optim=local_optim(self._optim_refs(), copy),
             roles={
-                k: RoleWeights([t.clone() for t in v.params], local_optim(v.optim))
+                k: RoleWeights([c(t) for t in v.params], local_optim(v.optim, copy))
                 for k, v in self._roles.items()
             },
+            live=self._live,
         )
 
     def load_state(self, state: LearnerState) -> None:
@@ -349,18 +386,17 @@ class Learner:
                 f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
             )
         dev = self.ctx.device
+        self._roles, self._live = {}, None
+        self._load_params([t.to(dev) for t in state.params])
+        self.opt.state.clear()
+        for i, st in optim_like(state.optim, self._params, dev).items():
+            self.opt.state[self._params[i]] = st
         self._roles = {
-            k: RoleWeights(
-                [t.to(dev) for t in v.params], optim_like(v.optim, self._params, self.ctx.device)
-            )
+            k: RoleWeights([t.to(dev) for t in v.params], optim_like(v.optim, self._params, dev))
             for k, v in state.roles.items()
+            if k != state.live
         }
-        self._roles["__load__"] = RoleWeights(
-            [t.to(dev) for t in state.params],
-            optim_like(state.optim, self._params, self.ctx.device),
-        )
-        self.start_phase("__load__")
-        del self._roles["__load__"]
+        self._live = state.live
 
     def close(self) -> None:
         self.ctx.close()
@@ -378,21 +414,32 @@ class Learner:
             for p, t in zip(self._params, params, strict=True):
                 local(p).copy_(t)
 
+    def _optim_refs(self) -> dict[int, dict[str, torch.Tensor]]:
+        return {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
+
     def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
-        return clone_optim(
-            {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
-        )
+        return clone_optim(self._optim_refs())
 
     @contextmanager
     def _weights(self, role: str | None) -> Iterator[None]:
         """Temporarily swap `role`'s weights into the model (bitwise restore after)."""
-        if role is None:
+        if role is None or role == self._live:
             yield
             return
         r = self._role(role)
-        saved = self._local_params()
-        self._load_params(r.params)
+        if self.ctx.sharded:  # DTensor shards: copy in and back
+            saved = self._local_params()
+            self._load_params(r.params)
+            try:
+                yield
+            finally:
+                self._load_params(saved)
+            return
+        saved = [p.data for p in self._params]  # swap storages: no copy
         try:
+            for p, t in zip(self._params, r.params, strict=True):
+                p.data = t
             yield
         finally:
-            self._load_params(saved)
+            for p, t in zip(self._params, saved, strict=True):
+                p.data = t

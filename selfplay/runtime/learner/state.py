@@ -36,6 +36,7 @@ class LearnerState:
     params: list[torch.Tensor]
     optim: dict[int, dict[str, torch.Tensor]]
     roles: dict[str, RoleWeights]
+    live: str | None = None  # the role `params`/`optim` are (not repeated in `roles`)
 
 
 def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
@@ -45,14 +46,17 @@ def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str
     }
 
 
-def local_optim(state):
-    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
+def local_optim(state, copy: bool = True):
+    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor),
+    every tensor cloned (copy=True) or as it is."""
     if state is None:
         return None
-    return {
-        i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
-        for i, st in state.items()
-    }
+
+    def one(v):
+        v = local(v) if hasattr(v, "to_local") else v
+        return v.detach().clone() if copy and torch.is_tensor(v) else v
+
+    return {i: {k: one(v) for k, v in st.items()} for i, st in state.items()}
 
 
 def optim_like(state, params: list, device):
