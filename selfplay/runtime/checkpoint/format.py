@@ -119,7 +119,7 @@ _DTYPES = {
 @dataclass(frozen=True)
 class RawTensor:
     """A tensor as bytes: safetensors dtype name ("F32", ...), shape, and a flat uint8
-    numpy array of its C-order data (what crosses Ray without a pickled copy)."""
+    numpy array of its C-order data (Ray ships a numpy buffer as it lies in memory)."""
 
     dtype: str
     shape: tuple[int, ...]

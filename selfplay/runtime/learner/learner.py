@@ -56,6 +56,7 @@ from selfplay.runtime.learner.state import (
     LearnerState,
     RoleWeights,
     clone_optim,
+    fixed_mmap_threshold,
     local_optim,
     optim_like,
 )
@@ -80,6 +81,7 @@ class Learner:
         self.ctx = DistContext.create(
             rank, world_size, config.strategy, init_method, backend, device
         )
+        fixed_mmap_threshold()
         model, allowed = model_fn().eval(), config.allowed_token_ids
         vocab = model.get_output_embeddings().weight.shape[0]
         if allowed is not None and max(allowed) >= vocab:
@@ -100,6 +102,7 @@ class Learner:
         )
         self._roles: dict[str, RoleWeights] = {}
         self._live: str | None = None  # the role the model's parameters and AdamW state are
+        self._live_copy: list[torch.Tensor] | None = None  # a frozen copy of its weights
         self.snapshot("main")
 
     # ----------------------------------------------------------------- roles
@@ -123,34 +126,38 @@ class Learner:
                 )
             params.append(sharding.local_of_full(full, p).clone())
         if role == self._live:
-            self._live = None
+            self._live, self._live_copy = None, None
         self._roles[role] = RoleWeights(params=params)
 
     def snapshot(self, role: str) -> None:
         """The current weights AND optimizer state become `role` (held by the model
         itself until it moves on: see `_keep_live`)."""
         self._roles.pop(role, None)
-        self._live = role
+        self._live, self._live_copy = role, None
 
     def copy_role(self, dst: str, src: str) -> None:
         """`dst` := `src`'s weights, without optimizer state: shared tensors for a stored
         role (frozen), a copy of the model's weights for the live one."""
         if dst == src:
             return
-        if src == self._live:
-            r = RoleWeights(params=self._local_params())
-        else:
+        if src != self._live:
             r = RoleWeights(params=list(self._role(src).params))
+        self._roles.pop(dst, None)  # the old copy goes first: never two at once
+        if src == self._live:
+            if self._live_copy is None:
+                self._live_copy = self._local_params()
+            r = RoleWeights(params=list(self._live_copy))
         if dst == self._live:
-            self._live = None
+            self._live, self._live_copy = None, None
         self._roles[dst] = r
 
     def _keep_live(self) -> None:
         """Copy the live role (weights and AdamW state) out of the model before the model
         changes; afterwards no role is live."""
         if self._live is not None:
-            self._roles[self._live] = RoleWeights(self._local_params(), self._optim_state())
-            self._live = None
+            params = self._live_copy or self._local_params()
+            self._roles[self._live] = RoleWeights(params, self._optim_state())
+        self._live, self._live_copy = None, None
 
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
@@ -190,10 +197,12 @@ class Learner:
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
         if self._live != phase.output:
             self._keep_live()  # the model leaves a role the phase does not replace
+        self._live_copy = None  # the model changes now
         losses, gnorm = [], 0.0
         for _ in range(updates):
             loss, gnorm = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
             losses.append(loss)
+        self.opt.zero_grad(set_to_none=True)  # gradients are not held between phases
         new = self._role_logprobs(None, mbs, steps, norm)
         has_ref = phase.mu == "ref" or "ref" in self.roles
         if phase.mu == "ref":
@@ -386,7 +395,7 @@ class Learner:
                 f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
             )
         dev = self.ctx.device
-        self._roles, self._live = {}, None
+        self._roles, self._live, self._live_copy = {}, None, None
         self._load_params([t.to(dev) for t in state.params])
         self.opt.state.clear()
         for i, st in optim_like(state.optim, self._params, dev).items():

@@ -10,6 +10,8 @@ and `Learner.load_state` lays it out again like the parameter.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -85,3 +87,21 @@ def optim_like(state, params: list, device):
             new[k] = v
         out[i] = new
     return out
+
+
+#: glibc's M_MMAP_THRESHOLD parameter of mallopt.
+_M_MMAP_THRESHOLD = -3
+
+
+def fixed_mmap_threshold(nbytes: int = 1 << 20) -> bool:
+    """Serve every allocation of ≥ `nbytes` with its own mmap (glibc): freed tensors then
+    go back to the OS at once. glibc's default raises the threshold to the largest chunk
+    freed so far (up to 32 MiB), after which a model's per-layer tensors come from the
+    heap, and a freed copy of the weights stays in the process's RSS. False where there
+    is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
