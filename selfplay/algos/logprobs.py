@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-#: elements of one chunk's float32 [n, c, V] scratch (64 MiB)
-CHUNK_ELEMENTS = 1 << 24
+#: elements of one chunk's float32 [n, c, V] scratch (16 MiB)
+CHUNK_ELEMENTS = 1 << 22
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

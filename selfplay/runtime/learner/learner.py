@@ -99,6 +99,7 @@ class Learner:
             betas=config.betas,
             eps=config.eps,
             weight_decay=config.weight_decay,
+            foreach=False,  # per-parameter temporaries, not a whole-model copy per op
         )
         self._roles: dict[str, RoleWeights] = {}
         self._live: str | None = None  # the role the model's parameters and AdamW state are
