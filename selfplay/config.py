@@ -375,3 +375,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def check_training(cfg: Config) -> None:
+    """What only training refuses (evaluation allows it), as one-line `InputError`s.
+
+    top-p / top-k: the learner's policy is the full-support tempered LM
+    softmax(logits / rollout.temperature); cut opponents and behaviour draws would make
+    ĝ the payoff against another policy than the one trained, and drop the support the
+    importance weights need."""
+    from selfplay.errors import InputError
+
+    r = cfg.rollout
+    if r.top_p < 1.0 or r.top_k > 0:
+        raise InputError(
+            f"rollout.top_p={r.top_p:g} / rollout.top_k={r.top_k}: training samples the full "
+            "tempered policy (top_p=1, top_k=0); use rollout.temperature, and cuts only when "
+            "evaluating (docs/algorithms.md#temperature-and-cuts)"
+        )

@@ -257,3 +257,69 @@ def test_g_hat_weights_sources():
     mask = [torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), torch.ones(2, 2)]
     gm = losses.g_hat([pref_now, pref_prev], [1.0, 0.0], mask=mask)
     assert torch.allclose(gm, torch.tensor([0.5, 0.25]))
+
+
+def test_k3_kl_is_unbiased_for_kl_policy_to_reference_on_long_responses():
+    """k3 on rows drawn from π_θ estimates KL(π_θ‖π_ref) of whole sequences.
+
+    Oracle: a token-independent policy over 4 tokens, so for responses of length L the
+    sequence KL is L·KL_token, and the variance of one row's term
+    f = r − 1 − log r (r = π_ref(y)/π_θ(y)) is exact:
+        E f² = E r² − 2 E[r(1 + log r)] + E(1 + log r)²,
+        E_θ r² = (Σ ref²/θ)^L,  E_θ[r log r] = E_ref log r = L·KL(ref‖θ),
+        E_θ log r = −L·KL(θ‖ref),  Var_θ log r = L·Var_token.
+    Median of K = 128 group means: a group mean is off by more than 2σ/√n with
+    probability ≤ 1/4 (Chebyshev), so the median is with probability ≤ exp(−K/8) < 1e-6.
+    The reversed ratio π_θ/π_ref has mean (Σ θ²/ref)^L − 1 − KL ≈ 3.0 here, not 0.92.
+    """
+    L, K, n = 20, 128, 2000
+    theta = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    ref = torch.tensor([0.3, 0.3, 0.2, 0.2], dtype=torch.float64)
+    lt, lf = theta.log(), ref.log()
+    kl_tok = float((theta * (lt - lf)).sum())
+    kl = L * kl_tok
+    d = lf - lt  # per-token log r under θ
+    m_log = -kl
+    var_log = L * float((theta * d**2).sum() - kl_tok**2)
+    e_r2 = float((ref**2 / theta).sum()) ** L
+    e_rlog = L * float((ref * (lf - lt)).sum())  # E_ref log r = L·KL(ref‖θ)
+    e_f2 = e_r2 - 2 * (1 + e_rlog) + (1 + 2 * m_log + var_log + m_log**2)
+    sigma = (e_f2 - kl**2) ** 0.5
+    gen = torch.Generator().manual_seed(0)
+    y = torch.multinomial(theta.expand(K * n * L, 4), 1, generator=gen).view(K, n, L)
+    means = [losses.k3_kl([lt[y[k]].sum(-1)], [lf[y[k]].sum(-1)]) / n for k in range(K)]
+    est = float(np.median(means))
+    tol = 2 * sigma / n**0.5
+    assert kl == pytest.approx(0.916, abs=1e-3) and tol < 0.25
+    assert abs(est - kl) <= tol, (est, kl, tol)
+    assert losses.k3_kl([torch.zeros(3)], None) == 0.0
+
+
+@pytest.mark.parametrize("allowed", [None, (1, 3, 4, 7)])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_is_the_tempered_restricted_log_softmax_with_its_gradient(
+    allowed, temperature
+):
+    """Chunked (3 positions a chunk here) against the plain formula
+    z(y)/T − logsumexp_{v ∈ A} z(v)/T, values and gradients (float64)."""
+    from selfplay.algos.logprobs import token_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 9, dtype=torch.float64, generator=gen, requires_grad=True)
+    ids = None if allowed is None else torch.tensor(allowed)
+    pool = torch.arange(9) if ids is None else ids
+    tgt = pool[torch.randint(0, len(pool), (2, 7), generator=gen)]
+    w = torch.randn(2, 7, dtype=torch.float64, generator=gen)
+    got = token_logprobs(x, tgt, temperature=temperature, allowed=ids, chunk_elements=2 * 3 * 9)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    z = x / temperature
+    lse = torch.logsumexp(z if ids is None else z[..., ids], -1)
+    want = z.gather(-1, tgt[..., None]).squeeze(-1) - lse
+    (g_want,) = torch.autograd.grad((want * w).sum(), x)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
+    if temperature != 1.0:  # the temperature changes the answer
+        plain = x.gather(-1, tgt[..., None]).squeeze(-1) - torch.logsumexp(
+            x if ids is None else x[..., ids], -1
+        )
+        assert (got - plain).abs().max() > 0.01

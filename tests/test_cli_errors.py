@@ -72,6 +72,8 @@ TRAIN_CASES = [
     ("eta-1e400", ["algo.eta=1e400"], {}, "algo.eta: Input should be a finite", None),
     ("lr-inf", ["learner.lr=.inf"], {}, "learner.lr", None),
     ("temperature-inf", ["rollout.temperature=inf"], {}, "rollout.temperature", None),
+    ("train-top-p", ["rollout.top_p=0.9"], {}, "rollout.top_p=0.9", None),
+    ("train-top-k", ["rollout.top_k=2"], {}, "rollout.top_k=2", None),
     ("init-std-inf", ["model.tiny.init_std=.inf"], {}, "model.tiny.init_std", None),
     ("beta-nan", ["algo.beta=.nan"], {}, "algo.beta", None),
     ("resources-nan", ["rollout.resources={a: .nan}"], {}, "rollout.resources.a", None),

@@ -255,3 +255,48 @@ def test_two_token_responses_train_onto_the_restricted_target():
     np.testing.assert_allclose(np.exp(mine), got.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         make_learner(allowed_token_ids=(3, VOCAB))
+
+
+def _held_bytes(learner: Learner) -> int:
+    """Bytes of every distinct storage the learner holds: the model's parameters and
+    gradients, AdamW state, and every stored role's weights and optimizer state."""
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if torch.is_tensor(t) and t.numel():
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+
+    for p in learner.model.parameters():
+        add(p)
+        add(p.grad)
+    for st in learner.opt.state.values():
+        for v in st.values():
+            add(v)
+    for r in learner._roles.values():
+        for t in r.params:
+            add(t)
+        for st in (r.optim or {}).values():
+            for v in st.values():
+                add(v)
+    return sum(seen.values())
+
+
+def test_mpo_step_holds_each_tensor_once():
+    """MPO's roles (main trained in place, magnet and ref frozen) between steps: the
+    weights, AdamW's two moments and one copy per frozen role, 5 × the weights (plus
+    AdamW's step counters); gradients are not held between phases. A copy of the live
+    role for two roles at once is made once."""
+    learner = Learner(model_fn, LearnerSettings(lr=0.02, grad_clip=None))
+    w = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+    learner.copy_role("magnet", "main")
+    learner.copy_role("ref", "main")  # π_ref = π_0 = the magnet at the start
+    assert _held_bytes(learner) == 2 * w
+    phase = dataclasses.replace(PHASE, mu="magnet")
+    for _ in range(2):
+        learner.start_phase(phase)
+        learner.train_phase(phase, move_batch())
+        learner.copy_role("magnet", "main")  # the refresh
+        steps = 4 * len(learner.opt.state)  # AdamW's 0-d float32 `step` per parameter
+        assert _held_bytes(learner) == 5 * w + steps
+    assert set(learner.roles) == {"main", "magnet", "ref"}

@@ -104,8 +104,13 @@ def kill_driver(proc: subprocess.Popen) -> None:
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Rank 0's tensors, merged from its part files (learner-0.<part>.safetensors)."""
     newest = list_checkpoints(run_dir / "checkpoints")[0]
-    return load_file(newest / "learner-0.safetensors")
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(newest.glob("learner-0.*.safetensors")):
+        out.update(load_file(f))
+    assert out, list(newest.iterdir())
+    return out
 
 
 def test_driver_sigkill_then_resume_is_bitwise_at_staleness_0(tmp_path):
@@ -121,7 +126,7 @@ def test_driver_sigkill_then_resume_is_bitwise_at_staleness_0(tmp_path):
     ckpts = list_checkpoints(run_dir / "checkpoints")
     assert len(ckpts) == 2, ckpts
     newest, older = ckpts
-    victim = newest / "learner-0.safetensors"
+    victim = newest / "learner-0.params.safetensors"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
 
     res = run("--resume", str(run_dir))

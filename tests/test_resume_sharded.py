@@ -42,7 +42,17 @@ SMALL = [
 
 def _final(run_dir: Path) -> list[dict[str, torch.Tensor]]:
     newest = list_checkpoints(run_dir / "checkpoints")[0]
-    return [load_file(newest / f"learner-{r}.safetensors") for r in (0, 1)]
+    out = []
+    for r in (0, 1):  # each rank's part files (learner-R.<part>.safetensors), merged
+        out.append(
+            {
+                k: v
+                for f in newest.glob(f"learner-{r}.*.safetensors")
+                for k, v in load_file(f).items()
+            }
+        )
+    assert all(out)
+    return out
 
 
 def test_fsdp2_resume_is_bitwise(cluster, tmp_path):

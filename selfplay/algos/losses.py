@@ -195,10 +195,12 @@ def g_hat(
     return out
 
 
-def k3_kl(new: list[torch.Tensor], old: list[torch.Tensor] | None) -> float:
-    """Σ_rows (ρ−1) − log ρ with log ρ = new − old (Schulman's k3 KL estimator), from
-    per-row log-probs; 0 without `old`. The learner's `kl_anchor` and `kl_ref`."""
-    if not old:
+def k3_kl(new: list[torch.Tensor], other: list[torch.Tensor] | None) -> float:
+    """Σ_rows (r − 1) − log r with log r = other − new, per-row sequence log-probs of
+    rows drawn from π_new: Schulman's k3 estimator of KL(π_new‖π_other)
+    (E_new[r] = 1, so each term is unbiased for E_new[−log r] = KL and is ≥ 0).
+    0 without `other`. The learner's `kl_anchor` and `kl_ref` (KL(π_θ‖role))."""
+    if not other:
         return 0.0
-    lr = torch.cat(new).double() - torch.cat(old).double()
-    return float((torch.exp(lr) - 1.0 - lr).sum())
+    lr = torch.cat(other).double() - torch.cat(new).double()
+    return float((torch.expm1(lr) - lr).sum())

@@ -77,9 +77,11 @@ def _preflight(cfg, *, new_run: bool):
     before the run dir is created, before any actor is placed. Last, the task is bound
     to the policy's tokenizer (its data loaded and checked); the bound task is returned
     for the run, so the data is read once."""
+    from selfplay.config import check_training
     from selfplay.errors import InputError
     from selfplay.outputs import check_writable_dir
 
+    check_training(cfg)
     if new_run:
         check_writable_dir(cfg.output_dir, "output_dir")
     _quiet_hub()  # a hub name off-line: its one-line error, not five retry warnings

@@ -26,7 +26,7 @@ eos ids of `selfplay.rollout.base.eos_ids` (tokenizer + generation config).
 Log-probs: the engine runs with `logprobs_mode="processed_logprobs"`, i.e. the
 log-probs of the distribution actually sampled from (vLLM V1 takes them after
 the allowed-token mask, temperature, top-k and top-p, the order of the hf
-backend). Token ids are vLLM's (up to and including the token that completed a
+backend; vLLM ≥ 0.10.1, the `vllm` extra's floor). Token ids are vLLM's (up to and including the token that completed a
 stop string, or the eos); the text is decoded from them and cut before the first
 stop string, as in the hf backend. truncated = `finish_reason == "length"`.
 

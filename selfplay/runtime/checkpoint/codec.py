@@ -80,8 +80,28 @@ def pack_learner_state(s: LearnerState) -> tuple[dict[str, torch.Tensor], dict]:
         "params": len(s.params),
         "optim": _pack_optim("optim", s.optim, out),
         "roles": roles,
+        "live": s.live,
     }
     return out, meta
+
+
+def learner_parts(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """`pack_learner_state`'s tensors split into the groups a checkpoint streams one file
+    at a time: "params", "optim-<key>" (one per AdamW state key), "role<j>",
+    "role<j>-optim-<key>". Each holds one copy of the weights at most."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        f = name.split("/")
+        if f[0] == "params":
+            key = "params"
+        elif f[0] == "optim":
+            key = f"optim-{f[2]}"
+        elif f[2] == "params":
+            key = f"role{f[1]}"
+        else:
+            key = f"role{f[1]}-optim-{f[4]}"
+        parts.setdefault(key, {})[name] = t
+    return parts
 
 
 def unpack_learner_state(tensors: dict[str, torch.Tensor], meta: dict) -> LearnerState:
@@ -101,6 +121,7 @@ def unpack_learner_state(tensors: dict[str, torch.Tensor], meta: dict) -> Learne
             params=[_get(tensors, f"params/{i}") for i in range(meta["params"])],
             optim=_unpack_optim("optim", meta["optim"], tensors),
             roles=roles,
+            live=meta.get("live"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"learner state meta is malformed: {one_line(e)}") from None

@@ -21,6 +21,12 @@ lists has the recorded size and SHA-256, so a truncated or bit-flipped file
 is reported with a one-line reason and `load_latest` falls back to the next
 older checkpoint.
 
+Memory. Each file is streamed to disk tensor by tensor (`save_tensors`: the
+safetensors header, then each tensor's bytes as they lie in memory), and a file's
+group may be given as a zero-argument callable that returns it: it is called
+when that file is written and dropped after, so a writer holds one group
+(e.g. one role's weights) at a time, never a copy of everything.
+
 Safety. Loading never deserialises Python objects: tensors are read with
 `safetensors.torch.load_file` (a JSON header plus raw bytes) and everything else
 with `json`. A file that is not a valid safetensors file fails its checksum or
@@ -36,14 +42,15 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from selfplay.errors import InputError
 
@@ -95,16 +102,77 @@ def _write_json(path: Path, obj: Any) -> dict[str, Any]:
     return _hash_and_sync(path)
 
 
-def _own(t: torch.Tensor) -> torch.Tensor:
-    """A CPU, contiguous copy with its own storage (safetensors rejects shared or strided ones)."""
-    return t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor as bytes: safetensors dtype name ("F32", ...), shape, and a flat uint8
+    numpy array of its C-order data (Ray ships a numpy buffer as it lies in memory)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> RawTensor:
+        t = t.detach().to("cpu").contiguous()
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"cannot store a {t.dtype} tensor in a checkpoint")
+        return cls(_DTYPES[t.dtype], tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy())
+
+
+def save_tensors(group: Mapping[str, torch.Tensor | RawTensor], path: Path) -> None:
+    """Write `group` as a safetensors file, one tensor at a time: no copy of the group
+    (a tensor off the CPU or strided is copied alone, while it is written)."""
+    names = sorted(group)
+    header: dict[str, Any] = {}
+    off = 0
+    for k in names:
+        v = group[k]
+        dtype, shape = (v.dtype, v.shape) if isinstance(v, RawTensor) else (None, v.shape)
+        if dtype is None:
+            if v.dtype not in _DTYPES:
+                raise TypeError(f"cannot store a {v.dtype} tensor in a checkpoint")
+            dtype, n = _DTYPES[v.dtype], v.numel() * v.element_size()
+        else:
+            n = int(v.data.nbytes)
+        header[k] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for k in names:
+            v = group[k]
+            f.write(memoryview(v.data if isinstance(v, RawTensor) else RawTensor.of(v).data))
+
+
+Group = Mapping[str, torch.Tensor | RawTensor]
 
 
 def write_checkpoint(
-    root: Path, step: int, meta: dict, tensors: dict[str, dict[str, torch.Tensor]], keep: int = 2
+    root: Path,
+    step: int,
+    meta: dict,
+    tensors: Mapping[str, Group | Callable[[], Group]],
+    keep: int = 2,
 ) -> Path:
     """Write checkpoint `step` atomically under `root`, then `prune` to the `keep` newest
-    verifying ones (this one included). Returns its path."""
+    verifying ones (this one included). Returns its path. A group given as a callable
+    is fetched when its file is written, and released after."""
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
     if step < 0 or keep < 1:
@@ -122,7 +190,7 @@ def write_checkpoint(
         files = {META: _write_json(tmp / META, meta)}
         for stem, group in tensors.items():
             fname = f"{stem}.safetensors"
-            save_file({k: _own(v) for k, v in group.items()}, str(tmp / fname))
+            save_tensors(group() if callable(group) else group, tmp / fname)
             files[fname] = _hash_and_sync(tmp / fname)
         # The manifest goes last: its presence means every other file is complete.
         _write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": files})

@@ -225,6 +225,8 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
             micro_batch=lcfg.micro_batch,
             # The policy is the LM restricted as the sampler restricts it.
             allowed_token_ids=sampling.allowed_token_ids,
+            # ... and tempered as it samples the policy (opponents, evaluation).
+            temperature=sampling.temperature,
         ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,

@@ -31,8 +31,9 @@ Metrics of step t, prefixed `eval/` (docs/evaluation.md):
   truncated fractions of both policies;
 - `kl_ref`: KL(q‖π_ref) ≈ mean over π_t's samples of log q(y) − log π_ref(y), with q the
   distribution sampled (π_t at `rollout.temperature`, after top-p/top-k), whose
-  log-probs the rollout worker returns; it is KL(π_t‖π_ref) at temperature 1 without
-  top-p/top-k;
+  log-probs the rollout worker returns, and π_ref scored by the learner at the same
+  temperature; it is KL(π_t‖π_ref) of the tempered policies without top-p/top-k
+  (always, in training);
 - `win_rate_exact`, `kl_ref_exact` (token and sequence games): π_t P π_ref and
   Σ π_t log(π_t/π_ref), the task evaluator's exact `win_rate_ref` and `kl_ref_exact`
   when it evaluated the same step (`runtime.eval_every`; the same policy when

@@ -30,6 +30,7 @@ the rest from JSON (`selfplay.runtime.checkpoint.format`).
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,6 @@ from selfplay.config_paths import absolute_paths
 from selfplay.errors import InputError
 from selfplay.runtime.checkpoint.codec import (
     pack_arrays,
-    pack_learner_state,
     rng_state,
     set_rng_state,
     unpack_arrays,
@@ -195,10 +195,16 @@ def controller_state(ctl) -> tuple[dict, dict[str, dict]]:
         "learners": [],
         "queue": [],
     }
-    files: dict[str, dict] = {}
-    for rank, s in enumerate(ctl.learners.state()):
-        files[f"learner-{rank}"], m = pack_learner_state(s)
+    files: dict[str, Any] = {}
+    for rank, actor in enumerate(ctl.learners.actors):
+        # Streamed: each part (one role's weights, one AdamW moment) is fetched when
+        # its file is written and released after.
+        m, parts = ray.get(actor.checkpoint_meta.remote())
         meta["learners"].append(m)
+        for name in parts:
+            files[f"learner-{rank}.{name}"] = functools.partial(
+                lambda a, n: ray.get(a.checkpoint_part.remote(n)), actor, name
+            )
     for i, p in enumerate(ctl.queue):
         info = ctl.collect(p)  # waits for it; a batch lost with a dead worker is reissued
         bt, bm = pack_arrays(ray.get(p.batch_ref))
@@ -237,6 +243,15 @@ def array_to_table(a):
 
 
 # ------------------------------------------------------------------ restore
+def learner_files(files: dict, rank: int) -> dict:
+    """Rank `rank`'s tensors, merged from its part files (learner-R.<part>) or its one file."""
+    out: dict = {}
+    for stem, group in files.items():
+        if stem == f"learner-{rank}" or stem.startswith(f"learner-{rank}."):
+            out.update(group)
+    return out
+
+
 def _split(files: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in files.items() if k.startswith(prefix)}
 
@@ -252,7 +267,7 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
 
     meta, files = ckpt.meta["controller"], ckpt.tensors
     ctl.learners.load_state(
-        [unpack_learner_state(files[f"learner-{r}"], m) for r, m in enumerate(meta["learners"])]
+        [unpack_learner_state(learner_files(files, r), m) for r, m in enumerate(meta["learners"])]
     )
     st = ctl.store
     st.index = {version_from_json(v): int(i) for v, i in meta["store"]["index"]}

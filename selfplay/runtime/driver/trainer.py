@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 
-from selfplay.config import Config
+from selfplay.config import Config, check_training
 from selfplay.config_paths import absolute_paths
 from selfplay.errors import RunError
 from selfplay.outputs import dumps
@@ -69,6 +69,7 @@ def train(cfg: Config, *, progress: bool = True, resume=None, bound=None) -> Run
     SIGTERM or SIGINT stops it at the next step boundary with a checkpoint and raises
     `rundir.Stopped` (see `selfplay.runtime.driver.rundir`). Relative paths in `cfg`
     are this directory's, and the run records them absolute (`config_paths`)."""
+    check_training(cfg)  # before Ray starts
     cfg = absolute_paths(cfg)
     own_cluster = not ray.is_initialized() and not cfg.runtime.address
     init_ray(cfg)

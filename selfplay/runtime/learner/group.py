@@ -56,6 +56,7 @@ class LearnerActor:
         self._args = (model_fn, config, rank, world_size, device)
         self._cls = learner_cls
         self.learner: Learner | None = None
+        self._parts: dict = {}
 
     def address(self) -> str:
         """`tcp://IP:PORT` on this actor's node (called on rank 0 for the rendezvous)."""
@@ -118,6 +119,23 @@ class LearnerActor:
 
     def state(self) -> LearnerState:
         return self._l().state()
+
+    def checkpoint_meta(self) -> tuple[dict, list[str]]:
+        """(JSON meta, part names) of this rank's state; the parts are then fetched one
+        at a time with `checkpoint_part` (no copy is made here: the learner takes no
+        other call in between)."""
+        from selfplay.runtime.checkpoint.codec import learner_parts, pack_learner_state
+
+        tensors, meta = pack_learner_state(self._l().state(copy=False))
+        self._parts = learner_parts(tensors)
+        return meta, list(self._parts)
+
+    def checkpoint_part(self, name: str) -> dict:
+        """One part as raw bytes (`RawTensor`: numpy, so Ray ships it without a pickled copy)."""
+        from selfplay.runtime.checkpoint.format import RawTensor
+
+        part = self._parts.pop(name)
+        return {k: RawTensor.of(t) for k, t in part.items()}
 
     def load_state(self, state: LearnerState) -> None:
         self._l().load_state(state)

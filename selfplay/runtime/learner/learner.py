@@ -19,6 +19,13 @@ may use: `selfplay.algos.compat`. What this class adds is the bookkeeping:
   AdamW state. `start_phase` loads the anchor's weights and optimizer state, so
   EGPO / Nash-MP phase 2 restarts from θ_t exactly; `train_phase` stores its
   result (weights + optimizer state) under `phase.output`.
+- Each tensor is held once. The role the model was last trained into (or
+  snapshotted as) is *live*: the model's own parameters and AdamW state are that
+  role, copied only when the model is about to move away from it (a phase with
+  another output, another anchor loaded). Frozen roles are never written in place,
+  so `copy_role` of a stored role shares its tensors, and copies carry no
+  optimizer state (every plan's anchor is "main", which is never a copy). Scoring
+  under a role swaps its tensors into the model (`_weights`) instead of copying.
 - Exact normalisation under sharding: per-pair losses are summed
   (reduction="sum") and divided by the all-reduced global pair count, so one
   shard and N shards take the same step (see `sharding.py`).
@@ -34,26 +41,27 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
-from selfplay.algos.losses import k3_kl, phase_loss, sequence_logprob
+from selfplay.algos.losses import k3_kl, phase_loss
 from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights, flatten_state_dict
 from selfplay.runtime.learner import sharding
 from selfplay.runtime.learner.batch import Micro, TrainBatch, micro_batches
+from selfplay.runtime.learner.scoring import Scoring
 from selfplay.runtime.learner.settings import LearnerSettings, PhaseMetrics
 from selfplay.runtime.learner.sharding import DistContext, local
 from selfplay.runtime.learner.state import (
     LearnerState,
     RoleWeights,
     clone_optim,
+    fixed_mmap_threshold,
     local_optim,
     optim_like,
 )
 
 
-class Learner:
+class Learner(Scoring):
     """One learner rank. Under FSDP2 with world > 1 every public method except
     `set_role` bookkeeping is a collective: call it on all ranks in the same order."""
 
@@ -72,6 +80,7 @@ class Learner:
         self.ctx = DistContext.create(
             rank, world_size, config.strategy, init_method, backend, device
         )
+        fixed_mmap_threshold()
         model, allowed = model_fn().eval(), config.allowed_token_ids
         vocab = model.get_output_embeddings().weight.shape[0]
         if allowed is not None and max(allowed) >= vocab:
@@ -89,14 +98,18 @@ class Learner:
             betas=config.betas,
             eps=config.eps,
             weight_decay=config.weight_decay,
+            foreach=False,  # per-parameter temporaries, not a whole-model copy per op
         )
         self._roles: dict[str, RoleWeights] = {}
+        self._live: str | None = None  # the role the model's parameters and AdamW state are
+        self._live_copy: list[torch.Tensor] | None = None  # a frozen copy of its weights
         self.snapshot("main")
 
     # ----------------------------------------------------------------- roles
     @property
     def roles(self) -> tuple[str, ...]:
-        return tuple(self._roles)
+        live = (self._live,) if self._live is not None and self._live not in self._roles else ()
+        return (*self._roles, *live)
 
     def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
         """Store full weights (a FlatWeights or state dict) as `role`, without optimizer state."""
@@ -112,22 +125,47 @@ class Learner:
                     f"role {role!r}: {n} has shape {tuple(full.shape)}, model has {tuple(p.shape)}"
                 )
             params.append(sharding.local_of_full(full, p).clone())
+        if role == self._live:
+            self._live, self._live_copy = None, None
         self._roles[role] = RoleWeights(params=params)
 
     def snapshot(self, role: str) -> None:
-        """Store the current weights AND optimizer state as `role`."""
-        self._roles[role] = RoleWeights(params=self._local_params(), optim=self._optim_state())
+        """The current weights AND optimizer state become `role` (held by the model
+        itself until it moves on: see `_keep_live`)."""
+        self._roles.pop(role, None)
+        self._live, self._live_copy = role, None
 
     def copy_role(self, dst: str, src: str) -> None:
-        r = self._role(src)
-        self._roles[dst] = RoleWeights(
-            params=[t.clone() for t in r.params],
-            optim=None if r.optim is None else clone_optim(r.optim),
-        )
+        """`dst` := `src`'s weights, without optimizer state: shared tensors for a stored
+        role (frozen), a copy of the model's weights for the live one."""
+        if dst == src:
+            return
+        if src != self._live:
+            r = RoleWeights(params=list(self._role(src).params))
+        self._roles.pop(dst, None)  # the old copy goes first: never two at once
+        if src == self._live:
+            if self._live_copy is None:
+                self._live_copy = self._local_params()
+            r = RoleWeights(params=list(self._live_copy))
+        if dst == self._live:
+            self._live, self._live_copy = None, None
+        self._roles[dst] = r
+
+    def _keep_live(self) -> None:
+        """Copy the live role (weights and AdamW state) out of the model before the model
+        changes; afterwards no role is live."""
+        if self._live is not None:
+            params = self._live_copy or self._local_params()
+            self._roles[self._live] = RoleWeights(params, self._optim_state())
+        self._live, self._live_copy = None, None
 
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
-        r = self._role(phase if isinstance(phase, str) else phase.anchor)
+        name = phase if isinstance(phase, str) else phase.anchor
+        if name == self._live:
+            return  # the model already is the anchor, optimizer state included
+        r = self._role(name)
+        self._keep_live()
         self._load_params(r.params)
         if r.optim is not None:
             self.opt.state.clear()
@@ -157,12 +195,16 @@ class Learner:
             raise ValueError("train batch has no pairs: every group holds a single response")
         anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
+        if self._live != phase.output:
+            self._keep_live()  # the model leaves a role the phase does not replace
+        self._live_copy = None  # the model changes now
         losses, gnorm = [], 0.0
         for _ in range(updates):
             loss, gnorm = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
             losses.append(loss)
+        self.opt.zero_grad(set_to_none=True)  # gradients are not held between phases
         new = self._role_logprobs(None, mbs, steps, norm)
-        has_ref = phase.mu == "ref" or "ref" in self._roles
+        has_ref = phase.mu == "ref" or "ref" in self.roles
         if phase.mu == "ref":
             ref = mu
         else:
@@ -233,78 +275,13 @@ class Learner:
         (loss_sum,) = self.ctx.all_reduce_sum([local_loss])
         return loss_sum, float(gnorm)
 
-    # ------------------------------------------------------------ log-probs
-    def _forward_token_logprobs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """[n, L-1]: log π(input_ids[:, j+1] | input_ids[:, :j+1]); with `allowed_token_ids`
-        π is the sampler's restricted LM, logit(y) − logsumexp(allowed logits). A target
-        outside the set (prompt, padding) then gets a finite non-log-prob, masked by callers."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-        # At least float32 (bf16/fp16 models); a float64 model keeps float64.
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        target = input_ids[:, 1:].unsqueeze(-1)
-        if self._allowed is None:
-            return torch.log_softmax(logits, -1).gather(-1, target).squeeze(-1)
-        norm = torch.logsumexp(logits.index_select(-1, self._allowed), -1)
-        return logits.gather(-1, target).squeeze(-1) - norm
-
-    def _seq_logprobs(self, mb: Micro, normalize: bool) -> torch.Tensor:
-        tok = self._forward_token_logprobs(mb.input_ids, mb.attention_mask)
-        return sequence_logprob(tok, mb.target_mask, normalize)
-
-    def _role_logprobs(
-        self, role: str | None, mbs: list[Micro], steps: int, normalize: bool
-    ) -> list[torch.Tensor]:
-        """Sequence log-probs [n] per micro-batch under `role`'s weights (None: current)."""
-        out = []
-        with self._weights(role), torch.no_grad():
-            for i in range(steps):
-                if i < len(mbs):
-                    out.append(self._seq_logprobs(mbs[i], normalize).detach())
-                else:
-                    self._dummy_forward(grad=False)
-            if self.ctx.sharded:
-                sharding.reshard(self.model)
-        return out
-
-    def policy_logprobs(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        response_mask: np.ndarray,
-        role: str | None = None,
-    ) -> np.ndarray:
-        """[N, L] float32 token log-probs under the current weights (or `role`'s),
-        aligned with input_ids (entry j = log π(ids[j] | ids[:j]), π restricted to
-        `allowed_token_ids` as in training), 0 off the response."""
-        # torch.tensor copies: arrays from the Ray object store are read-only.
-        ids = torch.tensor(input_ids, dtype=torch.int64, device=self.ctx.device)
-        att = torch.tensor(attention_mask, dtype=torch.int64, device=self.ctx.device)
-        mask = torch.tensor(response_mask, dtype=torch.float32, device=self.ctx.device)
-        with self._weights(role), torch.no_grad():
-            tok = self._forward_token_logprobs(ids, att)
-            if self.ctx.sharded:
-                sharding.reshard(self.model)
-        out = torch.zeros_like(mask)
-        out[:, 1:] = tok * mask[:, 1:]
-        return out.cpu().numpy()
-
-    def _dummy_forward(self, grad: bool) -> None:
-        """Join FSDP2's collectives with no data: a 1-token forward whose loss is 0·logits."""
-        if not self.ctx.sharded:
-            return
-        ids = torch.zeros((1, 1), dtype=torch.int64, device=self.ctx.device)
-        logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        if grad:
-            (logits.sum() * 0.0).backward()
-
     # --------------------------------------------------- weights and state
     def publish(self, role: str | None = None) -> FlatWeights | None:
         """Full weights (current, or `role`'s) as FlatWeights on rank 0; None on other ranks.
 
         Unsharded, a role's tensors are flattened where they are: swapping them into
         the model and back would copy the whole policy three more times."""
+        role = None if role == self._live else role
         if role is not None and not self.ctx.sharded:
             if self.ctx.rank != 0:
                 return None
@@ -322,18 +299,22 @@ class Learner:
             # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
             return None if sd is None else flatten_state_dict(sd)
 
-    def state(self) -> LearnerState:
-        """This rank's state as plain local tensors (optimizer DTensors → their shards)."""
+    def state(self, copy: bool = True) -> LearnerState:
+        """This rank's state as plain local tensors (optimizer DTensors → their shards).
+        The live role is `params`/`optim` (named by `live`, not repeated in `roles`).
+        copy=False: the tensors themselves, for writing out before the next call."""
+        c = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return LearnerState(
             rank=self.ctx.rank,
             world=self.ctx.world,
             strategy=self.config.strategy,
-            params=self._local_params(),
-            optim=local_optim(self._optim_state()),
+            params=[c(local(p).detach()) for p in self._params],
+            optim=local_optim(self._optim_refs(), copy),
             roles={
-                k: RoleWeights([t.clone() for t in v.params], local_optim(v.optim))
+                k: RoleWeights([c(t) for t in v.params], local_optim(v.optim, copy))
                 for k, v in self._roles.items()
             },
+            live=self._live,
         )
 
     def load_state(self, state: LearnerState) -> None:
@@ -347,18 +328,17 @@ class Learner:
                 f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
             )
         dev = self.ctx.device
+        self._roles, self._live, self._live_copy = {}, None, None
+        self._load_params([t.to(dev) for t in state.params])
+        self.opt.state.clear()
+        for i, st in optim_like(state.optim, self._params, dev).items():
+            self.opt.state[self._params[i]] = st
         self._roles = {
-            k: RoleWeights(
-                [t.to(dev) for t in v.params], optim_like(v.optim, self._params, self.ctx.device)
-            )
+            k: RoleWeights([t.to(dev) for t in v.params], optim_like(v.optim, self._params, dev))
             for k, v in state.roles.items()
+            if k != state.live
         }
-        self._roles["__load__"] = RoleWeights(
-            [t.to(dev) for t in state.params],
-            optim_like(state.optim, self._params, self.ctx.device),
-        )
-        self.start_phase("__load__")
-        del self._roles["__load__"]
+        self._live = state.live
 
     def close(self) -> None:
         self.ctx.close()
@@ -376,21 +356,32 @@ class Learner:
             for p, t in zip(self._params, params, strict=True):
                 local(p).copy_(t)
 
+    def _optim_refs(self) -> dict[int, dict[str, torch.Tensor]]:
+        return {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
+
     def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
-        return clone_optim(
-            {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
-        )
+        return clone_optim(self._optim_refs())
 
     @contextmanager
     def _weights(self, role: str | None) -> Iterator[None]:
         """Temporarily swap `role`'s weights into the model (bitwise restore after)."""
-        if role is None:
+        if role is None or role == self._live:
             yield
             return
         r = self._role(role)
-        saved = self._local_params()
-        self._load_params(r.params)
+        if self.ctx.sharded:  # DTensor shards: copy in and back
+            saved = self._local_params()
+            self._load_params(r.params)
+            try:
+                yield
+            finally:
+                self._load_params(saved)
+            return
+        saved = [p.data for p in self._params]  # swap storages: no copy
         try:
+            for p, t in zip(self._params, r.params, strict=True):
+                p.data = t
             yield
         finally:
-            self._load_params(saved)
+            for p, t in zip(self._params, saved, strict=True):
+                p.data = t

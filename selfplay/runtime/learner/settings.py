@@ -24,6 +24,10 @@ class LearnerSettings:
                         log π(y_t | ·) = logit(y_t) − log Σ_{v ∈ allowed} exp logit(v).
                         For one-token responses this changes no log-prob difference, for
                         longer ones the normaliser depends on the prefix, so it matters.
+    temperature:        the policy is softmax(logits / temperature), the distribution the
+                        sampler draws opponents and evaluation responses from
+                        (`rollout.temperature`): every log-prob the learner takes (policy,
+                        anchor, μ, π_ref, evaluation scoring, KL) is of the tempered LM.
     """
 
     lr: float = 1e-4
@@ -37,8 +41,11 @@ class LearnerSettings:
     updates_per_phase: int = 1
     micro_batch: int = 64
     allowed_token_ids: tuple[int, ...] | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in FORMS:
             raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
         if self.updates_per_phase < 1:
@@ -59,9 +66,11 @@ class PhaseMetrics:
 
     loss / loss_initial: mean pair loss at the last / first update (before its step).
     grad_norm:           total gradient norm of the last update, before clipping.
-    kl_anchor, kl_ref:   k3 estimates E_y[(ρ−1) − log ρ], ρ = π_θ(y)/π_role(y), over the
-                         batch rows after training; unbiased for KL(role‖θ) when the rows
-                         were sampled from that role. kl_ref is NaN without a "ref" role.
+    kl_anchor, kl_ref:   k3 estimates of KL(π_θ‖π_role): the mean over the batch rows of
+                         (r − 1) − log r, r = π_role(y)/π_θ(y) (sequence probabilities
+                         after training); unbiased when the rows are drawn from π_θ
+                         (on-policy: explore_temperature = temperature, no staleness).
+                         kl_ref is NaN without a "ref" role.
     """
 
     loss: float

@@ -10,6 +10,8 @@ and `Learner.load_state` lays it out again like the parameter.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ class LearnerState:
     params: list[torch.Tensor]
     optim: dict[int, dict[str, torch.Tensor]]
     roles: dict[str, RoleWeights]
+    live: str | None = None  # the role `params`/`optim` are (not repeated in `roles`)
 
 
 def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str, torch.Tensor]]:
@@ -45,14 +48,17 @@ def clone_optim(state: Mapping[int, Mapping[str, object]]) -> dict[int, dict[str
     }
 
 
-def local_optim(state):
-    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor)."""
+def local_optim(state, copy: bool = True):
+    """Optimizer state with every DTensor replaced by this rank's shard (a plain tensor),
+    every tensor cloned (copy=True) or as it is."""
     if state is None:
         return None
-    return {
-        i: {k: local(v).clone() if hasattr(v, "to_local") else v for k, v in st.items()}
-        for i, st in state.items()
-    }
+
+    def one(v):
+        v = local(v) if hasattr(v, "to_local") else v
+        return v.detach().clone() if copy and torch.is_tensor(v) else v
+
+    return {i: {k: one(v) for k, v in st.items()} for i, st in state.items()}
 
 
 def optim_like(state, params: list, device):
@@ -81,3 +87,21 @@ def optim_like(state, params: list, device):
             new[k] = v
         out[i] = new
     return out
+
+
+#: glibc's M_MMAP_THRESHOLD parameter of mallopt.
+_M_MMAP_THRESHOLD = -3
+
+
+def fixed_mmap_threshold(nbytes: int = 1 << 20) -> bool:
+    """Serve every allocation of ≥ `nbytes` with its own mmap (glibc): freed tensors then
+    go back to the OS at once. glibc's default raises the threshold to the largest chunk
+    freed so far (up to 32 MiB), after which a model's per-layer tensors come from the
+    heap, and a freed copy of the weights stays in the process's RSS. False where there
+    is no glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
