@@ -155,3 +155,24 @@ def test_raters_judge_is_intransitive_on_a_hand_built_triple():
     q = [raters.prob("", y, x) for x, y in ((a, b), (b, c), (c, a))]
     np.testing.assert_allclose(np.add(p, q), 1.0, atol=1e-12)
     assert min(p) > 0.53, p  # a cycle: no ranking of a, b, c agrees with all three
+
+
+def test_cyclic_triples_matches_a_loop_over_triples():
+    import itertools
+
+    from selfplay.games.measures import cyclic_triples
+
+    rng = np.random.default_rng(3)
+    U = rng.choice([0.2, 0.5, 0.5, 0.9], size=(9, 9))
+    P = np.triu(U, 1) + np.tril(1 - U.T, -1) + 0.5 * np.eye(9)  # P + Pᵀ = 1, some ties
+
+    def beats(x, y):
+        return P[x, y] > 0.5
+
+    loop = sum(
+        (beats(a, b) and beats(b, c) and beats(c, a))
+        or (beats(b, a) and beats(c, b) and beats(a, c))
+        for a, b, c in itertools.combinations(range(9), 3)
+    )
+    assert cyclic_triples(P) == (loop, 84) and loop > 0
+    assert cyclic_triples(np.triu(np.ones((5, 5)), 1)) == (0, 10)  # a strict ranking
