@@ -266,6 +266,11 @@ class Config(_Strict):
             raise ValueError(
                 "rollout.backend=vllm cannot sample Nash-MD's mixture policy; use rollout.backend=hf"
             )
+        if self.rollout.backend == "vllm" and self.model.name.lower().endswith(".gguf"):
+            raise ValueError(
+                "rollout.backend=vllm does not load a .gguf model.name; write it as safetensors "
+                "first: selfplay demo real --gguf FILE --out DIR"
+            )
         kind, judge = self.task.kind, self.judge.kind
         if kind == "prompts":
             if judge in (None, "game"):

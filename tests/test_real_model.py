@@ -86,6 +86,7 @@ BAD = [
     ("fn-no-name", ["judge.kind=function", "judge.function={judge}:nothing"], "has no 'nothing'"),
     ("fn-not-callable", ["judge.kind=function", "judge.function={judge}:X"], "not callable"),
     ("fn-unset", ["judge.kind=function"], "needs judge.function"),
+    ("vllm-gguf", ["rollout.backend=vllm"], "vllm does not load a .gguf model.name"),
 ]
 
 
