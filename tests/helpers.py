@@ -129,3 +129,58 @@ def bernstein_half(var: float, spread: float, n: int, fail: float = BAND_FAIL) -
     L = float(np.log(2 / fail))
     b = 2 * spread * L / 3
     return (b + np.sqrt(b * b + 8 * n * L * var)) / (2 * n)
+
+
+GGUF_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_gguf(path: Path, *, hidden: int = 16, seed: int = 0) -> dict:
+    """Write a one-layer llama `.gguf` (float32 tensors, byte-level BPE over the 256 byte
+    symbols plus two merges and <|endoftext|> (pad), <|im_start|> (bos), <|im_end|> (eos),
+    a ChatML template) with the `gguf` package; returns its tensors by GGUF name."""
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    rng = np.random.default_rng(seed)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = [*bytes_to_unicode().values(), "he", "ll", *specials]
+    v, h = len(tokens), hidden
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(256)
+    w.add_embedding_length(h)
+    w.add_block_count(1)
+    w.add_feed_forward_length(2 * h)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(v)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (v - 3) + [3] * 3)
+    w.add_token_merges(["h e", "l l"])
+    w.add_pad_token_id(v - 3)
+    w.add_bos_token_id(v - 2)
+    w.add_eos_token_id(v - 1)
+    w.add_chat_template(GGUF_CHAT_TEMPLATE)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    t = {"token_embd.weight": rand(v, h), "output_norm.weight": np.ones(h, np.float32)}
+    t["output.weight"] = rand(v, h)
+    for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        t[f"blk.0.{n}.weight"] = rand(h, h)
+    t["blk.0.attn_norm.weight"] = t["blk.0.ffn_norm.weight"] = np.ones(h, np.float32)
+    t["blk.0.ffn_gate.weight"], t["blk.0.ffn_up.weight"] = rand(2 * h, h), rand(2 * h, h)
+    t["blk.0.ffn_down.weight"] = rand(h, 2 * h)
+    for name, x in t.items():
+        w.add_tensor(name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return t

@@ -156,3 +156,26 @@ def trl(trl_python: str, steps: int, warmup: int, rounds: int, as_json: bool) ->
     if not as_json:
         click.echo(t.format_report(r))
     click.echo(dumps(t.summary_json(r)))
+
+
+@bench.command("cycles")
+@click.argument("source", type=str)
+@click.option(
+    "--judge",
+    "function",
+    default="selfplay.judges.raters:prob",
+    show_default=True,
+    help="The judge function, file.py:name or module:name.",
+)
+@click.option("--returns", type=click.Choice(["score", "prob"]), default="prob", show_default=True)
+@click.option("--tau", type=FINITE_FLOAT, default=1.0, show_default=True)
+@click.option("--max-responses", type=click.IntRange(3, 2000), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def cycles(
+    source: str, function: str, returns: str, tau: float, max_responses: int, seed: int
+) -> None:
+    """The fraction of response triples that a judge ranks in a cycle (a ≻ b ≻ c ≻ a).
+    SOURCE: a RUN_DIR (its rollouts), or a parquet / jsonl file with a `response` field."""
+    from selfplay.bench.cycles import run
+
+    click.echo(dumps(run(source, function, returns, tau, max_responses, seed)))

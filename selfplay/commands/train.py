@@ -89,7 +89,7 @@ def _preflight(cfg, *, new_run: bool):
         from selfplay.models.load import check_safetensors_dir
 
         check_safetensors_dir(cfg.model.name)  # the policy first: a missing dir in one line
-    if cfg.judge.kind in ("reward", "pairwise", "llm"):  # before Ray: the judge model loads
+    if cfg.judge.kind in ("reward", "pairwise", "llm", "function"):  # before Ray: it loads
         from selfplay.judges.factory import check_judge_spec, model_judge_spec
 
         check_judge_spec(model_judge_spec(cfg.judge))

@@ -63,13 +63,14 @@ def kept_steps(run_dir: str | Path) -> list[int]:
 
 def identity(source) -> str:
     """SHA-256 of a model directory's config.json and *.safetensors files (sorted by
-    name), or of a tiny spec's name."""
+    name), of a model file (`.gguf`), or of a tiny spec's name."""
     h = hashlib.sha256()
     if not isinstance(source, str):
         h.update(f"tiny:{source.name}".encode())
         return h.hexdigest()
     d = Path(source)
-    for f in sorted([d / "config.json", *d.glob("*.safetensors")]):
+    files = [d] if d.is_file() else [d / "config.json", *d.glob("*.safetensors")]
+    for f in sorted(files):
         if f.is_file():
             h.update(f.name.encode())
             with open(f, "rb") as fh:
@@ -118,6 +119,8 @@ def reference_policy(cfg) -> Policy:
         spec = model_spec(cfg, make_task(cfg.task))
         return Policy("reference", spec, identity(spec))
     path = Path(cfg.model.name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":  # a llama.cpp file (models.load)
+        return Policy("reference", str(path), identity(str(path)))
     if not path.is_dir():
         raise InputError(
             f"the run's initial policy {cfg.model.name} (model.name) is not a directory "

@@ -104,3 +104,18 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 def _to_numpy(t: torch.Tensor):
     a = t.detach().cpu().numpy()
     return float(a) if a.ndim == 0 else a
+
+
+def cyclic_triples(P) -> tuple[int, int]:
+    """(cyclic, total) over the unordered triples {a, b, c} of the n items of P [n, n].
+
+    A triple is cyclic when its strict majority relation (a ≻ b iff P[a, b] > ½) is a
+    3-cycle, a ≻ b ≻ c ≻ a: no ranking of the three agrees with it. With B[a, b] =
+    [P[a, b] > ½] (antisymmetric off ties), a cyclic triple holds exactly one directed
+    3-cycle of B, which trace(B³) counts once per starting point, so
+    cyclic = trace(B³) / 3. A triple with a tie (P = ½) is never cyclic.
+    """
+    B = (np.asarray(P, dtype=np.float64) > 0.5).astype(np.int64)
+    np.fill_diagonal(B, 0)
+    n = B.shape[0]
+    return int(np.trace(B @ B @ B)) // 3, n * (n - 1) * (n - 2) // 6

@@ -11,6 +11,8 @@ inside a Ray actor, where a bad model would only surface as a dead actor): the
 directory exists and holds safetensors, its config loads without remote code, a
 reward / pairwise model has one logit, the template formats, and an llm judge's
 answers are single tokens. It reads the config and tokenizer only, no weights.
+A function judge (`judges.function`) is loaded there once, so a missing file,
+module or name, or a name that is not callable, is one line before Ray starts.
 """
 
 from __future__ import annotations
@@ -27,20 +29,23 @@ from selfplay.judges.base import Judge
 if TYPE_CHECKING:
     from selfplay.models.tiny import ModelSpec
 
-JudgeKind = Literal["game", "reward", "pairwise", "llm"]
+JudgeKind = Literal["game", "reward", "pairwise", "llm", "function"]
 MODEL_KINDS = ("reward", "pairwise", "llm")
+PROMPT_KINDS = (*MODEL_KINDS, "function")  # the judges of a prompts task
 
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """kind:       game | reward | pairwise | llm.
-    model:      HF path, hub name or `tiny:<spec>` (model judges only).
+    """kind:       game | reward | pairwise | llm | function.
+    model:      HF path, hub name, `.gguf` file or `tiny:<spec>` (model judges only).
     batch_size: rows per forward pass (model judges; both orders count as rows).
     matrix:     [n, n] P(i ≻ j) over the responses, `moves` the move names and
                 `length` the moves per response, n = len(moves)**length (game judge only).
     template:   judge prompt template with {prompt}, {a}, {b} (pairwise / llm; None = default).
     move_ids:   the moves' token ids (game judge): it then reads responses as token ids,
                 and the rollout workers need not decode text (`judges_text`).
+    function:   `file.py:name` (absolute path) or `module:name` (function judge only);
+    returns:    what it returns, score | prob; tau: the score judge's temperature.
     """
 
     kind: JudgeKind
@@ -53,6 +58,9 @@ class JudgeSpec:
     length: int = 1
     template: str | None = None
     move_ids: tuple[int, ...] | None = None
+    function: str | None = None
+    returns: str = "score"
+    tau: float = 1.0
 
 
 def _game(spec: JudgeSpec) -> Judge:
@@ -105,11 +113,33 @@ def _llm(spec: JudgeSpec) -> Judge:
     return LLMJudge(*load_policy(spec.model, dtype=spec.dtype, device=spec.device), **kw)
 
 
+def _function(spec: JudgeSpec) -> Judge:
+    if spec.function is None:
+        raise InputError("judge.kind=function needs judge.function (file.py:name or module:name)")
+    from selfplay.judges.function import FunctionJudge, load_function
+
+    return FunctionJudge(load_function(spec.function), returns=spec.returns, tau=spec.tau)
+
+
 def model_judge_spec(judge) -> JudgeSpec:
-    """The JudgeSpec of a model judge from a `JudgeConfig` (kind, model, batch_size, template)."""
-    if judge.kind not in MODEL_KINDS:
+    """The JudgeSpec of a prompts task's judge (a model or a function) from a `JudgeConfig`."""
+    if judge.kind not in PROMPT_KINDS:
         raise InputError(
-            f"judge.kind={judge.kind} is not a model judge; expected one of {MODEL_KINDS}"
+            f"judge.kind={judge.kind} does not judge text; expected one of {PROMPT_KINDS}"
+        )
+    if judge.kind == "function":
+        from selfplay.judges.function import resolve_ref
+
+        if not judge.function:
+            raise InputError(
+                "judge.kind=function needs judge.function (file.py:name or module:name)"
+            )
+        return JudgeSpec(
+            kind="function",
+            batch_size=judge.batch_size,
+            function=resolve_ref(judge.function),
+            returns=judge.returns,
+            tau=judge.tau,
         )
     return JudgeSpec(
         kind=judge.kind, batch_size=judge.batch_size, model=judge.model, template=judge.template
@@ -125,7 +155,10 @@ def _looks_local(name: str) -> bool:
 
 
 def check_judge_spec(spec: JudgeSpec) -> None:
-    """One-line InputError for a model judge that cannot load (see the module docstring)."""
+    """One-line InputError for a judge that cannot load (see the module docstring)."""
+    if spec.kind == "function":
+        _function(spec)  # loads the function: its file runs once, here
+        return
     if spec.kind not in MODEL_KINDS:
         return
     if spec.model is None:
@@ -142,11 +175,12 @@ def check_judge_spec(spec: JudgeSpec) -> None:
         return  # built in code
     from pathlib import Path
 
-    from selfplay.models.load import check_safetensors_dir, load_tokenizer
+    from selfplay.models.load import check_safetensors_dir, is_gguf, load_tokenizer
 
     name = spec.model
-    if not Path(name).exists() and _looks_local(name):
-        raise InputError(f"judge.model: no such directory: {name}")
+    if not Path(name).exists() and (_looks_local(name) or is_gguf(name)):
+        what = "file" if is_gguf(name) else "directory"
+        raise InputError(f"judge.model: no such {what}: {name}")
     check_safetensors_dir(name)
     config = _model_config(name)
     if spec.kind in ("reward", "pairwise") and config.num_labels != 1:
@@ -172,6 +206,7 @@ JUDGE_KINDS: dict[str, Callable[[JudgeSpec], Judge]] = {
     "reward": _reward,
     "pairwise": _pairwise,
     "llm": _llm,
+    "function": _function,
 }
 
 

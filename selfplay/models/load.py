@@ -1,7 +1,13 @@
 """Loading policies and judges: any HF model by path or hub name, or a tiny model by spec.
 
 Names: a local directory or hub name goes to `AutoModelFor*.from_pretrained`;
-`tiny:<spec>` (see `ModelSpec`) builds a random-init tiny model in code.
+`tiny:<spec>` (see `ModelSpec`) builds a random-init tiny model in code; a path
+ending in `.gguf` (a llama.cpp file) is read by transformers' GGUF loader (needs
+the `gguf` and `accelerate` packages: `pip install 'selfplay[real]'`), its
+quantised weights de-quantised to float. That model is then rebuilt from its
+config without the `quantization_config` and given the same state dict, so it
+trains, checkpoints and `save_pretrained`s like any other (transformers refuses
+to save a model it loaded from GGUF).
 
 Safe loading: weights are read from safetensors only (`use_safetensors=True`),
 never from pickle `.bin` checkpoints, and `trust_remote_code=False` is passed
@@ -56,6 +62,31 @@ def _finish(model: PreTrainedModel, tok: PreTrainedTokenizerBase, dtype: str, de
 
 
 PICKLE_REFUSED = "no safetensors weights in {} (pickle .bin checkpoints are not loaded)"
+GGUF_PACKAGES = ("gguf", "accelerate")
+
+
+def is_gguf(name_or_path) -> bool:
+    """Whether a model name is a llama.cpp `.gguf` file path."""
+    return isinstance(name_or_path, str) and name_or_path.lower().endswith(".gguf")
+
+
+def _gguf_parts(name: str) -> tuple[str, str]:
+    p = Path(name).expanduser()
+    return str(p.parent), p.name
+
+
+def check_gguf_file(name: str) -> None:
+    """InputError unless `name` is an existing file and the GGUF loader's packages import."""
+    import importlib.util
+
+    if not Path(name).expanduser().is_file():
+        raise InputError(f"model file {name} does not exist")
+    missing = [m for m in GGUF_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"loading {name} needs the {' and '.join(missing)} package(s): "
+            f"pip install 'selfplay[real]'"
+        )
 
 
 def check_safetensors_dir(name_or_path: str) -> None:
@@ -63,7 +94,11 @@ def check_safetensors_dir(name_or_path: str) -> None:
 
     A name written as a path (absolute, or starting with `.` or `~`) must be an existing
     directory. Hub names pass; `from_pretrained(use_safetensors=True)` refuses those itself.
+    A `.gguf` path must be an existing file (`check_gguf_file`).
     """
+    if is_gguf(name_or_path):
+        check_gguf_file(name_or_path)
+        return
     p = Path(name_or_path).expanduser()
     if name_or_path.startswith(("/", ".", "~")) and not p.is_dir():
         raise InputError(f"model directory {name_or_path} does not exist")
@@ -73,6 +108,13 @@ def check_safetensors_dir(name_or_path: str) -> None:
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a local directory or hub name; no remote code runs."""
+    if is_gguf(name_or_path):
+        check_gguf_file(name_or_path)
+        d, f = _gguf_parts(name_or_path)
+        try:
+            return AutoTokenizer.from_pretrained(d, gguf_file=f, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            raise InputError(f"cannot load tokenizer {name_or_path!r}: {_first_line(e)}") from None
     if not is_local(name_or_path):
         offline_unless_reachable()
     try:
@@ -86,7 +128,28 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _from_gguf(auto_cls, name: str, what: str):
+    """The model of a `.gguf` file, de-quantised, rebuilt as a plain (savable) model."""
+    import copy
+
+    check_gguf_file(name)
+    d, f = _gguf_parts(name)
+    try:
+        loaded = auto_cls.from_pretrained(d, gguf_file=f, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as e:
+        raise InputError(f"cannot load {what} {name!r}: {_first_line(e)}") from None
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = auto_cls.from_config(config, dtype=loaded.dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model.eval(), load_tokenizer(name)
+
+
 def _from_pretrained(auto_cls, name: str, what: str):
+    if is_gguf(name):
+        return _from_gguf(auto_cls, name, what)
     check_safetensors_dir(name)
     if not is_local(name):
         offline_unless_reachable()
@@ -214,6 +277,13 @@ def load_model_config(name_or_path: str, what: str):
     """A model's config alone (no weights, no remote code): InputError naming `what`."""
     from transformers import AutoConfig
 
+    if is_gguf(name_or_path):
+        check_gguf_file(name_or_path)
+        d, f = _gguf_parts(name_or_path)
+        try:
+            return AutoConfig.from_pretrained(d, gguf_file=f, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            raise InputError(f"cannot load {what} {name_or_path!r}: {_first_line(e)}") from None
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -221,9 +291,12 @@ def load_model_config(name_or_path: str, what: str):
 
 
 def load_generation_config(name_or_path: str):
-    """A model directory's generation config (its eos ids), or None where it has none."""
+    """A model directory's generation config (its eos ids), or None where it has none
+    (a `.gguf` file: its tokenizer's eos)."""
     from transformers import GenerationConfig
 
+    if is_gguf(name_or_path):
+        return None
     try:
         return GenerationConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError):

@@ -194,11 +194,9 @@ class DatasetPrompts:
         )
 
     def judge_spec(self, judge):
-        from selfplay.judges.factory import JudgeSpec
+        from selfplay.judges.factory import model_judge_spec
 
-        return JudgeSpec(
-            kind=judge.kind, batch_size=judge.batch_size, model=judge.model, template=judge.template
-        )
+        return model_judge_spec(judge)
 
     def evaluator(self, tokenizer, beta: float) -> TextEvaluator:
         return TextEvaluator(self)
