@@ -195,12 +195,13 @@ def g_hat(
     return out
 
 
-def k3_kl(new: list[torch.Tensor], other: list[torch.Tensor] | None) -> float:
-    """Σ_rows (r − 1) − log r with log r = other − new, per-row sequence log-probs of
-    rows drawn from π_new: Schulman's k3 estimator of KL(π_new‖π_other)
-    (E_new[r] = 1, so each term is unbiased for E_new[−log r] = KL and is ≥ 0).
-    0 without `other`. The learner's `kl_anchor` and `kl_ref` (KL(π_θ‖role))."""
+def k3_kl(sampler: list[torch.Tensor], other: list[torch.Tensor] | None) -> float:
+    """Σ_rows (r − 1) − log r with log r = other − sampler, per-row sequence log-probs of
+    rows drawn from π_sampler: Schulman's k3 estimator of KL(π_sampler‖π_other)
+    (E_sampler[r] = 1, so each term is unbiased for E_sampler[−log r] = KL and is ≥ 0).
+    0 without `other`. The learner's `kl_anchor` and `kl_ref`, with π_sampler the
+    phase's anchor (the policy that drew the rows)."""
     if not other:
         return 0.0
-    lr = torch.cat(other).double() - torch.cat(new).double()
+    lr = torch.cat(other).double() - torch.cat(sampler).double()
     return float((torch.expm1(lr) - lr).sum())

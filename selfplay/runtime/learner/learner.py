@@ -209,7 +209,10 @@ class Learner(Scoring):
             ref = mu
         else:
             ref = self._role_logprobs("ref", mbs, steps, norm) if has_ref else None
-        kl_a, kl_r = self.ctx.all_reduce_sum([k3_kl(new, anchor), k3_kl(new, ref)])
+        # On the rows, drawn from the policy before the update (the anchor, for the
+        # on-policy phases): after a large update π_new is far off-policy for them, and
+        # k3 with r = π_ref/π_new then has unbounded variance.
+        kl_a, kl_r = self.ctx.all_reduce_sum([k3_kl(anchor, new), k3_kl(anchor, ref)])
         self.snapshot(phase.output)
         return PhaseMetrics(
             loss=losses[-1],

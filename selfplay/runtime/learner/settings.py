@@ -66,11 +66,14 @@ class PhaseMetrics:
 
     loss / loss_initial: mean pair loss at the last / first update (before its step).
     grad_norm:           total gradient norm of the last update, before clipping.
-    kl_anchor, kl_ref:   k3 estimates of KL(π_θ‖π_role): the mean over the batch rows of
-                         (r − 1) − log r, r = π_role(y)/π_θ(y) (sequence probabilities
-                         after training); unbiased when the rows are drawn from π_θ
-                         (on-policy: explore_temperature = temperature, no staleness).
-                         kl_ref is NaN without a "ref" role.
+    kl_anchor, kl_ref:   k3 estimates on the batch rows of KL(π_anchor‖π_new) (how far
+                         the phase moved) and KL(π_anchor‖π_ref), π_anchor the policy
+                         the phase started from: the mean of (r − 1) − log r with
+                         r = π_new(y)/π_anchor(y), resp. π_ref(y)/π_anchor(y). Unbiased
+                         when the rows are drawn from π_anchor (the on-policy phases,
+                         explore_temperature = temperature, no staleness); at step t
+                         kl_ref is thus KL(π_t‖π_ref) of the policy that sampled the
+                         batch. kl_ref is NaN without a "ref" role.
     """
 
     loss: float
