@@ -100,7 +100,8 @@ def checkpoint(learner, root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from selfplay.algos.plan import Phase
+    from selfplay.algos import mpo
+    from selfplay.algos.base import Hyper
     from selfplay.runtime.learner.learner import Learner
     from selfplay.runtime.learner.settings import LearnerSettings
 
@@ -129,17 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     learner.copy_role("ref", "main")
     learner.publish("main")
     rows.append(report("roles + publish", t0))
-    ea, eta = 2.0, 4.0
-    ph = Phase(
-        sample="main",
-        opponents=(("main", 1.0),),
-        anchor="main",
-        mu="magnet",
-        a=1 / (1 + ea),
-        b=ea / (1 + ea),
-        c=eta / (1 + ea),
-        output="main",
-    )
+    (ph,) = mpo.plan(Hyper(eta=4.0, alpha=0.5)).phases  # the runtime's MPO step
     b = batch(a.prompts, a.k, a.prompt_len, a.tokens)
     for step in range(a.steps):
         learner.start_phase(ph)
