@@ -106,15 +106,21 @@ def check_safetensors_dir(name_or_path: str) -> None:
         raise InputError(PICKLE_REFUSED.format(p))
 
 
+def _gguf_pretrained(auto, path: str, what: str):
+    """`auto.from_pretrained` of a `.gguf` file (an AutoTokenizer or AutoConfig): no
+    remote code; a file transformers cannot read is an InputError naming `what`."""
+    check_gguf_file(path)
+    d, f = _gguf_parts(path)
+    try:
+        return auto.from_pretrained(d, gguf_file=f, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        raise InputError(f"cannot load {what} {path!r}: {_first_line(e)}") from None
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a local directory or hub name; no remote code runs."""
     if is_gguf(name_or_path):
-        check_gguf_file(name_or_path)
-        d, f = _gguf_parts(name_or_path)
-        try:
-            return AutoTokenizer.from_pretrained(d, gguf_file=f, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, ImportError) as e:
-            raise InputError(f"cannot load tokenizer {name_or_path!r}: {_first_line(e)}") from None
+        return _gguf_pretrained(AutoTokenizer, name_or_path, "tokenizer")
     if not is_local(name_or_path):
         offline_unless_reachable()
     try:
@@ -278,12 +284,7 @@ def load_model_config(name_or_path: str, what: str):
     from transformers import AutoConfig
 
     if is_gguf(name_or_path):
-        check_gguf_file(name_or_path)
-        d, f = _gguf_parts(name_or_path)
-        try:
-            return AutoConfig.from_pretrained(d, gguf_file=f, trust_remote_code=False)
-        except (OSError, ValueError, KeyError, ImportError) as e:
-            raise InputError(f"cannot load {what} {name_or_path!r}: {_first_line(e)}") from None
+        return _gguf_pretrained(AutoConfig, name_or_path, what)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as e:
