@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from selfplay.algos.names import AlgoName
+from selfplay.algos.names import AlgoName, LossForm
 from selfplay.config_tasks import (  # noqa: F401  (re-exported)
     SEED_MAX,
     TASK_KINDS,
@@ -54,7 +54,7 @@ class AlgoConfig(_Strict):
     beta: float | None = Field(None, ge=0)
     alpha: float | None = Field(None, gt=0)
     magnet_every: int | None = Field(None, ge=1)
-    loss: Literal["regression", "ipo", "pg"] = "regression"
+    loss: LossForm = "regression"
     normalize_logprobs: bool = False
 
     @field_validator("beta")
@@ -155,7 +155,7 @@ class JudgeConfig(_Strict):
     """The preference servers: which preference model they serve, how they are sized,
     and their failure policy. `kind` None: the task's own (the games' matrix)."""
 
-    kind: Literal["game", "reward", "pairwise", "llm", "function"] | None = None
+    kind: Literal["reward", "pairwise", "llm", "function"] | None = None
     model: str | None = Field(
         None, description="the judge model's directory, hub name or .gguf file"
     )
@@ -298,7 +298,7 @@ class Config(_Strict):
             )
         kind, judge = self.task.kind, self.judge.kind
         if kind == "prompts":
-            if judge in (None, "game"):
+            if judge is None:
                 raise ValueError(
                     "task.kind=prompts needs a text judge: judge.kind reward, pairwise, llm "
                     "or function"
@@ -308,7 +308,7 @@ class Config(_Strict):
                     "task.kind=prompts needs model.name: a model directory or hub name "
                     "(`selfplay demo text` writes a tiny one)"
                 )
-        elif judge not in (None, "game"):
+        elif judge is not None:
             raise ValueError(f"task.kind={kind} is judged by its matrix; leave judge.kind unset")
         if judge in ("reward", "pairwise", "llm") and not self.judge.model:
             raise ValueError(f"judge.kind={judge} needs judge.model (a directory or hub name)")

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ALGORITHMS = ("mpo", "nash-mp", "omwu", "egpo", "nash-md", "online-ipo", "sppo", "mwu")
-FORMS = ("regression", "ipo", "pg")
+from selfplay.algos.names import FORMS
+from selfplay.algos.names import NAMES as ALGORITHMS
 
 IPO_REASON = (
     "algo.loss=ipo is the update only as one plain gradient step at lr = n·η·β/4 "

@@ -30,11 +30,11 @@ from typing import Literal
 
 import torch
 
+from selfplay.algos.names import LossForm
 from selfplay.algos.plan import Phase
 
 Reduction = Literal["mean", "sum"]
-Form = Literal["regression", "ipo", "pg"]
-FORMS: tuple[str, ...] = ("regression", "ipo", "pg")
+Form = LossForm
 
 
 def sequence_logprob(

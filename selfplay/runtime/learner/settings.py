@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfplay.algos.losses import FORMS
+from selfplay.algos.names import FORMS
 
 
 @dataclass(frozen=True)
