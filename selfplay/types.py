@@ -127,6 +127,12 @@ class Samples:
     def __len__(self) -> int:
         return int(np.asarray(self.lengths).shape[0])
 
+    def truncated_flags(self) -> np.ndarray:
+        """[N] bool `truncated`, all False where it was not recorded."""
+        if self.truncated is None:
+            return np.zeros(len(self), dtype=bool)
+        return np.asarray(self.truncated, dtype=bool).reshape(len(self))
+
     def slim(self) -> Samples:
         """What judging, evaluation and their cache need: the responses (tokens cut to
         the longest, texts when decoded), lengths and truncation flags; no log-probs."""

@@ -189,7 +189,7 @@ def run_eval(plan: EvalPlan, progress: bool = True, stop=None) -> dict:
             for n, d in zip(names, drawn.samples, strict=True)
         },
         truncated={
-            n: float(np.mean([np.mean(s.truncated) for s in d]))
+            n: float(np.mean([np.mean(s.truncated_flags()) for s in d]))
             for n, d in zip(names, drawn.samples, strict=True)
         },
         **plan.facts,

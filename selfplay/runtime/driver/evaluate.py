@@ -179,7 +179,7 @@ def eval_metrics(p, cur, ref, logq, logp_ref) -> dict:
 
     wr = win_rates({(0, 1): p}, 2)
     lengths = lambda side: np.stack([s.lengths for s in side]).astype(np.float64)  # noqa: E731
-    trunc = lambda side: float(np.mean([np.mean(_flags(s)) for s in side]))  # noqa: E731
+    trunc = lambda side: float(np.mean([np.mean(s.truncated_flags()) for s in side]))  # noqa: E731
     diff = lengths(cur) - lengths(ref)
     kl = float(np.mean(np.concatenate(logq) - np.concatenate(logp_ref)))
     out = {
@@ -203,10 +203,6 @@ EXACT = {"eval/win_rate_exact": "win_rate_ref", "eval/kl_ref_exact": "kl_ref_exa
 def with_exact(m: dict, entry: dict) -> dict:
     """`m` plus the exact values the task evaluated at the same step (`entry`)."""
     return m | {k: entry[src] for k, src in EXACT.items() if entry.get(src) is not None}
-
-
-def _flags(s: Samples) -> np.ndarray:
-    return np.zeros(len(s), bool) if s.truncated is None else np.asarray(s.truncated, bool)
 
 
 def _f(x) -> float | None:

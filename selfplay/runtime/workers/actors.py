@@ -37,7 +37,6 @@ from selfplay.runtime.workers.judging import (
     compare_pairs,
     estimate_g,
     to_train_batch,
-    truncated_flags,
 )
 from selfplay.runtime.workers.rows import rows_table
 from selfplay.tasks.base import Sampling
@@ -159,7 +158,7 @@ class JudgeActor:
             masked_rows=est.masked_rows,
             judge_retries=est.judge_retries,
             opponent_lengths=_cat([np.asarray(o.lengths, dtype=np.int64) for o in opponents]),
-            opponent_truncated=_cat([truncated_flags(o) for o in opponents], bool),
+            opponent_truncated=_cat([o.truncated_flags() for o in opponents], bool),
             rows=self._rows(samples, est.g, opponents) if self.rows else None,
         )
 
@@ -243,7 +242,7 @@ def assemble_batch(pad_id: int | None, *judged: Judged | list[Judged]):
         masked_rows=sum(c.masked_rows for c in chunks),
         judge_retries=sum(c.judge_retries for c in chunks),
         lengths=_cat([np.asarray(c.samples.lengths) for c in chunks]),
-        truncated=_cat([truncated_flags(c.samples) for c in chunks], bool),
+        truncated=_cat([c.samples.truncated_flags() for c in chunks], bool),
         opponent_lengths=_cat([_or_empty(c.opponent_lengths, np.int64) for c in chunks]),
         opponent_truncated=_cat([_or_empty(c.opponent_truncated, bool) for c in chunks], bool),
     )

@@ -116,13 +116,6 @@ class Judged:
     rows: object = None  # pyarrow Table of the chunk's rollout rows, when asked for
 
 
-def truncated_flags(samples: Samples) -> np.ndarray:
-    """[N] bool `samples.truncated`, all False where it was not recorded."""
-    if samples.truncated is None:
-        return np.zeros(len(samples), dtype=bool)
-    return np.asarray(samples.truncated, dtype=bool).reshape(len(samples))
-
-
 def truncation_rule(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[n] P(a ≻ b) fixed by truncation (a, b: truncated flags), NaN where the judge decides."""
     p = np.full(a.shape, np.nan)
@@ -278,7 +271,7 @@ def estimate_g(
     if truncated not in TRUNCATED:
         raise ValueError(f"truncated must be one of {TRUNCATED}, got {truncated!r}")
     n, k = len(samples), samples.k
-    trunc = truncated_flags(samples)
+    trunc = samples.truncated_flags()
     mine = responses(judge, samples)
     g = np.zeros(n, dtype=np.float64)
     keep = np.ones(n, dtype=bool)
@@ -292,7 +285,7 @@ def estimate_g(
         jj = (ii // k) * m + np.tile(np.arange(m), n)
         p = np.full(len(ii), np.nan)
         if truncated == "lose":
-            p = truncation_rule(trunc[ii], truncated_flags(opp)[jj])
+            p = truncation_rule(trunc[ii], opp.truncated_flags()[jj])
         ask = np.flatnonzero(np.isnan(p))  # the pairs the judge decides
         res = call_judge(
             judge,
@@ -355,7 +348,7 @@ def compare_pairs(
     n = len(a)
     p = np.full(n, np.nan)
     if truncated == "lose":
-        p = truncation_rule(truncated_flags(a), truncated_flags(b))
+        p = truncation_rule(a.truncated_flags(), b.truncated_flags())
     ask = np.flatnonzero(np.isnan(p))
     res = call_judge(
         judge,
