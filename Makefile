@@ -79,6 +79,7 @@ bench-trl: install $(TRL_STAMP)
 lint: install
 	$(VENV)/bin/ruff check selfplay tests
 	$(VENV)/bin/ruff format --check selfplay tests
+	$(VENV)/bin/mypy selfplay/algos selfplay/games
 
 clean:
 	rm -rf $(VENV) $(TRL_VENV) .pytest_cache mlruns mlflow.db runs demo real

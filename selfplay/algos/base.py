@@ -95,6 +95,13 @@ class Hyper:
     magnet_tol: Num | None = None
     adaptive: bool = False
 
+    @property
+    def step(self) -> Num:
+        """η, resolved (`Algorithm.resolve` replaces None by the default rule)."""
+        if self.eta is None:
+            raise ValueError("η is unresolved: call Algorithm.resolve first")
+        return self.eta
+
     def with_(self, **kw) -> Hyper:
         return replace(self, **kw)
 

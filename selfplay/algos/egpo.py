@@ -44,7 +44,7 @@ def resolve(h: Hyper) -> Hyper:
 
 def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
-    eb = h.eta * h.beta
+    eb = h.step * h.beta
     lead = Phase(
         sample="main",
         opponents=(("main", 1.0),),
@@ -52,7 +52,7 @@ def plan(h: Hyper) -> StepPlan:
         mu="ref",
         a=1.0 - eb,
         b=eb,
-        c=h.eta,
+        c=h.step,
         output="lead",
     )
     upd = Phase(
@@ -62,7 +62,7 @@ def plan(h: Hyper) -> StepPlan:
         mu="ref",
         a=1.0 - eb,
         b=eb,
-        c=h.eta,
+        c=h.step,
         output="main",
     )
     return StepPlan(phases=(lead, upd))

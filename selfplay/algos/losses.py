@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from selfplay.algos.names import LossForm
-from selfplay.algos.plan import Phase
+from selfplay.algos.plan import Num, Phase
 
 Reduction = Literal["mean", "sum"]
 Form = LossForm
@@ -101,9 +101,9 @@ def pg_loss(
     g: torch.Tensor,
     *,
     logp_mu: torch.Tensor | None = None,
-    kl_mu: float = 0.0,
+    kl_mu: Num = 0.0,
     logp_anchor: torch.Tensor | None = None,
-    kl_anchor: float = 0.0,
+    kl_anchor: Num = 0.0,
     weight: torch.Tensor | None = None,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
@@ -147,13 +147,17 @@ def phase_loss(
     pg:         pg_loss with kl_mu = b/c, kl_anchor = a/c and the importance
                 weights `weight` (None: on-policy samples; `pairs` unused).
     """
+    if form in ("regression", "ipo") and pairs is None:
+        raise ValueError(f"the {form} form needs the response pairs")
     if form == "regression":
+        assert pairs is not None
         return target_regression_loss(
             logp, logp_anchor, logp_mu, g, pairs, phase.a, phase.b, phase.c, reduction
         )
     if form == "ipo":
         if logp_mu is None or phase.mu is None:
             raise ValueError("the IPO form needs a reference (phase.mu)")
+        assert pairs is not None
         return ipo_loss(logp, logp_mu, g, pairs, phase.b / phase.c, reduction)
     if form == "pg":
         return pg_loss(

@@ -51,7 +51,7 @@ def adapt(h: Hyper, lip) -> Hyper:
 
 
 def plan(h: Hyper) -> StepPlan:
-    ea = h.eta * h.alpha
+    ea = h.step * h.alpha
     ph = Phase(
         sample="main",
         opponents=(("main", 1.0),),
@@ -59,7 +59,7 @@ def plan(h: Hyper) -> StepPlan:
         mu="magnet",
         a=1.0 / (1.0 + ea),
         b=ea / (1.0 + ea),
-        c=h.eta / (1.0 + ea),
+        c=h.step / (1.0 + ea),
         output="main",
     )
     rf = Refresh(

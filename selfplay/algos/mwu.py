@@ -41,7 +41,7 @@ def plan(h: Hyper) -> StepPlan:
                 mu=None,
                 a=1.0,
                 b=0.0,
-                c=h.eta,
+                c=h.step,
                 output="main",
             ),
         )

@@ -76,7 +76,7 @@ def adapt(h: Hyper, lip) -> Hyper:
 
 def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
-    eb = h.eta * h.beta
+    eb = h.step * h.beta
     mix = Mixture(a="main", b="ref", lam=eb)
     ph = Phase(
         sample=mix,
@@ -85,7 +85,7 @@ def plan(h: Hyper) -> StepPlan:
         mu="ref",
         a=1.0 - eb,
         b=eb,
-        c=h.eta,
+        c=h.step,
         output="main",
     )
     return StepPlan(phases=(ph,))

@@ -38,8 +38,8 @@ def default_hyper(n: int) -> Hyper:
 
 
 def plan(h: Hyper) -> StepPlan:
-    eb = h.eta * h.beta
-    a, b, c = 1.0 / (1.0 + eb), eb / (1.0 + eb), h.eta / (1.0 + eb)
+    eb = h.step * h.beta
+    a, b, c = 1.0 / (1.0 + eb), eb / (1.0 + eb), h.step / (1.0 + eb)
     lead = Phase(
         sample="main",
         opponents=(("main", 1.0),),

@@ -48,7 +48,7 @@ def adapt(h: Hyper, lip) -> Hyper:
 
 def plan(h: Hyper) -> StepPlan:
     h = resolve(h)
-    eb = h.eta * h.beta
+    eb = h.step * h.beta
     ph = Phase(
         sample="main",
         opponents=(("main", 1.0),),
@@ -56,7 +56,7 @@ def plan(h: Hyper) -> StepPlan:
         mu="ref",
         a=1.0 - eb,
         b=eb,
-        c=h.eta,
+        c=h.step,
         output="main",
     )
     return StepPlan(phases=(ph,))

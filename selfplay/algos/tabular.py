@@ -137,7 +137,7 @@ class Executor:
         return q
 
     def step(self, t: int) -> None:
-        if self.lipschitz is not None:
+        if self.adapt is not None:
             self.plan = self.adapt(self._lipschitz())
         for rf in self.plan.refresh:
             if rf.tol is not None:
@@ -162,6 +162,7 @@ class Executor:
         or, when the first opponent is a mixture (Nash-MD), the last two mixtures'
         (queried by the previous steps; the mixture of this step depends on η_t)."""
         src = self.plan.phases[0].opponents[0][0]
+        assert self.lipschitz is not None  # made with `adapt`
         if not isinstance(src, Mixture):
             return self.lipschitz.update(self.state[src], self.q(src))
         if self._last_mixture is None:
@@ -182,14 +183,15 @@ class Executor:
         to tol × its value right after the last refresh (inexact proximal point)."""
         q = self.q(rf.src)
         lp, lm = self.state[rf.src], self.state[rf.dst]
-        alpha = rf.tol_beta
+        alpha, tol = rf.tol_beta, rf.tol
+        assert alpha is not None and tol is not None  # a tolerance refresh names both
         # regularized gap = 2α·KL(π ‖ softmax(log ρ + q/α)) (games/measures.py docstring)
         target = torch.log_softmax(lm + q / alpha, dim=-1)
         inner = 2 * alpha * (lp.exp() * (lp - target)).sum(-1, keepdim=True)
         start = self._inner_start.get(rf.dst)
         if start is None:
             start = inner
-        due = inner <= rf.tol * start
+        due = inner <= tol * start
         # after a refresh the new inner problem starts at ρ = π: its gap is `inner_at_rho`
         inner_at_rho = (
             2
@@ -212,6 +214,8 @@ def _scaled_sum(terms) -> torch.Tensor:
             out = torch.add(out, x, alpha=w)
         else:
             out = torch.addcmul(out, w, x)
+    if out is None:
+        raise ValueError("no terms to sum")
     return out
 
 
@@ -248,7 +252,9 @@ def step(
 
 def initial_state(init: torch.Tensor, mu: torch.Tensor) -> dict[str, torch.Tensor]:
     logp = init.log()
-    state = {r: logp for r in ROLES}  # one tensor: roles equal at t = 0 share payoffs
+    state: dict[str, torch.Tensor] = {
+        r: logp for r in ROLES
+    }  # one tensor: roles equal at t = 0 share payoffs
     state["ref"] = mu.log()
     return state
 
@@ -260,6 +266,8 @@ class _Planner:
         self.A, self.h, self.current = A, h, h
 
     def __call__(self, lip: torch.Tensor) -> StepPlan:
+        if self.A.adapt is None:
+            raise ValueError(f"{self.A.name} has no adaptive step")
         self.current = self.A.adapt(self.h, lip)
         return self.A.plan(self.current)
 
