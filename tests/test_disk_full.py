@@ -12,6 +12,7 @@ run itself exported from its learners.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,14 @@ def _train(out: Path, capsys) -> tuple[int, list[str], Path]:
     return code, capsys.readouterr().err.strip().splitlines(), run_dir
 
 
-def _fill(monkeypatch, module, name: str, where: str) -> None:
-    """`module.name` (a safetensors writer) fails as on a full disk for paths with `where`."""
+def _fill(monkeypatch, module, name: str, where: str, error: Exception | None = None) -> None:
+    """`module.name` (a safetensors writer) fails as on a full disk for paths with `where`,
+    with `error` (default: the safetensors library's own error)."""
     real = getattr(module, name)
 
     def save(tensors, filename, *args, **kwargs):
         if where in str(filename):
-            raise SafetensorError(FULL)
+            raise error or SafetensorError(FULL)
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(module, name, save)
@@ -67,7 +69,9 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last(
 ):
     import selfplay.runtime.checkpoint.format as fmt
 
-    _fill(monkeypatch, fmt, "save_file", ".tmp-step-000003")
+    # the checkpoint writer streams each file itself: a full disk is ENOSPC from write()
+    full = OSError(errno.ENOSPC, "No space left on device")
+    _fill(monkeypatch, fmt, "save_tensors", ".tmp-step-000003", full)
     code, err, run_dir = _train(tmp_path / "runs", capsys)
     assert code == 1, err
     (line,) = err[-1:]

@@ -143,6 +143,7 @@ def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tupl
     from selfplay.runtime.checkpoint.codec import unpack_learner_state
     from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR, load_latest
     from selfplay.runtime.driver.build import _build_model, _tokenizer, model_spec
+    from selfplay.runtime.driver.resume import learner_files
     from selfplay.runtime.driver.rundir import lock_run_dir
     from selfplay.tasks import make_task
 
@@ -161,7 +162,7 @@ def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tupl
             f"{d}: checkpoint {ckpt.path.name} is sharded over {len(ranks)} learners; "
             f"`selfplay train --resume {d} runtime.steps={ckpt.step + 1}` exports its model"
         )
-    state = unpack_learner_state(ckpt.tensors["learner-0"], ranks[0])
+    state = unpack_learner_state(learner_files(ckpt.tensors, 0), ranks[0])
     spec = model_spec(cfg, make_task(cfg.task))
     model = _build_model(spec, cfg.model.dtype)
     names = [n for n, _ in model.named_parameters()]
