@@ -38,11 +38,11 @@ class OutOfMemoryAtSecondState(Learner):
 
     calls = 0
 
-    def state(self):
+    def state(self, copy: bool = True):
         type(self).calls += 1
         if type(self).calls == 2:
             raise ray.exceptions.OutOfMemoryError(RAY_OOM)
-        return super().state()
+        return super().state(copy=copy)
 
 
 def test_oom_at_the_final_checkpoint_is_one_line_and_loses_nothing(cluster, tmp_path, monkeypatch):
