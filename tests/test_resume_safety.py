@@ -136,7 +136,7 @@ def test_a_locked_run_dir_is_refused_and_a_dead_lock_is_not(run_dir):
 def test_pruning_keeps_the_checkpoint_just_written_not_the_corrupt_one(run_dir):
     ckpts = run_dir / "checkpoints"
     assert [p.name for p in ck.list_checkpoints(ckpts)] == ["step-000004", "step-000002"]
-    victim = ckpts / "step-000004" / "learner-0.safetensors"
+    victim = ckpts / "step-000004" / "learner-0.params.safetensors"  # the policy's weights
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     victim.write_bytes(bytes(data))

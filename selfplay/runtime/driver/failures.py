@@ -47,8 +47,11 @@ def oom_cause(e: BaseException) -> str | None:
         if isinstance(x, ray.exceptions.OutOfMemoryError):
             return str(x)
     text = str(e)
+    # Ray's memory monitor's own words ("... running low on memory", exit type
+    # NODE_OUT_OF_MEMORY); a plain death's message also lists "the OOM killer" among its
+    # possible causes, so "OOM" alone says nothing.
     if isinstance(e, ray.exceptions.RayActorError) and re.search(
-        r"low on memory|out of memory|\bOOM\b", text, re.IGNORECASE
+        r"low on memory|NODE_OUT_OF_MEMORY", text
     ):
         return text
     return None
