@@ -152,6 +152,26 @@ class Samples:
             truncated=None if self.truncated is None else np.asarray(self.truncated, dtype=bool),
         )
 
+    def pick(self, rows) -> Samples:
+        """The slim samples (`slim`) of one prompt's rows `rows`, in that order, repeats
+        allowed: a Samples of that prompt with k = len(rows) (judging every candidate
+        against every sample builds its two sides this way)."""
+        if len(self.prompt_texts) != 1:
+            raise ValueError("Samples.pick: one prompt's samples only")
+        s, idx = self.slim(), np.asarray(rows, dtype=np.int64)
+        return Samples(
+            prompt_ids=s.prompt_ids,
+            prompt_texts=s.prompt_texts,
+            tokens=s.tokens[idx],
+            lengths=s.lengths[idx],
+            logprobs=np.zeros((len(idx), 0), dtype=np.float32),
+            texts=None if s.texts is None else [s.texts[i] for i in idx],
+            version=s.version,
+            k=len(idx),
+            pad_id=s.pad_id,
+            truncated=None if s.truncated is None else s.truncated[idx],
+        )
+
     @staticmethod
     def concat(parts: list[Samples]) -> Samples:
         """The slim samples (`slim`) of several prompts as one, rows in order; the

@@ -105,6 +105,9 @@ def test_a_collapsed_league_is_flagged(run, tmp_path, capsys):
     shutil.copytree(run, collapsed, ignore=shutil.ignore_patterns("eval"))
     model, tok = _model(collapsed / "model")
     pi, h = _moves(model, tok)
+    proposal = tmp_path / "proposal"  # the trained policy before its collapse, kept aside
+    model.save_pretrained(proposal)
+    tok.save_pretrained(proposal)
     ids = tok.convert_tokens_to_ids(move_names(3))
     W = model.get_output_embeddings().weight
     w0 = W[ids[0]].clone()
@@ -127,3 +130,22 @@ def test_a_collapsed_league_is_flagged(run, tmp_path, capsys):
     assert np.allclose(r["exact_exploitability"], 2 * MATRIX[:, 0].max() - 1, atol=1e-9)
     warned = [ln for ln in err.splitlines() if ln.startswith("warning: the league cannot")]
     assert len(warned) == 3 and "final" in warned[2], err
+
+    # the best-of-8 exploiter, its candidates from the uncollapsed policy, finds the exploit the league cannot: 2·0.95 − 1 = 0.9 at most (the exact gap)
+    r, err = _eval(
+        capsys,
+        "--league",
+        str(collapsed),
+        "--reference",
+        str(collapsed / "ref"),
+        "--exploiter",
+        "best-of-8",
+        "--proposal",
+        str(proposal),
+    )
+    ex = r["exploiter"]
+    assert "exploiter: best-of-8" in err and ex["judgments"] == 16 * 8 * 4 * 3
+    for name in ("reference", "step-1", "final"):
+        e = ex["policies"][name]
+        assert 0.2 <= e["exploitability_lb"] <= 0.9 + 1e-9, (name, e)
+        assert e["exploitability_lb_high"] >= e["exploitability_lb"] >= e["exploitability_lb_low"]

@@ -123,3 +123,28 @@ def test_eval_size_is_bounded(run_dir, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines() == ["error: --num-prompts must be in [1, 100000], got 100000000"]
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--exploiter", "best-of-x"], "--exploiter must be best-of-N with N >= 1"),
+        (["--exploiter", "best-of-0"], "--exploiter must be best-of-N with N >= 1"),
+        (["--exploiter", "best-of-4", "--samples", "1"], "--exploiter needs --samples >= 2"),
+        (["--exploiter", "best-of-4", "--proposal", "/no/such"], "/no/such"),
+        (
+            ["--exploiter", "best-of-4", "--max-judgments", "10"],
+            "the best-of-4 exploiter needs 256 judgments (16 prompts x 4 candidates x 2 "
+            "samples x 2 policies), over --max-judgments 10",
+        ),
+    ],
+)
+def test_exploiter_bad_input_is_one_line(run_dir, capsys, args, line):
+    """Checked before Ray starts: exit 2, one line."""
+    from selfplay.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(run_dir), "--num-prompts", "16", "--samples", "2", *args, "--no-mlflow"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and line in err[0], err

@@ -61,6 +61,26 @@ MAX_SAMPLES = 1024
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache", type=str, default=None, help="Sample cache dir [RUN_DIR/eval/cache].")
 @click.option("--plot", type=str, default=None, help="Heatmap PNG [RUN_DIR/eval/win_rates.png].")
+@click.option(
+    "--exploiter",
+    type=str,
+    default=None,
+    metavar="best-of-N",
+    help="Also exploit each policy with the best of N candidates from --proposal.",
+)
+@click.option(
+    "--proposal",
+    type=str,
+    default="reference",
+    show_default=True,
+    help="The exploiter's candidates: reference, league (the run's kept policies) or a POLICY.",
+)
+@click.option(
+    "--max-judgments",
+    type=int,
+    default=None,
+    help="Refuse an exploiter needing more judgments than this (U·N·S per policy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, last line.")
 @click.option("--no-mlflow", is_flag=True, help="Do not log the evaluation to MLflow.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
@@ -73,6 +93,15 @@ def eval_cmd(policies, as_json, no_mlflow, no_progress, **opts) -> None:
     from selfplay.outputs import dumps
 
     plan, out_dir, uri = make_plan(list(policies), **opts)
+    if plan.exploiter is not None:
+        from selfplay.evaluation.exploiter import count_judgments
+
+        n = count_judgments(plan.exploiter, len(plan.prompts), plan.samples, len(plan.policies))
+        click.echo(
+            f"exploiter: best-of-{plan.exploiter.n} from {plan.exploiter.proposal_name}, "
+            f"{n} judgments",
+            err=True,
+        )
     if not plan.cfg.runtime.address and os.environ.get("RAY_ADDRESS"):
         raise InputError(  # ray.init would join that cluster and refuse num_cpus
             f"RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set but the run's runtime.address "
@@ -128,6 +157,9 @@ def make_plan(
     seed,
     cache,
     plot,
+    exploiter=None,
+    proposal="reference",
+    max_judgments=None,
 ):
     """(EvalPlan, output dir, tracking uri): every argument checked, nothing written."""
     from selfplay.config import SEED_MAX, load_config
@@ -206,7 +238,11 @@ def make_plan(
     facts = {"task": bound.task.source, "judge": cfg.judge.kind or "game"}
     if cfg.judge.model:
         facts["judge_model"] = cfg.judge.model
+    ex = _exploiter(exploiter, proposal, max_judgments, run, ref, bound)
+    if ex is not None:
+        _check_cost(ex, max_judgments, len(prompts), samples, len(policies))
     plan = EvalPlan(
+        exploiter=ex,
         policies=policies,
         cfg=cfg,
         task=bound.task,
@@ -220,6 +256,46 @@ def make_plan(
         facts=facts,
     )
     return plan, out_dir, cfg.tracking.uri
+
+
+def _exploiter(kind, proposal, max_judgments, run, ref, bound):
+    """The `Exploiter` of --exploiter/--proposal, checked; None without --exploiter."""
+    from selfplay.evaluation import policies as pol
+    from selfplay.evaluation.exploiter import make_exploiter, parse_kind
+
+    if kind is None:
+        return None
+    n = parse_kind(kind)
+    if max_judgments is not None and max_judgments < 1:
+        raise InputError(f"--max-judgments must be >= 1, got {max_judgments}")
+    if proposal == "reference":
+        if ref is None:
+            raise InputError("--proposal reference needs a run dir or --reference")
+        members = [ref]
+    elif proposal == "league":
+        if run is None:
+            raise InputError("--proposal league needs a run dir")
+        members = pol.league(run, ref)
+    else:
+        members = [pol.resolve(proposal)]
+        _check_compatible(members, bound)
+    return make_exploiter(n, members, proposal)
+
+
+def _check_cost(ex, max_judgments, units: int, samples: int, policies: int) -> None:
+    from selfplay.evaluation.exploiter import count_judgments
+
+    if samples < 2:
+        raise InputError(
+            "--exploiter needs --samples >= 2: it picks on one half, scores on the other"
+        )
+    need = count_judgments(ex, units, samples, policies)
+    if max_judgments is not None and need > max_judgments:
+        raise InputError(
+            f"the best-of-{ex.n} exploiter needs {need} judgments ({units} prompts x {ex.n} "
+            f"candidates x {samples} samples x {policies} policies), over --max-judgments "
+            f"{max_judgments}"
+        )
 
 
 def _distinct(policies):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class EvalPlan:
     cache: Path | None
     plot: Path | None
     facts: dict = field(default_factory=dict)  # reported as they are (e.g. the source)
+    exploiter: object = None  # an `exploiter.Exploiter`, or None: no best-of-N exploiter
 
 
 @dataclass
@@ -132,8 +134,10 @@ def draw(plan: EvalPlan, progress: bool = True, stop=None) -> Drawn:
     return out
 
 
-def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True, stop=None):
-    """({(i, j): [U, S] P(y_i ≻ y_j)}, {(i, j): [U, S] len(y_i) − len(y_j)}) for i < j."""
+@contextmanager
+def judge_servers(plan: EvalPlan):
+    """`cfg.judge.servers` preference servers (the run's judge, truncation rule and
+    failure policy), killed on the way out."""
     import ray
 
     from selfplay.runtime.driver.build import make_judge_server
@@ -143,19 +147,24 @@ def judge_all(plan: EvalPlan, drawn: Drawn, progress: bool = True, stop=None):
     judges = [
         make_judge_server(spec, cfg.judge, cfg.rollout.truncated) for _ in range(cfg.judge.servers)
     ]
-    m, U = len(plan.policies), len(plan.prompts)
-    pairs, lengths = {}, {}
     try:
-        with _bar(U * m * (m - 1) // 2, "judging", progress) as bar:
-            for i in range(m):
-                for j in range(i + 1, m):
-                    a, b = drawn.samples[i], drawn.samples[j]
-                    pairs[(i, j)] = compare(judges, a, b, bar=bar, stop=stop)
-                    la = np.stack([s.lengths for s in a]).astype(np.float64)
-                    lengths[(i, j)] = la - np.stack([s.lengths for s in b])
+        yield judges
     finally:
         for j in judges:
             ray.kill(j)
+
+
+def judge_all(plan: EvalPlan, judges: list, drawn: Drawn, progress: bool = True, stop=None):
+    """({(i, j): [U, S] P(y_i ≻ y_j)}, {(i, j): [U, S] len(y_i) − len(y_j)}) for i < j."""
+    m, U = len(plan.policies), len(plan.prompts)
+    pairs, lengths = {}, {}
+    with _bar(U * m * (m - 1) // 2, "judging", progress) as bar:
+        for i in range(m):
+            for j in range(i + 1, m):
+                a, b = drawn.samples[i], drawn.samples[j]
+                pairs[(i, j)] = compare(judges, a, b, bar=bar, stop=stop)
+                la = np.stack([s.lengths for s in a]).astype(np.float64)
+                lengths[(i, j)] = la - np.stack([s.lengths for s in b])
     return pairs, lengths
 
 
@@ -169,9 +178,14 @@ def run_eval(plan: EvalPlan, progress: bool = True, stop=None) -> dict:
     t0 = time.perf_counter()
     drawn = draw(plan, progress, stop)
     t1 = time.perf_counter()
-    pairs, lengths = judge_all(plan, drawn, progress, stop)
-    names = [p.name for p in plan.policies]
-    report = league_report(names, pairs, lengths)
+    with judge_servers(plan) as judges:
+        pairs, lengths = judge_all(plan, judges, drawn, progress, stop)
+        names = [p.name for p in plan.policies]
+        report = league_report(names, pairs, lengths)
+        if plan.exploiter is not None:
+            from selfplay.evaluation.exploiter import exploit
+
+            report["exploiter"] = exploit(plan, judges, drawn.samples, progress, stop)
     exact = exact_gaps(plan)
     if exact is not None:
         report["exact_exploitability"] = exact
@@ -235,6 +249,10 @@ def format_report(r: dict) -> str:
         if lc:
             row += f"{'—' if i == 0 else _num(r['lc_win_rate'][i][0]):>{cw + 8}}"
         lines.append(row)
+    if "exploiter" in r:
+        from selfplay.evaluation.exploiter import format_exploiter
+
+        lines.append(format_exploiter(r))
     if "plot" in r:
         lines.append(f"plot: {r['plot']}")
     return "\n".join(lines)
