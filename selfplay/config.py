@@ -26,6 +26,12 @@ from pydantic import (
 )
 
 from selfplay.algos.names import AlgoName, LossForm
+from selfplay.config_runtime import (  # noqa: F401  (re-exported)
+    AutoscaleConfig,
+    EvalConfig,
+    RuntimeConfig,
+    TrackingConfig,
+)
 from selfplay.config_tasks import (  # noqa: F401  (re-exported)
     SEED_MAX,
     TASK_KINDS,
@@ -81,23 +87,6 @@ class ModelConfig(_Strict):
     name: str = "tiny"
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-class AutoscaleConfig(_Strict):
-    """Queue-depth autoscaling of the rollout pool (selfplay/runtime/workers/control.py)."""
-
-    min_workers: int = Field(1, ge=1)
-    max_workers: int = Field(4, ge=1)
-    target_queue_depth: float = Field(
-        0.5, ge=0, description="wanted mean number of judged batches waiting for the learner"
-    )
-    window: int = Field(4, ge=1, description="steps observed per decision (±1 worker)")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscaleConfig:
-        if self.max_workers < self.min_workers:
-            raise ValueError("max_workers must be >= min_workers")
-        return self
 
 
 class RolloutConfig(_Strict):
@@ -214,62 +203,6 @@ class LearnerConfig(_Strict):
     resources: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}"
     )
-
-
-class RuntimeConfig(_Strict):
-    steps: int = Field(40, ge=1)
-    max_staleness: int = Field(0, ge=0)
-    address: str | None = None
-    num_cpus: int = Field(
-        2, ge=1, description="CPUs of the in-process cluster when address is None"
-    )
-    eval_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(
-        5,
-        ge=0,
-        description="steps between checkpoints in RUN_DIR/checkpoints (0: only the final one)",
-    )
-    checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    keep_policies_every: int = Field(
-        0,
-        ge=0,
-        description="steps between weights-only policies kept in RUN_DIR/policies/step-N "
-        "(never pruned; `selfplay eval --league RUN_DIR`); 0: none",
-    )
-    max_reissues: int = Field(
-        3,
-        ge=0,
-        description="times one batch is reissued after a rollout worker or "
-        "preference server died, before the run fails",
-    )
-    node_wait_s: float = Field(
-        120.0,
-        ge=0,
-        le=86400,
-        description="seconds a run waits for a dead rollout worker or preference server's "
-        "replacement to start (its node lost, none other can host it) before it fails",
-    )
-
-
-class EvalConfig(_Strict):
-    """Sampled evaluation during training (`selfplay.runtime.driver.evaluate`)."""
-
-    every: int = Field(
-        0,
-        ge=0,
-        description="steps between evaluations of the policy against π_ref on held-out "
-        "prompts (and the last step); 0: off",
-    )
-    prompts: int = Field(
-        32, ge=2, description="held-out prompts (games: independent draws of the prompt)"
-    )
-    samples: int = Field(4, ge=1, description="responses per prompt and policy")
-
-
-class TrackingConfig(_Strict):
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "selfplay"
 
 
 class Config(_Strict):

@@ -66,7 +66,7 @@ def test_eval_metrics_against_the_statistics_written_out():
     assert 0 < m["eval/win_rate_lc"] < 1
 
 
-STEPS, EVERY, UNITS, SAMPLES = 4, 2, 32, 8
+STEPS, EVERY, UNITS, SAMPLES, CANDIDATES = 4, 2, 32, 8, 4
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def trained(tmp_path_factory):
         f"eval.every={EVERY}",
         f"eval.prompts={UNITS}",
         f"eval.samples={SAMPLES}",
+        f"eval.exploiter=best-of-{CANDIDATES}",
         f"tracking.uri={uri}",
         f"output_dir={out / 'runs'}",
         "--json",
@@ -136,6 +137,34 @@ def test_estimates_sit_beside_the_exact_values(trained):
     assert summary["eval"]["step"] == STEPS
 
 
+def test_the_exploiters_estimate_against_its_procedures_value(trained):
+    """eval/exploitability_lb (best-of-4 π_ref candidates, cross-fitted on 8 samples)
+    within the 6-SE band of the procedure's true value, computed by the plain Monte
+    Carlo loop of test_exploiter from the run's exact policy and π_ref tables; and
+    below the exact gap's band."""
+    from test_exploiter import _procedure_value
+
+    from selfplay.config import load_config
+    from selfplay.tasks.token_game import from_config
+
+    _, history, summary, _ = trained
+    P = from_config(load_config(QUICKSTART).task.model_copy(update={"generate": "transitive"})).P
+    ref = np.asarray(summary["reference_policy"])
+    rng = np.random.default_rng(5)
+    for h in (h for h in history if "eval/win_rate" in h):
+        pi = np.asarray(h["policy"]) / np.sum(h["policy"])
+        truth = _procedure_value(P, pi, ref, CANDIDATES, SAMPLES, 20_000, rng)
+        w, lb = h["eval/exploiter_win_rate"], h["eval/exploitability_lb"]
+        lo, hi = (
+            (h["eval/exploitability_lb_low"] + 1) / 2,
+            (h["eval/exploitability_lb_high"] + 1) / 2,
+        )
+        assert lb == pytest.approx(2 * w - 1)
+        z, se = wide_band(w, lo, hi, UNITS)
+        assert abs(w - truth) <= z * se, (h["step"], w, truth, z * se)
+        assert w <= float((P @ pi).max()) + z * se  # a lower bound on the best response
+
+
 def test_mlflow_holds_the_eval_metrics_and_the_plot(trained):
     from mlflow.tracking import MlflowClient
 
@@ -154,11 +183,12 @@ def test_mlflow_holds_the_eval_metrics_and_the_plot(trained):
 def test_reference_draws_are_cached_once_and_reused(trained):
     run_dir, *_ = trained
     files = list((run_dir / "eval" / "cache").rglob("*.json"))
-    # π_ref's draws only (one file per prompt), written by the first evaluation
-    assert len(files) == UNITS
-    assert len({f.parent for f in files}) == 1
-    draws = [json.loads(f.read_text()) for f in files]
-    assert all(len(d["tokens"]) == SAMPLES for d in draws)
+    # π_ref's draws only (one file per prompt, for the win rate and for the exploiter's
+    # candidates), written by the first evaluation
+    assert len(files) == 2 * UNITS
+    assert len({f.parent for f in files}) == 2
+    draws = sorted(len(json.loads(f.read_text())["tokens"]) for f in files)
+    assert draws == [CANDIDATES] * UNITS + [SAMPLES] * UNITS
 
 
 def test_eval_without_held_out_prompts_is_one_line(tmp_path_factory):

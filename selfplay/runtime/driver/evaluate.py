@@ -62,6 +62,7 @@ from selfplay.runtime import waits
 from selfplay.types import Prompts, Samples
 
 REFERENCE = "reference"  # π_ref's identity in the cache (one run dir, one π_ref)
+CANDIDATES = "reference#candidates"  # the exploiter's draws of π_ref: their own seeds
 
 
 @dataclass
@@ -71,10 +72,17 @@ class _Pending:
     ref: list  # per prompt, π_ref's Samples (cached) or its ref
     judged: list  # [(prompts in the call, ref of its [prompts·S] P(y_t ≻ y_ref))]
     logp_ref: object  # rank 0's ref of [per prompt [S] log π_ref(y_t)]
+    cand: list = field(default_factory=list)  # the exploiter's candidates (Samples or refs)
+    exploit: list | None = None  # [(prompts, ref of [prompts·N·S])], issued once cur is in
 
     def refs(self) -> list:
         out = [*self.cur, *(r for _, r in self.judged), self.logp_ref]
-        return out + [r for r in self.ref if isinstance(r, ray.ObjectRef)]
+        out += [r for _, r in self.exploit or ()]
+        return out + [r for r in (*self.ref, *self.cand) if isinstance(r, ray.ObjectRef)]
+
+    def exploit_due(self) -> bool:
+        """The exploiter's judgments are still to be issued (it has candidates)."""
+        return bool(self.cand) and self.exploit is None
 
 
 @dataclass
@@ -87,12 +95,21 @@ class SampledEval:
     cache: SampleCache
     pending: list[_Pending] = field(default_factory=list)
     _ref: list | None = None  # π_ref's draws once known (Samples or refs)
+    cand_cache: SampleCache | None = None  # the exploiter's N candidates per prompt, or None
+    _cand: list | None = None  # the candidates once known (Samples or refs)
 
     @classmethod
     def create(cls, cfg, prompts: Prompts, sampling, run_dir: Path) -> SampledEval:
+        root = Path(run_dir) / "eval" / "cache"
         key = settings_key(sampling, cfg.eval.samples, cfg.model.dtype)
-        cache = SampleCache(Path(run_dir) / "eval" / "cache", key, k=cfg.eval.samples)
-        return cls(prompts, cfg.eval.samples, cfg.seed, cache)
+        cache = SampleCache(root, key, k=cfg.eval.samples)
+        out = cls(prompts, cfg.eval.samples, cfg.seed, cache)
+        if cfg.eval.exploiter is not None:
+            from selfplay.evaluation.exploiter import parse_kind
+
+            n = parse_kind(cfg.eval.exploiter)
+            out.cand_cache = SampleCache(root, settings_key(sampling, n, cfg.model.dtype), k=n)
+        return out
 
     def _seeds(self, identity: str) -> list[int]:
         return [unit_seed(self.seed, identity, k) for k in prompt_keys(self.prompts)]
@@ -105,40 +122,84 @@ class SampledEval:
         workers = list(pool.workers)
         if self._ref is None:
             self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
+        if self.cand_cache is not None and self._cand is None:
+            self._cand = lookup(self.cand_cache, CANDIDATES, self.prompts, self.seed)
         missing = [u for u, s in enumerate(self._ref) if s is None]
-        need = {v, ref_v} if missing else {v}
+        lacking = [u for u, s in enumerate(self._cand or ()) if s is None]
+        need = {v, ref_v} if missing or lacking else {v}
         lent = [pool.lend(w, need, ctl.store.refs) for w in workers]
         if missing:  # the first evaluation: π_ref's draws (then cached)
-            seeds = self._seeds(REFERENCE)
-            drawn = issue_draws(
-                workers, ref_v, self.prompts.take(missing), S, [seeds[u] for u in missing]
-            )
-            for u, r in zip(missing, drawn, strict=True):
-                self._ref[u] = r
+            self._issue_reference(workers, ref_v, missing, self._ref, REFERENCE, S)
+        if lacking:  # and the exploiter's candidates, N per prompt from π_ref
+            assert self._cand is not None and self.cand_cache is not None
+            n = self.cand_cache.k or 1
+            self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
         cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
         for w, got in zip(workers, lent, strict=True):
             # π_ref stays only where training samples it (Nash-MD's mixture): a model copy
             pool.unload(w, [x for x in got if x == ref_v])
         judged = issue_compare(ctl.judges, cur, self._ref)
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
-        self.pending.append(_Pending(step, cur, list(self._ref), judged, logp))
+        cand = list(self._cand or [])
+        self.pending.append(_Pending(step, cur, list(self._ref), judged, logp, cand))
 
-    def poll(self) -> list[dict]:
-        """Finish the evaluations whose results are all in; their metrics."""
+    def _issue_reference(self, workers, ref_v, rows: list[int], into: list, who: str, k: int):
+        """Draw π_ref's `k` responses to the prompts `rows` (identity `who`) into `into`."""
+        seeds = self._seeds(who)
+        drawn = issue_draws(workers, ref_v, self.prompts.take(rows), k, [seeds[u] for u in rows])
+        for u, r in zip(rows, drawn, strict=True):
+            into[u] = r
+
+    def _issue_exploit(self, p: _Pending, judges: list) -> None:
+        """Judge every candidate against every one of π_t's samples (`Samples.pick`)."""
+        cur = [s.slim() for s in waits.get(p.cur)]
+        cand = [s if isinstance(s, Samples) else waits.get(s).slim() for s in p.cand]
+        N, S = cand[0].k, self.samples
+        left, right = np.repeat(np.arange(N), S), np.tile(np.arange(S), N)
+        a, b = [c.pick(left) for c in cand], [x.pick(right) for x in cur]
+        p.exploit = issue_compare(judges, a, b)
+
+    def poll(self, judges: list) -> list[dict]:
+        """Finish the evaluations whose results are all in (issuing the exploiter's
+        judgments, on `judges`, once their draws are in); their metrics."""
         out = []
         for p in list(self.pending):
             refs = p.refs()
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            if len(ready) == len(refs):
-                out += self._finish(p)
+            if len(ready) < len(refs):
+                continue
+            if p.exploit_due():
+                self._guarded(p, lambda p=p: self._issue_exploit(p, judges))
+                continue
+            out += self._finish(p)
         return out
 
-    def drain(self) -> list[dict]:
+    def drain(self, judges: list) -> list[dict]:
         """Wait for every evaluation in flight; their metrics."""
         out = []
         for p in list(self.pending):
+            if p.exploit_due() and not self._guarded(p, lambda p=p: self._issue_exploit(p, judges)):
+                continue
             out += self._finish(p)
         return out
+
+    def _guarded(self, p: _Pending, issue) -> bool:
+        """issue(); False (and the evaluation skipped) when an actor it needs died."""
+        try:
+            issue()
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
+            self._skip(p, e)
+            return False
+
+    def _skip(self, p: _Pending, e: Exception) -> None:
+        if p in self.pending:
+            self.pending.remove(p)
+        print(f"evaluation at step {p.step} skipped: {type(e).__name__}", file=sys.stderr)
+        # π_ref's draws (and candidates) lost with it are drawn again by the next evaluation
+        self._ref = [s if isinstance(s, Samples) else None for s in self._ref or []]
+        if self._cand is not None:
+            self._cand = [s if isinstance(s, Samples) else None for s in self._cand]
 
     def _finish(self, p: _Pending) -> list[dict]:
         self.pending.remove(p)
@@ -147,27 +208,31 @@ class SampledEval:
             ref = [s if isinstance(s, Samples) else waits.get(s) for s in p.ref]
             judged = np.concatenate(waits.get([r for _, r in p.judged]))
             logp_ref = waits.get(p.logp_ref)
+            cand = [s if isinstance(s, Samples) else waits.get(s) for s in p.cand]
+            exploit = np.concatenate(waits.get([r for _, r in p.exploit])) if p.exploit else None
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-            print(f"evaluation at step {p.step} skipped: {type(e).__name__}", file=sys.stderr)
-            # π_ref's draws lost with it are drawn again by the next evaluation
-            self._ref = [s if isinstance(s, Samples) else None for s in self._ref or []]
+            self._skip(p, e)
             return []
-        self._keep_reference(ref)
+        self._ref = self._keep(self._ref, ref, self.cache, REFERENCE)
+        if self.cand_cache is not None:
+            self._cand = self._keep(self._cand, cand, self.cand_cache, CANDIDATES)
         cur = [s.slim() for s in full]
         logq = [np.asarray(s.logprobs, np.float64).sum(axis=1) for s in full]
         m = eval_metrics(judged.reshape(len(cur), self.samples), cur, ref, logq, logp_ref)
+        if exploit is not None:
+            m |= exploit_metrics(exploit.reshape(len(cur), -1, self.samples))
         m["step"] = p.step
         return [m]
 
-    def _keep_reference(self, ref: list[Samples]) -> None:
-        """π_ref's draws, cached once (the first evaluation), reused from memory."""
-        fresh = [u for u, s in enumerate(self._ref) if isinstance(s, ray.ObjectRef)]
-        if not fresh:
-            return
-        keys, seeds = prompt_keys(self.prompts), self._seeds(REFERENCE)
+    def _keep(self, held: list | None, got: list, cache: SampleCache, who: str) -> list:
+        """π_ref's draws (`who`), cached once (the first evaluation), reused from memory."""
+        held = list(held or [])
+        fresh = [u for u, s in enumerate(held) if isinstance(s, ray.ObjectRef)]
+        keys, seeds = prompt_keys(self.prompts), self._seeds(who)
         for u in fresh:
-            self._ref[u] = ref[u].slim()
-            self.cache.put(REFERENCE, keys[u], seeds[u], self._ref[u])
+            held[u] = got[u].slim()
+            cache.put(who, keys[u], seeds[u], held[u])
+        return held
 
 
 def eval_metrics(p, cur, ref, logq, logp_ref) -> dict:
@@ -194,6 +259,20 @@ def eval_metrics(p, cur, ref, logq, logp_ref) -> dict:
         "eval/kl_ref": kl,
     }
     return out
+
+
+def exploit_metrics(P) -> dict:
+    """`eval/exploitability_lb` (and its interval, and the exploiter's win rate) from
+    P [U, N, S] = P(candidate k ≻ y_t,s) (`selfplay.games.exploiter.best_of_n`)."""
+    from selfplay.games.exploiter import best_of_n
+
+    r = best_of_n(P)
+    return {
+        "eval/exploiter_win_rate": _f(r.win_rate),
+        "eval/exploitability_lb": _f(r.exploitability_lb),
+        "eval/exploitability_lb_low": _f(r.lb_low),
+        "eval/exploitability_lb_high": _f(r.lb_high),
+    }
 
 
 #: The task evaluator's exact values (`Evaluator.start`) shown beside the estimates.

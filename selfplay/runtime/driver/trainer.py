@@ -179,7 +179,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             if sampled is not None:
                 if last or (step + 1) % cfg.eval.every == 0:
                     sampled.issue(step + 1, ctl)
-                record(sampled.poll())
+                record(sampled.poll(ctl.judges))
             with disk_full(run_dir / ROLLOUT_DIR, _go_on(run_dir)):
                 _rollouts(cfg, run_dir, step + 1, recs, tracker)
             if (keep := cfg.runtime.keep_policies_every) and (step + 1) % keep == 0:
@@ -195,7 +195,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             if step + 1 < cfg.runtime.steps and (stop or (every and (step + 1) % every == 0)):
                 finish_exact()  # a resumed run has every evaluation until here
                 if sampled is not None:
-                    record(sampled.drain())
+                    record(sampled.drain(ctl.judges))
                 with disk_full(run_dir / CHECKPOINT_DIR, _go_on(run_dir)):
                     save_checkpoint(
                         ctl, cfg, run_dir, {**state, "elapsed": time.perf_counter() - t0}
@@ -207,7 +207,7 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
             ctl.run(cfg.runtime.steps, on_step=on_step)
             finish_exact()
             if sampled is not None:
-                record(sampled.drain())
+                record(sampled.drain(ctl.judges))
             seconds = time.perf_counter() - t0
             # The model first: a final checkpoint that fails (out of memory, of disk)
             # leaves the trained policy in RUN_DIR/model all the same. Building the
