@@ -145,6 +145,7 @@ def test_a_collapsed_league_is_flagged(run, tmp_path, capsys):
     )
     ex = r["exploiter"]
     assert "exploiter: best-of-8" in err and ex["judgments"] == 16 * 8 * 4 * 3
+    assert Path(r["plot"]).stat().st_size > 10_000  # the heatmap, with the exploiter's row
     for name in ("reference", "step-1", "final"):
         e = ex["policies"][name]
         assert 0.2 <= e["exploitability_lb"] <= 0.9 + 1e-9, (name, e)
