@@ -199,6 +199,13 @@ class LearnerConfig(_Strict):
     micro_batch: int = Field(64, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     num_cpus: float = Field(0.5, gt=0)
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch threads per learner rank: 1 lets the actors share the CPUs; "
+        "more where the learner dominates a synchronous step (conf/real_quickstart.yaml)",
+    )
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}"

@@ -300,3 +300,29 @@ def test_mpo_step_holds_each_tensor_once():
         steps = 4 * len(learner.opt.state)  # AdamW's 0-d float32 `step` per parameter
         assert _held_bytes(learner) == 5 * w + steps
     assert set(learner.roles) == {"main", "magnet", "ref"}
+
+
+def test_the_anchor_held_by_the_model_costs_no_forward():
+    """After `start_phase` the model is the anchor: its log-probs are the first update's
+    forward, detached. The same phase with the anchor in a separate role (same weights,
+    scored by its own forward) reaches the same weights; the held one saves exactly that
+    one forward pass."""
+    phase = dataclasses.replace(PHASE, anchor="anc")
+    runs = {}
+    for held in (True, False):
+        learner = make_learner()
+        learner.copy_role("anc", "main")
+        if held:
+            learner.start_phase(phase)  # loads "anc": the model holds the anchor
+        calls = []
+        hook = learner.model.register_forward_hook(lambda *a: calls.append(1))
+        metrics = learner.train_phase(phase, move_batch())
+        hook.remove()
+        trained = model_fn()
+        load_flat(trained, learner.publish())
+        runs[held] = (len(calls), move_logprobs(trained), metrics.loss_initial)
+    # 2 updates + μ (π_ref here) + after the updates, and the anchor's when not held
+    assert runs[True][0] == 4 and runs[False][0] == 5, runs
+    assert torch.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-6), runs
+    assert not torch.allclose(runs[True][1], move_logprobs(model_fn()), atol=1e-3)  # it moved
+    assert runs[True][2] == pytest.approx(runs[False][2], rel=1e-6)

@@ -227,6 +227,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
             allowed_token_ids=sampling.allowed_token_ids,
             # ... and tempered as it samples the policy (opponents, evaluation).
             temperature=sampling.temperature,
+            threads=lcfg.threads,
         ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,

@@ -52,7 +52,7 @@ class LearnerActor:
         device: str | None = None,
         learner_cls: Callable[..., Learner] = Learner,
     ) -> None:
-        torch.set_num_threads(1)  # CPU actors share the box; no oversubscription
+        torch.set_num_threads(config.threads)  # 1 by default: CPU actors share the box
         self._args = (model_fn, config, rank, world_size, device)
         self._cls = learner_cls
         self.learner: Learner | None = None

@@ -103,6 +103,7 @@ class Learner(Scoring):
         self._roles: dict[str, RoleWeights] = {}
         self._live: str | None = None  # the role the model's parameters and AdamW state are
         self._live_copy: list[torch.Tensor] | None = None  # a frozen copy of its weights
+        self._holds: str | None = None  # the role `start_phase` loaded, until the model changes
         self.snapshot("main")
 
     # ----------------------------------------------------------------- roles
@@ -127,6 +128,8 @@ class Learner(Scoring):
             params.append(sharding.local_of_full(full, p).clone())
         if role == self._live:
             self._live, self._live_copy = None, None
+        if role == self._holds:
+            self._holds = None  # the role's weights are new, the model's are not
         self._roles[role] = RoleWeights(params=params)
 
     def snapshot(self, role: str) -> None:
@@ -143,6 +146,8 @@ class Learner(Scoring):
         if src != self._live:
             r = RoleWeights(params=list(self._role(src).params))
         self._roles.pop(dst, None)  # the old copy goes first: never two at once
+        if dst == self._holds:
+            self._holds = None
         if src == self._live:
             if self._live_copy is None:
                 self._live_copy = self._local_params()
@@ -162,6 +167,7 @@ class Learner(Scoring):
     def start_phase(self, phase: Phase | str) -> None:
         """Load the anchor role's weights, and its optimizer state if it has one."""
         name = phase if isinstance(phase, str) else phase.anchor
+        self._holds = name
         if name == self._live:
             return  # the model already is the anchor, optimizer state included
         r = self._role(name)
@@ -193,14 +199,17 @@ class Learner(Scoring):
         denom = rows if form == "pg" else m_global
         if denom == 0:
             raise ValueError("train batch has no pairs: every group holds a single response")
-        anchor = self._role_logprobs(phase.anchor, mbs, steps, norm)
+        # The model holds the anchor (`start_phase`): its log-probs are the first update's
+        # forward, detached, not one more forward pass.
+        held = phase.anchor in (self._live, self._holds)
+        anchor = None if held else self._role_logprobs(phase.anchor, mbs, steps, norm)
         mu = self._role_logprobs(phase.mu, mbs, steps, norm) if phase.mu else None
         if self._live != phase.output:
             self._keep_live()  # the model leaves a role the phase does not replace
-        self._live_copy = None  # the model changes now
+        self._live_copy, self._holds = None, None  # the model changes now
         losses, gnorm = [], 0.0
         for _ in range(updates):
-            loss, gnorm = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
+            loss, gnorm, anchor = self._update(phase, form, mbs, steps, anchor, mu, denom, norm)
             losses.append(loss)
         self.opt.zero_grad(set_to_none=True)  # gradients are not held between phases
         new = self._role_logprobs(None, mbs, steps, norm)
@@ -232,20 +241,24 @@ class Learner(Scoring):
         form: str,
         mbs: list[Micro],
         steps: int,
-        anchor: list[torch.Tensor],
+        anchor: list[torch.Tensor] | None,
         mu: list[torch.Tensor] | None,
         denom: float,
         normalize: bool,
-    ) -> tuple[float, float]:
-        """One optimizer step; returns (global mean loss, pre-clip grad norm)."""
+    ) -> tuple[float, float, list[torch.Tensor]]:
+        """One optimizer step; returns (global mean loss, pre-clip grad norm, the anchor's
+        log-probs). anchor None: the model holds the anchor, whose log-probs are this
+        forward's, detached (the first update of a phase)."""
         self.opt.zero_grad(set_to_none=True)
         local_loss = 0.0
+        taken: list[torch.Tensor] = []
         for i in range(steps):
             if i >= len(mbs):
                 self._dummy_forward(grad=True)
                 continue
             mb = mbs[i]
             logp = self._seq_logprobs(mb, normalize)
+            taken.append(logp.detach() if anchor is None else anchor[i])
             # pg: importance weight π_θ/π_b at the current θ, so every update's gradient
             # is the on-policy one in expectation (the sampler may be tempered, stale,
             # the lead or a mixture, and θ leaves the sampler after the first update).
@@ -259,7 +272,7 @@ class Learner(Scoring):
                     phase,
                     form,
                     logp,
-                    anchor[i],
+                    taken[i],
                     None if mu is None else mu[i],
                     mb.g,
                     mb.pairs,
@@ -276,7 +289,7 @@ class Learner(Scoring):
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
         self.opt.step()
         (loss_sum,) = self.ctx.all_reduce_sum([local_loss])
-        return loss_sum, float(gnorm)
+        return loss_sum, float(gnorm), taken
 
     # --------------------------------------------------- weights and state
     def publish(self, role: str | None = None) -> FlatWeights | None:
@@ -331,7 +344,7 @@ class Learner(Scoring):
                 f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
             )
         dev = self.ctx.device
-        self._roles, self._live, self._live_copy = {}, None, None
+        self._roles, self._live, self._live_copy, self._holds = {}, None, None, None
         self._load_params([t.to(dev) for t in state.params])
         self.opt.state.clear()
         for i, st in optim_like(state.optim, self._params, dev).items():

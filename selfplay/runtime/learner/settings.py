@@ -28,6 +28,7 @@ class LearnerSettings:
                         sampler draws opponents and evaluation responses from
                         (`rollout.temperature`): every log-prob the learner takes (policy,
                         anchor, μ, π_ref, evaluation scoring, KL) is of the tempered LM.
+    threads:            torch intra-op threads of a learner rank's process (CPU).
     """
 
     lr: float = 1e-4
@@ -42,8 +43,11 @@ class LearnerSettings:
     micro_batch: int = 64
     allowed_token_ids: tuple[int, ...] | None = None
     temperature: float = 1.0
+    threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in FORMS:
