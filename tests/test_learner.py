@@ -315,7 +315,7 @@ def test_the_anchor_held_by_the_model_costs_no_forward():
         if held:
             learner.start_phase(phase)  # loads "anc": the model holds the anchor
         calls = []
-        hook = learner.model.register_forward_hook(lambda *a: calls.append(1))
+        hook = learner.model.register_forward_hook(lambda *a, c=calls: c.append(1))
         metrics = learner.train_phase(phase, move_batch())
         hook.remove()
         trained = model_fn()
