@@ -9,7 +9,7 @@ the learner stamps a version, and only when it publishes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -171,6 +171,13 @@ class Samples:
             pad_id=s.pad_id,
             truncated=None if s.truncated is None else s.truncated[idx],
         )
+
+    @staticmethod
+    def join(parts: list[Samples]) -> Samples:
+        """One prompt's draws (several `Samples` of that prompt) as one: the slim rows in
+        order, k = all rows (a proposal of several policies' candidates)."""
+        s = Samples.concat(parts)
+        return replace(s, prompt_ids=s.prompt_ids[:1], prompt_texts=s.prompt_texts[:1], k=len(s))
 
     @staticmethod
     def concat(parts: list[Samples]) -> Samples:
