@@ -1,4 +1,4 @@
-"""Sampled evaluation during training (`eval.every`, issue 11 §1).
+"""Sampled evaluation during training (`eval.every`, `eval.exploiter`).
 
 Oracles:
 - `eval_metrics` against the statistics written out here: the mean of per-prompt
