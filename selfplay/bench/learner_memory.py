@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per forward")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (learner.threads)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     t0 = time.monotonic()
     rows = [report("start", t0)]
     learner = Learner(
