@@ -64,7 +64,7 @@ def _one_line_error(r, code: int) -> str:
 
 def _needs(*overrides: str, workers: int | None = None):
     from selfplay.config import load_config
-    from selfplay.runtime.cluster import run_needs
+    from selfplay.runtime.resources import run_needs
 
     return run_needs(load_config(ROOT / "conf" / "quickstart.yaml", list(overrides)), workers)
 
@@ -80,7 +80,7 @@ def test_needs_follow_the_config():
 
 
 def test_shortfall_names_what_is_missing():
-    from selfplay.runtime.cluster import IN_PROCESS_REMEDIES, shortfall
+    from selfplay.runtime.resources import IN_PROCESS_REMEDIES, shortfall
 
     two = {"CPU": 2.0}
     assert shortfall(_needs(), two, [two]) is None  # 1.25 CPUs
@@ -112,7 +112,7 @@ def test_shortfall_names_what_is_missing():
 
 def test_wait_for_a_growing_cluster_is_bounded():
     from selfplay.errors import RunError
-    from selfplay.runtime.cluster import check_resources
+    from selfplay.runtime.resources import check_resources
 
     needs = _needs("rollout.workers=4")  # 2.75 CPUs
     small, big = {"CPU": 2.0}, {"CPU": 4.0}

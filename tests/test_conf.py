@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from selfplay.config import load_config
-from selfplay.runtime.cluster import run_needs, shortfall
+from selfplay.runtime.resources import run_needs, shortfall
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "conf").rglob("*.yaml"))

@@ -271,7 +271,7 @@ def test_scale_beyond_the_cluster_is_refused_in_one_line(ray_cluster, tmp_path):
     import ray
 
     from selfplay.errors import InputError
-    from selfplay.runtime.cluster import run_needs
+    from selfplay.runtime.resources import run_needs
     from selfplay.runtime.workers import control
 
     needs = run_needs(_cfg(tmp_path), 1)

@@ -106,7 +106,7 @@ def _preflight(cfg, *, new_run: bool):
 
         check_vllm()
     if local:  # its actors must fit this machine: an unplaceable one waits forever
-        from selfplay.runtime.cluster import precheck_in_process
+        from selfplay.runtime.resources import precheck_in_process
 
         precheck_in_process(cfg)
     if cfg.tracking.enabled:

@@ -187,10 +187,10 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
     resumed run restores its own; `bound`: the task `bind_task` already bound (the CLI
     binds it before Ray starts), else it is bound here."""
     from selfplay.judges.factory import check_judge_spec, judges_text
-    from selfplay.runtime.cluster import check_run_resources, run_needs
     from selfplay.runtime.driver.controller import Controller, ControllerSettings
     from selfplay.runtime.learner.group import LearnerGroup
     from selfplay.runtime.learner.learner import LearnerSettings
+    from selfplay.runtime.resources import check_run_resources, run_needs
     from selfplay.runtime.workers.pool import RolloutPool
 
     bound = bound or bind_task(cfg)

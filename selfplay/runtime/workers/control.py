@@ -63,7 +63,7 @@ class RunControl:
         self._target = target
         self._bounds = bounds
         self._pool = (target, 0, 0)
-        self._needs = needs  # the run's actors (cluster.run_needs), for `selfplay scale`
+        self._needs = needs  # the run's actors (resources.run_needs), for `selfplay scale`
         self._grows = grows  # on a cluster that may grow (runtime.address)
 
     def needs(self) -> tuple[list | None, bool]:
@@ -95,7 +95,7 @@ def start_control(
     grows: bool = False,
 ):
     """Create the run's `RunControl`; a live run of the same name is an InputError.
-    `needs` (`cluster.run_needs`) and `grows` let `selfplay scale` check a new size.
+    `needs` (`resources.run_needs`) and `grows` let `selfplay scale` check a new size.
 
     It is pinned to the driver's node: a 0-CPU actor may otherwise land on a
     worker node that the autoscaler later removes, taking the run with it.
@@ -153,7 +153,7 @@ def scale(run: str, workers: int, say=None) -> tuple[int, ControlState]:
     cluster cannot grow (the run's in-process cluster: InputError, the target is left
     as it is); on a cluster that may grow (runtime.address) it is set, and `say` tells
     what waits for nodes (Ray's autoscaler adds them for the pending workers)."""
-    from selfplay.runtime.cluster import scale_shortfall
+    from selfplay.runtime.resources import scale_shortfall
 
     if workers < 1:
         raise InputError(f"--rollout-workers must be >= 1, got {workers}")

@@ -93,7 +93,7 @@ class RolloutPool:
     join_wait_s: float = 0.0  # how long a safe point waits for new workers to start
     worker_resources: str = ""  # one worker's Ray resources, as the messages name them
     control: object = None  # the run's RunControl actor, once `open_control` ran
-    needs: list | None = None  # what the run's actors ask Ray for (`cluster.run_needs`)
+    needs: list | None = None  # what the run's actors ask Ray for (`resources.run_needs`)
     grows: bool = False  # the cluster may grow (runtime.address): a size beyond it waits
     resizes: list[Resize] = field(default_factory=list)
     replaced: int = 0  # workers replaced after their process died
