@@ -189,6 +189,9 @@ def test_reference_draws_are_cached_once_and_reused(trained):
     assert len({f.parent for f in files}) == 2
     draws = sorted(len(json.loads(f.read_text())["tokens"]) for f in files)
     assert draws == [CANDIDATES] * UNITS + [SAMPLES] * UNITS
+    # drawn before training started (`SampledEval.prepare`), not ahead of a later step
+    first_step = (run_dir / "rollouts" / "step-000001.parquet").stat().st_mtime
+    assert max(f.stat().st_mtime for f in files) < first_step
 
 
 def test_eval_without_held_out_prompts_is_one_line(tmp_path_factory):

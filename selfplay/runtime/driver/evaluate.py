@@ -1,16 +1,21 @@
 """Sampled evaluation during training: the policy against π_ref.
 
-Every `eval.every` steps, and at the last step, the trainer's `on_step(t)` calls
-`SampledEval.issue(t, ctl)`. From the driver's thread, and without waiting, it
+Before step 1 the trainer calls `SampledEval.prepare(ctl)`: it draws π_ref's S
+responses to each held-out prompt (identity `reference`; and, with `eval.exploiter`,
+π_ref's N candidates, identity `reference#candidates`), waits for them and caches them
+in RUN_DIR/eval/cache, so every evaluation, a rerun and a resumed run reuse them and
+no evaluation queues them ahead of a training step. Every `eval.every` steps, and at
+the last step, the trainer's `on_step(t)` calls `SampledEval.issue(t, ctl)`. From the
+driver's thread, and without waiting, it
 
 1. has each rollout worker load π_t (the `main` version step t published), and π_ref
-   while its draws are missing, through the pool's own bookkeeping
-   (`RolloutPool.lend`), so the next training call still drops what the store
-   released; π_ref is dropped again after its draws where training does not use it;
+   while its draws are still missing (a draw lost with a dead actor), through the
+   pool's own bookkeeping (`RolloutPool.lend`), so the next training call still drops
+   what the store released; π_ref is dropped again after its draws where training
+   does not use it;
 2. draws S = `eval.samples` responses of π_t to each of U = `eval.prompts` held-out
    prompts (`sampling.issue_draws`, one call per prompt, seeds from the identity
-   `step-t`) and, the first time only, π_ref's (identity `reference`, cached in
-   RUN_DIR/eval/cache, so later evaluations and a resumed run reuse them);
+   `step-t`), and whatever of π_ref's is missing;
 3. has the preference servers judge π_t's sample r against π_ref's sample r on each
    prompt (`sampling.issue_compare`, the run's judge and truncation rule), and the
    learners score π_t's responses under π_ref (`sequence_logprobs`, every rank).
@@ -113,6 +118,34 @@ class SampledEval:
 
     def _seeds(self, identity: str) -> list[int]:
         return [unit_seed(self.seed, identity, k) for k in prompt_keys(self.prompts)]
+
+    def prepare(self, ctl) -> None:
+        """Draw π_ref's responses (and the exploiter's candidates) before training starts
+        and wait for them: they are the same for every evaluation, so no evaluation
+        queues them ahead of a training step. Cached: a rerun or a resume draws nothing."""
+        self._ref = self._ref or lookup(self.cache, REFERENCE, self.prompts, self.seed)
+        if self.cand_cache is not None and self._cand is None:
+            self._cand = lookup(self.cand_cache, CANDIDATES, self.prompts, self.seed)
+        missing = [u for u, s in enumerate(self._ref) if s is None]
+        lacking = [u for u, s in enumerate(self._cand or ()) if s is None]
+        if not missing and not lacking:
+            return
+        pool, S = ctl.rollout_pool, self.samples
+        ref_v, _ = ctl.published("ref")
+        workers = list(pool.workers)
+        lent = [pool.lend(w, {ref_v}, ctl.store.refs) for w in workers]
+        if missing:
+            self._issue_reference(workers, ref_v, missing, self._ref, REFERENCE, S)
+        if lacking:
+            assert self._cand is not None and self.cand_cache is not None
+            n = self.cand_cache.k or 1
+            self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
+        for w, got in zip(workers, lent, strict=True):
+            pool.unload(w, [x for x in got if x == ref_v])  # training does not sample it
+        fetch = lambda held: [waits.get(x) if isinstance(x, ray.ObjectRef) else x for x in held]  # noqa: E731
+        self._ref = self._keep(self._ref, fetch(self._ref), self.cache, REFERENCE)
+        if self.cand_cache is not None:
+            self._cand = self._keep(self._cand, fetch(self._cand), self.cand_cache, CANDIDATES)
 
     def issue(self, step: int, ctl) -> None:
         """Start the evaluation of π_step (`ctl.published("main")`); nothing waits."""

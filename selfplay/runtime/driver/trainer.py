@@ -129,13 +129,15 @@ def _train(cfg: Config, progress: bool, resume, stop, bound=None) -> RunResult:
                 disable=not progress,
             )
         )
-        t0 = time.perf_counter() - state["elapsed"]
-        every = cfg.runtime.checkpoint_every
         sampled = (
             SampledEval.create(cfg, run.eval_prompts, run.sampling, run_dir)
             if cfg.eval.every
             else None
         )
+        if sampled is not None:
+            sampled.prepare(ctl)  # π_ref's draws before step 1: no evaluation waits on them
+        t0 = time.perf_counter() - state["elapsed"]
+        every = cfg.runtime.checkpoint_every
 
         started: list[tuple[dict, object]] = []  # (history entry, task evaluation in flight)
 
