@@ -90,6 +90,8 @@ def trained(tmp_path_factory):
         "--json",
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    # the closing line names the exploiter's lower bound (`report.format_eval`)
+    assert "(best-of-N from π_ref)" in res.stdout + res.stderr, res.stderr[-2000:]
     run_dir = next((out / "runs").iterdir())
     history = json.loads((run_dir / "history.json").read_text())
     return run_dir, history, json.loads(res.stdout.strip().splitlines()[-1]), uri

@@ -164,6 +164,13 @@ def format_eval(e: dict | None) -> list[str]:
         f"{exact('kl_ref')}, "
         f"length {e['length']:.1f} vs {e['length_ref']:.1f} tokens, truncated "
         f"{e['truncated']:.2f} vs {e['truncated_ref']:.2f}"
+        + (
+            f", exploitability >= {num(e['exploitability_lb'])} "
+            f"[{num(e['exploitability_lb_low'])}, {num(e['exploitability_lb_high'])}] "
+            "(best-of-N from π_ref)"
+            if "exploitability_lb" in e
+            else ""
+        )
     ]
 
 
