@@ -180,7 +180,6 @@ def test_reissue_reproduces_uninterrupted_run(cluster, tmp_path):
             "g",
             "group",
             "prompt_ids",
-            "sampler_logprobs",
         ):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
         assert a.versions == b.versions

@@ -111,13 +111,9 @@ def test_anchor_logprobs_come_from_role_weights_not_sampler():
     assert outs[0][0].loss_initial == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["regression", "pg"])
-def test_many_updates_reach_closed_form_target(loss):
-    # pg: every move enumerated once with behaviour log-prob 0, so the importance
-    # weight is π_θ(y) and the batch gradient is the exact expected one. Its
-    # stationary point is the target on the moves (docs/algorithms.md#policy-gradient-form).
-    learner = make_learner(lr=0.03, updates_per_phase=400, loss=loss)
-    metrics = learner.train_phase(PHASE, move_batch(sampler_logprobs=0.0 if loss == "pg" else None))
+def test_many_updates_reach_closed_form_target():
+    learner = make_learner(lr=0.03, updates_per_phase=400)
+    metrics = learner.train_phase(PHASE, move_batch())
     target = torch.softmax(
         PHASE.a * move_logprobs(model_fn())
         + PHASE.b * move_logprobs(ref_fn())
@@ -127,8 +123,7 @@ def test_many_updates_reach_closed_form_target(loss):
     trained = model_fn()
     load_flat(trained, learner.publish())
     got = torch.softmax(move_logprobs(trained), 0)
-    if loss == "regression":
-        assert metrics.loss < 1e-6 < metrics.loss_initial
+    assert metrics.loss < 1e-6 < metrics.loss_initial
     assert torch.allclose(got, target, atol=1e-4), (got, target)  # observed ~3e-8
     # The target is far from the start: the test would fail without learning.
     assert (torch.softmax(move_logprobs(model_fn()), 0) - target).abs().max() > 0.05
@@ -203,6 +198,8 @@ def test_learner_errors():
         learner.train_phase(PHASE, single)
     with pytest.raises(ValueError, match="lack parameters"):
         learner.set_role("ref", {})
+    with pytest.raises(ValueError, match=r"loss form must be one of \('regression', 'ipo'\)"):
+        LearnerSettings(loss="pg")  # tabular-only: the runtime ships no sampler log-probs
 
 
 def restricted_seq_logprobs(model: torch.nn.Module, seqs: list[tuple[int, ...]]) -> torch.Tensor:

@@ -215,6 +215,5 @@ def test_build_train_batch_layout():
         [0, 0, 0, 1, 0],
         [0, 0, 0, 1, 1],
     ]
-    assert b.sampler_logprobs[3].tolist() == [0, 0, 0, -5, -6]
     assert b.group.tolist() == [0, 0, 1, 1] and b.prompt_ids.tolist() == [10, 10, 11, 11]
     assert b.versions == (Version(2, "lead"),) * 4 and b.num_pairs == 2

@@ -78,7 +78,6 @@ def batch(prompts: int, k: int, prompt_len: int, tokens: int, seed: int = 0):
         group=np.repeat(np.arange(prompts), k).astype(np.int64),
         prompt_ids=np.repeat(np.arange(prompts), k).astype(np.int64),
         versions=(Version(0, "main"),) * n,
-        sampler_logprobs=np.zeros((n, L), dtype=np.float32),
     )
 
 

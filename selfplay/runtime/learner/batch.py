@@ -38,12 +38,10 @@ class TrainBatch:
     group:            [N] int64, rows answering the same prompt share a group id.
     prompt_ids:       [N] int64, dataset prompt id of each row.
     versions:         per-row sampler version (staleness accounting).
-    sampler_logprobs: [N, L] float32, the sampler's token log-probs aligned with
-                      input_ids (0 off the response), of the distribution actually
-                      sampled (explore temperature, mixture, allowed tokens). The
-                      learner never uses them for the anchor or μ; the pg form
-                      uses their sum as the behaviour log-prob of its importance
-                      weight.
+
+    The sampler's own log-probs are not shipped: the learner's targets come from its
+    roles' weights, never from the sampler (target regression is unbiased under any
+    full-support behaviour policy; the pg form, which would need them, is tabular-only).
     """
 
     input_ids: np.ndarray
@@ -53,11 +51,10 @@ class TrainBatch:
     group: np.ndarray
     prompt_ids: np.ndarray
     versions: tuple[SamplerVersion, ...]
-    sampler_logprobs: np.ndarray
 
     def __post_init__(self) -> None:
         n = self.input_ids.shape[0]
-        for name in ("attention_mask", "response_mask", "sampler_logprobs"):
+        for name in ("attention_mask", "response_mask"):
             if getattr(self, name).shape != self.input_ids.shape:
                 raise ValueError(
                     f"TrainBatch.{name} shape {getattr(self, name).shape} "
@@ -91,7 +88,6 @@ class TrainBatch:
             group=self.group[rows],
             prompt_ids=self.prompt_ids[rows],
             versions=tuple(self.versions[int(i)] for i in rows),
-            sampler_logprobs=self.sampler_logprobs[rows, :width],
         )
 
 
@@ -128,14 +124,12 @@ def build_train_batch(
     ids = np.full((n, width), pad, dtype=np.int64)
     attn = np.zeros((n, width), dtype=np.int64)
     resp = np.zeros((n, width), dtype=np.float32)
-    slp = np.zeros((n, width), dtype=np.float32)
     for i in range(n):
         p, r = prompts[i // k], int(lengths[i])
         ids[i, : len(p)] = p
         ids[i, len(p) : len(p) + r] = samples.tokens[i, :r]
         attn[i, : len(p) + r] = 1
         resp[i, len(p) : len(p) + r] = 1.0
-        slp[i, len(p) : len(p) + r] = samples.logprobs[i, :r]
     return TrainBatch(
         input_ids=ids,
         attention_mask=attn,
@@ -144,7 +138,6 @@ def build_train_batch(
         group=group_offset + np.arange(n, dtype=np.int64) // k,
         prompt_ids=np.repeat(np.asarray(samples.prompt_ids, dtype=np.int64), k),
         versions=(samples.version,) * n,
-        sampler_logprobs=slp,
     )
 
 
@@ -171,7 +164,6 @@ def concat_batches(batches: Sequence[TrainBatch]) -> TrainBatch:
         group=np.concatenate(groups),
         prompt_ids=np.concatenate([b.prompt_ids for b in batches]),
         versions=tuple(v for b in batches for v in b.versions),
-        sampler_logprobs=np.concatenate([pad(b.sampler_logprobs, 0) for b in batches]),
     )
 
 
@@ -229,7 +221,6 @@ class Micro:
     target_mask: torch.Tensor  # [n, L-1]: response_mask shifted to the predicted positions
     g: torch.Tensor  # [n]
     pairs: torch.Tensor  # [m, 2] local row indices
-    behaviour: torch.Tensor  # [n] sequence log-prob under the sampler, as sampled
 
 
 def micro_batches(batch: TrainBatch, micro_batch: int, device) -> list[Micro]:
@@ -255,5 +246,4 @@ def to_micro(b: TrainBatch, dev) -> Micro:
         target_mask=resp[:, 1:],
         g=torch.as_tensor(b.g, dtype=torch.float32, device=dev),
         pairs=all_pairs(b.group).to(dev),
-        behaviour=torch.as_tensor(b.sampler_logprobs, device=dev).double().sum(-1),
     )

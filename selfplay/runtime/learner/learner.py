@@ -6,10 +6,10 @@ onto the closed-form update (docs/algorithms.md#llm-loss-forms)
     log π_θ(y) − log π_θ(y')  ≈  a·Δ log π_anchor + b·Δ log μ + c·Δ ĝ
 
 over pairs (y, y') of responses to the same prompt, with the loss from
-`selfplay.algos.losses.phase_loss` in the form of `LearnerSettings.loss` (the pg
-form instead weights each sample by π_θ(y)/π_sampler(y), recomputed at every
-update, so its gradient is the on-policy one in expectation). Which forms a run
-may use: `selfplay.algos.compat`. What this class adds is the bookkeeping:
+`selfplay.algos.losses.phase_loss` in the form of `LearnerSettings.loss`
+(regression or ipo; the pg form, which needs the sampler's log-probs, is tabular-only).
+Which forms a run may use: `selfplay.algos.compat`. What this class adds is the
+bookkeeping:
 
 - Anchor and μ log-probs are RECOMPUTED here from the stored role weights
   (never the sampler's log-probs): the minimiser is the closed-form update only
@@ -188,15 +188,12 @@ class Learner(Scoring):
         """
         cfg = self.config
         form, norm, updates = cfg.loss, cfg.normalize_logprobs, cfg.updates_per_phase
-        if form == "pg" and norm:
-            raise ValueError("the pg form needs summed sequence log-probs (normalize_logprobs)")
         mbs = micro_batches(batch, cfg.micro_batch, self.ctx.device)
         steps = self.ctx.all_reduce_max(len(mbs))
         m_global, rows, tokens = self.ctx.all_reduce_sum(
             [sum(len(mb.pairs) for mb in mbs), len(batch), float(batch.response_mask.sum())]
         )
-        # Pair losses average over the global pair count; the per-row pg form over rows.
-        denom = rows if form == "pg" else m_global
+        denom = m_global  # pair losses average over the global pair count
         if denom == 0:
             raise ValueError("train batch has no pairs: every group holds a single response")
         # The model holds the anchor (`start_phase`): its log-probs are the first update's
@@ -259,14 +256,6 @@ class Learner(Scoring):
             mb = mbs[i]
             logp = self._seq_logprobs(mb, normalize)
             taken.append(logp.detach() if anchor is None else anchor[i])
-            # pg: importance weight π_θ/π_b at the current θ, so every update's gradient
-            # is the on-policy one in expectation (the sampler may be tempered, stale,
-            # the lead or a mixture, and θ leaves the sampler after the first update).
-            weight = (
-                torch.exp(logp.detach().double() - mb.behaviour).to(logp.dtype)
-                if form == "pg"
-                else None
-            )
             loss = (
                 phase_loss(
                     phase,
@@ -277,7 +266,6 @@ class Learner(Scoring):
                     mb.g,
                     mb.pairs,
                     reduction="sum",
-                    weight=weight,
                 )
                 / denom
             )

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from selfplay.algos.names import FORMS
 
+#: The forms the learner computes: pg needs the sampler's log-probs, which the runtime
+#: does not ship (it is refused for every algorithm, `selfplay.algos.compat`), so it
+#: stays in `selfplay.algos.losses` for the tabular study.
+RUNTIME_FORMS = tuple(f for f in FORMS if f != "pg")
+
 
 @dataclass(frozen=True)
 class LearnerSettings:
@@ -50,8 +55,8 @@ class LearnerSettings:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.loss not in FORMS:
-            raise ValueError(f"loss form must be one of {FORMS}, got {self.loss!r}")
+        if self.loss not in RUNTIME_FORMS:
+            raise ValueError(f"loss form must be one of {RUNTIME_FORMS}, got {self.loss!r}")
         if self.updates_per_phase < 1:
             raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
         if self.micro_batch < 1:
