@@ -285,7 +285,7 @@ def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path, mo
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     t0 = time.perf_counter()
-    r, _ = _eval(capsys, str(run_dir), mlflow=True)
+    r, _ = _eval(capsys, str(run_dir), "--exploiter", "best-of-2", mlflow=True)
     seconds = time.perf_counter() - t0
     assert r["policies"] == ["reference", "final"]
     _check_table(r, 2)
@@ -299,6 +299,14 @@ def test_text_run_against_its_reference(text_run, capsys, game_run, tmp_path, mo
     ).run_id
     table = mlflow.load_table("win_rates.json", run_ids=[run])
     assert list(table["final"]) == pytest.approx([row[1] for row in r["win_rate"]])
+    # the exploiter on text: 2 π_ref candidates a prompt against each policy's 4 samples,
+    # its lower bound in the report and in MLflow
+    ex = r["exploiter"]
+    assert ex["judgments"] == 8 * 2 * 4 * 2 and set(ex["policies"]) == {"reference", "final"}
+    lb = ex["policies"]["final"]["exploitability_lb"]
+    assert -1 <= lb <= 1
+    logged = mlflow.get_run(run).data.metrics
+    assert logged["final.exploitability_lb"] == pytest.approx(lb)
     with capsys.disabled():
         print(f"\ntext eval: {seconds:.1f}s")
     # a policy of another architecture (and tokenizer) than the run's: one line

@@ -392,6 +392,9 @@ def _log(report: dict, report_path: Path, uri) -> None:
             metrics[f"{key}.exploitability"] = report["exploitability"][i]
             metrics[f"{key}.league_nash"] = report["league_nash"][i]
             metrics[f"{key}.elo"] = report["elo"][i]
+            got = report.get("exploiter", {}).get("policies", {}).get(n)
+            if got and got.get("exploitability_lb") is not None:
+                metrics[f"{key}.exploitability_lb"] = got["exploitability_lb"]
         tr.log_metrics(metrics)
         table = {"policy": names}
         for j, n in enumerate(names):
