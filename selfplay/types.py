@@ -133,6 +133,31 @@ class Samples:
             return np.zeros(len(self), dtype=bool)
         return np.asarray(self.truncated, dtype=bool).reshape(len(self))
 
+    def split(self) -> list[Samples]:
+        """One `Samples` per prompt, every field kept (log-probs, prompt tokens), rows in
+        order: a batched draw handed on as per-prompt units."""
+        out, k = [], self.k
+        for u in range(len(self.prompt_texts)):
+            rows = slice(u * k, (u + 1) * k)
+            one = slice(u, u + 1)
+            pick = lambda a, at: None if a is None else a[at]  # noqa: E731
+            out.append(
+                replace(
+                    self,
+                    prompt_ids=np.asarray(self.prompt_ids)[u : u + 1],
+                    prompt_texts=self.prompt_texts[u : u + 1],
+                    tokens=np.asarray(self.tokens)[rows],
+                    lengths=np.asarray(self.lengths)[rows],
+                    logprobs=np.asarray(self.logprobs)[rows],
+                    texts=pick(self.texts, rows),
+                    meta=dict(self.meta),
+                    prompt_tokens=pick(self.prompt_tokens, one),
+                    truncated=pick(self.truncated, rows),
+                    prompt_rendered=pick(self.prompt_rendered, one),
+                )
+            )
+        return out
+
     def slim(self) -> Samples:
         """What judging, evaluation and their cache need: the responses (tokens cut to
         the longest, texts when decoded), lengths and truncation flags; no log-probs."""

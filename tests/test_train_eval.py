@@ -251,3 +251,27 @@ def test_pool_lends_versions_for_evaluation_and_takes_them_back():
     # the pool knows π_ref is gone: a later call that needs it loads it again, not π_2
     load, drop = pool.prepare(w, {b, ref}, refs)
     assert [v for v, _ in load] == [ref] and drop == []
+
+
+def test_a_batched_draw_splits_into_per_prompt_units():
+    """`Samples.split`: the evaluation's batched draw handed on per prompt, every
+    per-row field cut to the prompt's rows and every per-prompt field to its own."""
+    s = Samples(
+        prompt_ids=np.array([4, 9]),
+        prompt_texts=["a", "b"],
+        tokens=np.arange(6)[:, None],
+        lengths=np.array([1, 1, 1, 2, 2, 2]),
+        logprobs=-np.arange(6, dtype=np.float32)[:, None],
+        texts=list("uvwxyz"),
+        version=Version(3, "main"),
+        k=3,
+        prompt_tokens=[[1, 2], [5]],
+        truncated=np.array([0, 0, 1, 0, 1, 1], bool),
+        prompt_rendered=["A", "B"],
+    )
+    a, b = s.split()
+    assert b.prompt_ids.tolist() == [9] and b.prompt_texts == ["b"] and b.k == 3
+    assert b.tokens[:, 0].tolist() == [3, 4, 5] and b.lengths.tolist() == [2, 2, 2]
+    assert b.logprobs[:, 0].tolist() == [-3, -4, -5] and b.texts == ["x", "y", "z"]
+    assert b.prompt_tokens == [[5]] and b.prompt_rendered == ["B"]
+    assert a.truncated.tolist() == [False, False, True] and a.version == s.version

@@ -14,8 +14,8 @@ driver's thread, and without waiting, it
    what the store released; π_ref is dropped again after its draws where training
    does not use it;
 2. draws S = `eval.samples` responses of π_t to each of U = `eval.prompts` held-out
-   prompts (`sampling.issue_draws`, one call per prompt, seeds from the identity
-   `step-t`), and whatever of π_ref's is missing;
+   prompts, in one batched call per rollout worker (`_issue_batched`, seeds from the
+   identity `step-t`), and whatever of π_ref's is missing;
 3. has the preference servers judge π_t's sample r against π_ref's sample r on each
    prompt (`sampling.issue_compare`, the run's judge and truncation rule), and the
    learners score π_t's responses under π_ref (`sequence_logprobs`, every rank).
@@ -167,7 +167,7 @@ class SampledEval:
             assert self._cand is not None and self.cand_cache is not None
             n = self.cand_cache.k or 1
             self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
-        cur = issue_draws(workers, v, self.prompts, S, self._seeds(f"step-{step}"))
+        cur = self._issue_batched(workers, v, f"step-{step}")
         for w, got in zip(workers, lent, strict=True):
             # π_ref stays only where training samples it (Nash-MD's mixture): a model copy
             pool.unload(w, [x for x in got if x == ref_v])
@@ -175,6 +175,26 @@ class SampledEval:
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
         cand = list(self._cand or [])
         self.pending.append(_Pending(step, cur, list(self._ref), judged, logp, cand))
+
+    def _issue_batched(self, workers, v, who: str) -> list:
+        """π_t's S responses to every prompt: one batched generate call per worker (its
+        share of the prompts, seeded by `who` and the share), handed back per prompt
+        (`RolloutActor.generate_each`); the refs, one per prompt, in order. Batched, an
+        evaluation's draws cost about one training step's generation, not one call per
+        prompt (π_ref's, drawn once by `prepare` and cached, keep one call per prompt)."""
+        U, W, S = len(self.prompts), len(workers), self.samples
+        shares = [list(range(U))[i::W] for i in range(W)]
+        out: list = [None] * U
+        for i, (w, rows) in enumerate(zip(workers, shares, strict=True)):
+            if not rows:
+                continue
+            seed = unit_seed(self.seed, who, f"share-{i}-of-{W}")
+            got = w.generate_each.options(num_returns=len(rows)).remote(
+                self.prompts.take(rows), v, S, seed
+            )
+            for u, r in zip(rows, got if len(rows) > 1 else [got], strict=True):
+                out[u] = r
+        return out
 
     def _issue_reference(self, workers, ref_v, rows: list[int], into: list, who: str, k: int):
         """Draw π_ref's `k` responses to the prompts `rows` (identity `who`) into `into`."""

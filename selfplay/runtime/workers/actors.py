@@ -92,6 +92,12 @@ class RolloutActor:
         out = tuple(self.generate(prompts, v, k, seed, explore) for v, k, seed, explore in draws)
         return out if len(out) > 1 else out[0]
 
+    def generate_each(self, prompts: Prompts, version: SamplerVersion, k: int, seed: int):
+        """`generate` in one batched call, handed back per prompt (`Samples.split`): call
+        with `.options(num_returns=len(prompts))`, one ref per prompt."""
+        parts = self.generate(prompts, version, k, seed).split()
+        return tuple(parts) if len(parts) > 1 else parts[0]
+
     def generate(
         self, prompts: Prompts, version: SamplerVersion, k: int, seed: int, explore: bool = False
     ) -> Samples:
