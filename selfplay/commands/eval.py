@@ -222,7 +222,7 @@ def make_plan(
     from selfplay.runtime.driver.build import bind_task
 
     bound = bind_task(cfg)  # the task's data read and checked here
-    _check_compatible(policies, bound)
+    pol.check_compatible(policies, bound)
     prompts = eval_units(bound.task, cfg.task.kind, num_prompts, every_prompt=data is not None)
     if not len(prompts):
         raise InputError(
@@ -278,7 +278,7 @@ def _exploiter(kind, proposal, max_judgments, run, ref, bound):
         members = pol.league(run, ref)
     else:
         members = [pol.resolve(proposal)]
-        _check_compatible(members, bound)
+        pol.check_compatible(members, bound)
     return make_exploiter(n, members, proposal)
 
 
@@ -338,39 +338,6 @@ def _file_task(data: str, task):
     keys = ("prompt_column", "max_prompt_tokens", "chat_template")
     keep = {} if task is None else {k: getattr(task, k) for k in keys}
     return PromptsTask(dataset=data, shuffle=False, **keep)
-
-
-def _arch(source) -> tuple:
-    if isinstance(source, str):
-        from selfplay.models.load import load_model_config
-
-        c = load_model_config(source, "policy")
-    else:
-        c = source.causal_lm().config
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-    return tuple(getattr(c, k, None) for k in keys)
-
-
-def _check_compatible(policies, bound) -> None:
-    """Every policy is sampled by workers built on the base model, on prompts tokenized
-    by the base tokenizer: each must share both."""
-    from selfplay.models.load import load_tokenizer
-
-    arch, vocab = _arch(bound.spec), bound.tokenizer.get_vocab()
-    for p in policies:
-        if p.source == bound.spec:
-            continue
-        if _arch(p.source) != arch:
-            raise InputError(
-                f"policy {p.name} has another architecture than the base model "
-                f"{bound.spec if isinstance(bound.spec, str) else 'tiny'}; selfplay eval "
-                "compares policies of one architecture"
-            )
-        if isinstance(p.source, str) and load_tokenizer(p.source).get_vocab() != vocab:
-            raise InputError(
-                f"policy {p.name} has another tokenizer than the base model; selfplay eval "
-                "samples every policy on the same prompt tokens"
-            )
 
 
 def _log(report: dict, report_path: Path, uri) -> None:

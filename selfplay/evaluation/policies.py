@@ -160,3 +160,36 @@ def unique_names(policies: list[Policy], args: list[str]) -> list[Policy]:
     if len({p.name for p in out}) < len(out):
         raise InputError(f"policies given twice: {', '.join(a for a in args)}")
     return out
+
+
+def _arch(source) -> tuple:
+    if isinstance(source, str):
+        from selfplay.models.load import load_model_config
+
+        c = load_model_config(source, "policy")
+    else:
+        c = source.causal_lm().config
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    return tuple(getattr(c, k, None) for k in keys)
+
+
+def check_compatible(policies, bound) -> None:
+    """Every policy is sampled by workers built on the base model, on prompts tokenized
+    by the base tokenizer: each must share both."""
+    from selfplay.models.load import load_tokenizer
+
+    arch, vocab = _arch(bound.spec), bound.tokenizer.get_vocab()
+    for p in policies:
+        if p.source == bound.spec:
+            continue
+        if _arch(p.source) != arch:
+            raise InputError(
+                f"policy {p.name} has another architecture than the base model "
+                f"{bound.spec if isinstance(bound.spec, str) else 'tiny'}; selfplay eval "
+                "compares policies of one architecture"
+            )
+        if isinstance(p.source, str) and load_tokenizer(p.source).get_vocab() != vocab:
+            raise InputError(
+                f"policy {p.name} has another tokenizer than the base model; selfplay eval "
+                "samples every policy on the same prompt tokens"
+            )

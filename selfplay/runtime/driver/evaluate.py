@@ -123,23 +123,14 @@ class SampledEval:
         """Draw π_ref's responses (and the exploiter's candidates) before training starts
         and wait for them: they are the same for every evaluation, so no evaluation
         queues them ahead of a training step. Cached: a rerun or a resume draws nothing."""
-        self._ref = self._ref or lookup(self.cache, REFERENCE, self.prompts, self.seed)
-        if self.cand_cache is not None and self._cand is None:
-            self._cand = lookup(self.cand_cache, CANDIDATES, self.prompts, self.seed)
-        missing = [u for u, s in enumerate(self._ref) if s is None]
-        lacking = [u for u, s in enumerate(self._cand or ()) if s is None]
+        missing, lacking = self._missing()
         if not missing and not lacking:
             return
-        pool, S = ctl.rollout_pool, self.samples
+        pool = ctl.rollout_pool
         ref_v, _ = ctl.published("ref")
         workers = list(pool.workers)
         lent = [pool.lend(w, {ref_v}, ctl.store.refs) for w in workers]
-        if missing:
-            self._issue_reference(workers, ref_v, missing, self._ref, REFERENCE, S)
-        if lacking:
-            assert self._cand is not None and self.cand_cache is not None
-            n = self.cand_cache.k or 1
-            self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
+        self._issue_missing(workers, ref_v, missing, lacking)
         for w, got in zip(workers, lent, strict=True):
             pool.unload(w, [x for x in got if x == ref_v])  # training does not sample it
         fetch = lambda held: [waits.get(x) if isinstance(x, ray.ObjectRef) else x for x in held]  # noqa: E731
@@ -149,24 +140,14 @@ class SampledEval:
 
     def issue(self, step: int, ctl) -> None:
         """Start the evaluation of π_step (`ctl.published("main")`); nothing waits."""
-        pool, S = ctl.rollout_pool, self.samples
+        pool = ctl.rollout_pool
         v, _ = ctl.published("main")
         ref_v, _ = ctl.published("ref")  # π_ref, published once at the start
         workers = list(pool.workers)
-        if self._ref is None:
-            self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
-        if self.cand_cache is not None and self._cand is None:
-            self._cand = lookup(self.cand_cache, CANDIDATES, self.prompts, self.seed)
-        missing = [u for u, s in enumerate(self._ref) if s is None]
-        lacking = [u for u, s in enumerate(self._cand or ()) if s is None]
+        missing, lacking = self._missing()  # none, unless an actor died with them
         need = {v, ref_v} if missing or lacking else {v}
         lent = [pool.lend(w, need, ctl.store.refs) for w in workers]
-        if missing:  # the first evaluation: π_ref's draws (then cached)
-            self._issue_reference(workers, ref_v, missing, self._ref, REFERENCE, S)
-        if lacking:  # and the exploiter's candidates, N per prompt from π_ref
-            assert self._cand is not None and self.cand_cache is not None
-            n = self.cand_cache.k or 1
-            self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
+        self._issue_missing(workers, ref_v, missing, lacking)
         cur = self._issue_batched(workers, v, f"step-{step}")
         for w, got in zip(workers, lent, strict=True):
             # π_ref stays only where training samples it (Nash-MD's mixture): a model copy
@@ -175,6 +156,25 @@ class SampledEval:
         logp = ctl.learners.issue("sequence_logprobs", "ref", *cur)[0]
         cand = list(self._cand or [])
         self.pending.append(_Pending(step, cur, list(self._ref), judged, logp, cand))
+
+    def _missing(self) -> tuple[list[int], list[int]]:
+        """(prompts without π_ref's draws, prompts without the exploiter's candidates),
+        after looking in the cache the first time."""
+        if self._ref is None:
+            self._ref = lookup(self.cache, REFERENCE, self.prompts, self.seed)
+        if self.cand_cache is not None and self._cand is None:
+            self._cand = lookup(self.cand_cache, CANDIDATES, self.prompts, self.seed)
+        missing = [u for u, s in enumerate(self._ref) if s is None]
+        return missing, [u for u, s in enumerate(self._cand or ()) if s is None]
+
+    def _issue_missing(self, workers, ref_v, missing: list[int], lacking: list[int]) -> None:
+        """π_ref's S draws of `missing`, and its N candidates of `lacking` (not waited on)."""
+        if missing:
+            self._issue_reference(workers, ref_v, missing, self._ref, REFERENCE, self.samples)
+        if lacking:
+            assert self._cand is not None and self.cand_cache is not None
+            n = self.cand_cache.k or 1
+            self._issue_reference(workers, ref_v, lacking, self._cand, CANDIDATES, n)
 
     def _issue_batched(self, workers, v, who: str) -> list:
         """π_t's S responses to every prompt: one batched generate call per worker (its
@@ -205,12 +205,11 @@ class SampledEval:
 
     def _issue_exploit(self, p: _Pending, judges: list) -> None:
         """Judge every candidate against every one of π_t's samples (`Samples.pick`)."""
+        from selfplay.evaluation.exploiter import cross_pairs
+
         cur = [s.slim() for s in waits.get(p.cur)]
         cand = [s if isinstance(s, Samples) else waits.get(s).slim() for s in p.cand]
-        N, S = cand[0].k, self.samples
-        left, right = np.repeat(np.arange(N), S), np.tile(np.arange(S), N)
-        a, b = [c.pick(left) for c in cand], [x.pick(right) for x in cur]
-        p.exploit = issue_compare(judges, a, b)
+        p.exploit = issue_compare(judges, *cross_pairs(cand, cur))
 
     def poll(self, judges: list) -> list[dict]:
         """Finish the evaluations whose results are all in (issuing the exploiter's
