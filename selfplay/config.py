@@ -80,13 +80,34 @@ class TinyModelConfig(_Strict):
     init_std: float = Field(0.02, gt=0)
 
 
+class LoraConfig(_Strict):
+    """Train a LoRA adapter instead of the whole model (`selfplay.models.lora`): π_ref is
+    the base with the adapter off, every other role and version an adapter."""
+
+    r: int = Field(16, ge=1, description="the adapter's rank")
+    alpha: float = Field(32.0, gt=0, description="scale numerator: the update is alpha/r·BA")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="module-name suffixes to adapt (q_proj, ...), or every linear layer "
+        "but the output",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("name at least one module, or 'all-linear'")
+        return v
+
+
 class ModelConfig(_Strict):
     """`name: tiny` builds a random-init model from `tiny`; anything else is an HF path, hub
-    name or `.gguf` file (`selfplay.models.load`)."""
+    name, `.gguf` file or LoRA adapter directory (`selfplay.models.load`)."""
 
     name: str = "tiny"
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig | None = None
 
 
 class RolloutConfig(_Strict):

@@ -21,7 +21,7 @@ from helpers import bits_equal
 import selfplay.runtime.checkpoint.codec as pk
 import selfplay.runtime.checkpoint.format as ck
 from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, concat_batches
-from selfplay.runtime.learner.learner import LearnerState, RoleWeights
+from selfplay.runtime.learner.state import LearnerState, RoleWeights
 from selfplay.runtime.workers.actors import BatchInfo
 from selfplay.types import MixtureVersion, Samples, Version
 

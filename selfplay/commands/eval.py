@@ -6,6 +6,8 @@ work is `selfplay.evaluation.runner.run_eval`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import re
 import sys
@@ -222,6 +224,8 @@ def make_plan(
     from selfplay.runtime.driver.build import bind_task
 
     bound = bind_task(cfg)  # the task's data read and checked here
+    # Workers sample plain models: a LoRA run's base, each adapter merged into it.
+    bound = dataclasses.replace(bound, spec=getattr(bound.spec, "base", bound.spec))
     pol.check_compatible(policies, bound)
     prompts = eval_units(bound.task, cfg.task.kind, num_prompts, every_prompt=data is not None)
     if not len(prompts):

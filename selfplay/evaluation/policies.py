@@ -62,14 +62,19 @@ def kept_steps(run_dir: str | Path) -> list[int]:
 
 
 def identity(source) -> str:
-    """SHA-256 of a model directory's config.json and *.safetensors files (sorted by
-    name), of a model file (`.gguf`), or of a tiny spec's name."""
+    """SHA-256 of a model directory's config.json (a LoRA adapter's adapter_config.json,
+    which names its base) and *.safetensors files (sorted by name), of a model file
+    (`.gguf`), or of a tiny spec's name."""
+    from selfplay.models.lora import ADAPTER_CONFIG
+
     h = hashlib.sha256()
     if not isinstance(source, str):
         h.update(f"tiny:{source.name}".encode())
         return h.hexdigest()
     d = Path(source)
-    files = [d] if d.is_file() else [d / "config.json", *d.glob("*.safetensors")]
+    files = (
+        [d] if d.is_file() else [d / "config.json", d / ADAPTER_CONFIG, *d.glob("*.safetensors")]
+    )
     for f in sorted(files):
         if f.is_file():
             h.update(f.name.encode())
@@ -117,6 +122,7 @@ def reference_policy(cfg) -> Policy:
         from selfplay.tasks import make_task
 
         spec = model_spec(cfg, make_task(cfg.task))
+        spec = getattr(spec, "base", spec)  # a LoRA run's π_ref: the base, adapter off
         return Policy("reference", spec, identity(spec))
     path = Path(cfg.model.name).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":  # a llama.cpp file (models.load)
@@ -163,6 +169,13 @@ def unique_names(policies: list[Policy], args: list[str]) -> list[Policy]:
 
 
 def _arch(source) -> tuple:
+    from selfplay.models.lora import adapter_base, is_adapter_dir
+    from selfplay.models.tiny import ModelSpec
+
+    if is_adapter_dir(source):  # a LoRA adapter: its base's architecture
+        source = adapter_base(source)
+    if isinstance(source, str) and source.startswith(ModelSpec.PREFIX):
+        source = ModelSpec.parse(source)
     if isinstance(source, str):
         from selfplay.models.load import load_model_config
 

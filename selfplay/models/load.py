@@ -99,6 +99,13 @@ def check_safetensors_dir(name_or_path: str) -> None:
     if is_gguf(name_or_path):
         check_gguf_file(name_or_path)
         return
+    from selfplay.models.lora import adapter_base, is_adapter_dir
+
+    if is_adapter_dir(name_or_path):
+        base = adapter_base(name_or_path)
+        if not base.startswith(ModelSpec.PREFIX):
+            check_safetensors_dir(base)
+        return
     p = Path(name_or_path).expanduser()
     if name_or_path.startswith(("/", ".", "~")) and not p.is_dir():
         raise InputError(f"model directory {name_or_path} does not exist")
@@ -211,7 +218,20 @@ def check_model_weights(name: str, what: str, kind: str = "causal") -> None:
 def load_policy(
     name_or_path: str | ModelSpec, *, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(causal LM in eval mode, tokenizer) from a path, hub name, `tiny:<spec>` or ModelSpec."""
+    """(causal LM in eval mode, tokenizer) from a path, hub name, `tiny:<spec>`, ModelSpec,
+    a LoRA adapter directory (its base with the adapter merged in) or an `Adapted` spec
+    (the base wrapped by peft: `selfplay.models.lora`)."""
+    from selfplay.models import lora
+
+    if isinstance(name_or_path, lora.Adapted):
+        model, tok = load_policy(name_or_path.base, dtype=dtype, device=device)
+        spec = name_or_path
+        return lora.apply_lora(model, spec.lora, spec.seed, spec.base_name()), tok
+    if lora.is_adapter_dir(name_or_path):
+        base, tok = load_policy(lora.adapter_base(name_or_path), dtype=dtype, device=device)
+        if any(Path(name_or_path).glob("tokenizer*")):
+            tok = load_tokenizer(name_or_path)
+        return lora.load_adapter(name_or_path, base), tok
     if isinstance(name_or_path, ModelSpec) or name_or_path.startswith(ModelSpec.PREFIX):
         spec = (
             name_or_path if isinstance(name_or_path, ModelSpec) else ModelSpec.parse(name_or_path)

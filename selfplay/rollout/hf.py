@@ -2,7 +2,9 @@
 
 One model skeleton holds the architecture; each cached version is a dict of
 tensors run through it with `torch.func.functional_call`, so switching
-versions (or running two for a mixture) copies no weights.
+versions (or running two for a mixture) copies no weights. Under LoRA the skeleton is
+the base wrapped by peft, and a version is its adapter's tensors only: the base weights
+are held once, by the skeleton.
 
 Sampling is our own KV-cached loop rather than `model.generate`, because
 Nash-MD needs two models' logits per token. At each step, for rows still running:
@@ -40,6 +42,7 @@ from torch.func import functional_call
 from transformers import DynamicCache
 
 from selfplay.models.load import load_policy
+from selfplay.models.lora import version_tensors
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import (
     VersionNotLoaded,
@@ -63,7 +66,7 @@ class HFBackend:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        own = self.model.state_dict()
+        own = version_tensors(self.model)  # the state dict, or the adapter under LoRA
         self._own = {n: (t.dtype, tuple(t.shape)) for n, t in own.items()}
         self._tied = _tied_duplicates(own)
         self._weights: dict[Version, dict[str, torch.Tensor]] = {}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from selfplay.runtime.checkpoint.format import CheckpointError, one_line
-from selfplay.runtime.learner.learner import LearnerState, RoleWeights
+from selfplay.runtime.learner.state import LearnerState, RoleWeights
 from selfplay.types import MixtureVersion, Version
 
 # ------------------------------------------------------------------ packing

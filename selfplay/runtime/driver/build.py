@@ -80,12 +80,15 @@ def _build_judge(spec):
 
 
 def model_spec(cfg: Config, task):
-    """The policy's model: the tiny factory over the task's words, or an HF name/path."""
+    """The policy's model: the tiny factory over the task's words, or an HF name/path;
+    under `model.lora`, that base with a LoRA adapter (`selfplay.models.lora.Adapted`)."""
+    from selfplay.models.lora import Adapted, LoraSpec
     from selfplay.models.tiny import ModelSpec
 
+    base: object = cfg.model.name
     if cfg.model.name == "tiny":
         t = cfg.model.tiny
-        return ModelSpec(
+        base = ModelSpec(
             words=tuple(task.model_words()),
             hidden=t.hidden,
             layers=t.layers,
@@ -93,12 +96,19 @@ def model_spec(cfg: Config, task):
             seed=t.seed,
             init_std=t.init_std,
         )
-    return cfg.model.name
+    lo = cfg.model.lora
+    if lo is None:
+        return base
+    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
+    return Adapted(base, LoraSpec(r=lo.r, alpha=lo.alpha, target_modules=targets), cfg.seed)
 
 
 def _tokenizer(cfg: Config, spec):
     from selfplay.models.load import check_safetensors_dir, load_tokenizer
+    from selfplay.models.lora import Adapted
 
+    if isinstance(spec, Adapted):
+        return _tokenizer(cfg, spec.base)
     if isinstance(spec, str):
         check_safetensors_dir(spec)  # one line here, not a wrapped actor error
         return load_tokenizer(spec)
@@ -163,11 +173,13 @@ class Bound:
 def bind_task(cfg: Config) -> Bound:
     """Make the task and bind it to the policy's tokenizer: where the task's bad input
     (its data, its prompts) fails, in one line. No Ray needed, nothing written."""
+    from selfplay.models.lora import check_spec
     from selfplay.tasks import make_task
 
     task = make_task(cfg.task)
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
+    check_spec(spec)  # LoRA targets the base lacks: one line, before Ray
     task.bind(tok)
     eval_prompts = None
     if cfg.eval.every:

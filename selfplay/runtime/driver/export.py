@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 MODEL_DIR = "model"
+MERGED_DIR = "model-merged"  # `selfplay export --merge` of a LoRA run
 POLICIES_DIR = "policies"
 ROLLOUT_DIR = "rollouts"
 #: parquet columns, in order; `g` is null on opponent rows.
@@ -43,23 +44,35 @@ COLUMNS = (
 
 
 def export_policy(
-    flat, build_model: Callable[[], object], tokenizer, run_dir: Path, out: Path | None = None
+    flat,
+    build_model: Callable[[], object],
+    tokenizer,
+    run_dir: Path,
+    out: Path | None = None,
+    merge: bool = False,
 ) -> Path:
     """Write `flat` (the final policy's FlatWeights) as `out` (default RUN_DIR/model/)
-    and return it.
+    and return it. Under LoRA `flat` is the adapter, written as peft writes one
+    (adapter_config.json naming the base, adapter_model.safetensors); merge=True writes
+    the base with the adapter folded in, a plain model, instead.
 
     build_model: zero-argument callable returning a model of the policy's architecture
     (its weights are replaced); tokenizer: the policy's tokenizer."""
     from transformers.utils import logging as hf_logging
 
+    from selfplay.models.lora import is_lora, merged, version_tensors
+
     hf_logging.disable_progress_bar()  # "Loading weights", "Writing model shards": noise here
     model = build_model()
     missing, unexpected = model.load_state_dict(flat.to_state_dict(), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
-    if unexpected or [k for k in missing if k not in tied]:
+    carried = set(version_tensors(model))  # under LoRA the base is the model's own
+    if unexpected or [k for k in missing if k not in tied and k in carried]:
         raise ValueError(
             f"final weights do not fit the policy: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    if merge and is_lora(model):
+        model = merged(model)
     out = run_dir / MODEL_DIR if out is None else Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -131,7 +144,9 @@ def completions_table(tables: list, limit: int = 8) -> dict[str, list] | None:
     return cols if cols["step"] else None
 
 
-def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tuple[Path, int]:
+def export_from_checkpoint(
+    run_dir: str | Path, out: Path | None = None, merge: bool = False
+) -> tuple[Path, int]:
     """Write RUN_DIR/model/ (or `out`) from the run's newest intact checkpoint, without
     Ray: the policy's weights after that step, exactly as the run would have exported
     them. Returns (the model dir, the checkpoint's step). InputError for a run dir
@@ -165,7 +180,7 @@ def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tupl
     state = unpack_learner_state(learner_files(ckpt.tensors, 0), ranks[0])
     spec = model_spec(cfg, make_task(cfg.task))
     model = _build_model(spec, cfg.model.dtype)
-    names = [n for n, _ in model.named_parameters()]
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # the trained ones
     if len(names) != len(state.params):
         raise InputError(
             f"{d}: checkpoint {ckpt.path.name} holds {len(state.params)} tensors, the "
@@ -173,4 +188,4 @@ def export_from_checkpoint(run_dir: str | Path, out: Path | None = None) -> tupl
         )
     flat = flatten_state_dict(dict(zip(names, state.params, strict=True)))
     build = functools.partial(_build_model, spec, cfg.model.dtype)
-    return export_policy(flat, build, _tokenizer(cfg, spec), d, out), ckpt.step
+    return export_policy(flat, build, _tokenizer(cfg, spec), d, out, merge), ckpt.step

@@ -35,7 +35,8 @@ from selfplay.algos.plan import Phase
 from selfplay.models.weights import FlatWeights
 from selfplay.runtime import waits
 from selfplay.runtime.learner.batch import TrainBatch, build_train_batch, shard
-from selfplay.runtime.learner.learner import Learner, LearnerSettings, LearnerState, PhaseMetrics
+from selfplay.runtime.learner.learner import Learner, LearnerSettings, PhaseMetrics
+from selfplay.runtime.learner.state import LearnerState
 from selfplay.types import Samples
 
 

@@ -19,6 +19,9 @@ bookkeeping:
   AdamW state. `start_phase` loads the anchor's weights and optimizer state, so
   EGPO / Nash-MP phase 2 restarts from θ_t exactly; `train_phase` stores its
   result (weights + optimizer state) under `phase.output`.
+- Under LoRA (`selfplay.models.lora`) the trained parameters, and so every role, the
+  optimizer state and each published version, are the adapter's tensors only; "ref" is
+  the base model with the adapter switched off, never stored (`exchange.py`).
 - Each tensor is held once. The role the model was last trained into (or
   snapshotted as) is *live*: the model's own parameters and AdamW state are that
   role, copied only when the model is about to move away from it (a phase with
@@ -38,30 +41,28 @@ Role weights hold parameters only; persistent buffers are never trained.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 
 import torch
 
 from selfplay.algos.losses import k3_kl, phase_loss
 from selfplay.algos.plan import Phase
-from selfplay.models.weights import FlatWeights, flatten_state_dict
+from selfplay.models.lora import is_base, is_lora
+from selfplay.models.weights import FlatWeights
 from selfplay.runtime.learner import sharding
 from selfplay.runtime.learner.batch import Micro, TrainBatch, micro_batches
+from selfplay.runtime.learner.exchange import REF, Exchange
 from selfplay.runtime.learner.scoring import Scoring
 from selfplay.runtime.learner.settings import LearnerSettings, PhaseMetrics
-from selfplay.runtime.learner.sharding import DistContext, local
+from selfplay.runtime.learner.sharding import DistContext
 from selfplay.runtime.learner.state import (
-    LearnerState,
     RoleWeights,
     clone_optim,
     fixed_mmap_threshold,
-    local_optim,
-    optim_like,
 )
 
 
-class Learner(Scoring):
+class Learner(Scoring, Exchange):
     """One learner rank. Under FSDP2 with world > 1 every public method except
     `set_role` bookkeeping is a collective: call it on all ranks in the same order."""
 
@@ -90,8 +91,12 @@ class Learner(Scoring):
         ids = None if allowed is None else sorted(set(allowed))
         self._allowed = None if ids is None else torch.tensor(ids, device=self.ctx.device)
         self.model = sharding.prepare_model(model, self.ctx)
-        self._names = [n for n, _ in self.model.named_parameters()]
-        self._params = [p for _, p in self.model.named_parameters()]
+        # What is trained, stored per role and published: every parameter, or under
+        # LoRA the adapter's (peft freezes the base).
+        self._lora = is_lora(self.model)
+        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in trained]
+        self._params = [p for _, p in trained]
         self.opt = torch.optim.AdamW(
             self._params,
             lr=config.lr,
@@ -110,7 +115,8 @@ class Learner(Scoring):
     @property
     def roles(self) -> tuple[str, ...]:
         live = (self._live,) if self._live is not None and self._live not in self._roles else ()
-        return (*self._roles, *live)
+        base = (REF,) if self._lora else ()  # the base model, never stored
+        return (*self._roles, *live, *base)
 
     def set_role(self, role: str, weights: FlatWeights | Mapping[str, torch.Tensor]) -> None:
         """Store full weights (a FlatWeights or state dict) as `role`, without optimizer state."""
@@ -118,6 +124,9 @@ class Learner(Scoring):
         missing = [n for n in self._names if n not in sd]
         if missing:
             raise ValueError(f"weights for role {role!r} lack parameters {missing[:3]}")
+        if self._lora and role == REF:
+            self._check_base([(n, torch.as_tensor(sd[n])) for n in self._names])
+            return
         params = []
         for n, p in zip(self._names, self._params, strict=True):
             full = torch.as_tensor(sd[n]).to(device=self.ctx.device, dtype=p.dtype)
@@ -143,6 +152,12 @@ class Learner(Scoring):
         role (frozen), a copy of the model's weights for the live one."""
         if dst == src:
             return
+        if self._lora and dst == REF:
+            with self._weights(src):
+                self._check_base(
+                    [(n, sharding.local(p)) for n, p in zip(self._names, self._params, strict=True)]
+                )
+            return
         if src != self._live:
             r = RoleWeights(params=list(self._role(src).params))
         self._roles.pop(dst, None)  # the old copy goes first: never two at once
@@ -155,6 +170,11 @@ class Learner(Scoring):
         if dst == self._live:
             self._live, self._live_copy = None, None
         self._roles[dst] = r
+
+    def _check_base(self, named: list[tuple[str, torch.Tensor]]) -> None:
+        """Under LoRA π_ref is the base model: it can only be given weights equal to it."""
+        if not is_base(named):
+            raise ValueError("under LoRA the ref role is the base model; these weights move it")
 
     def _keep_live(self) -> None:
         """Copy the live role (weights and AdamW state) out of the model before the model
@@ -279,71 +299,6 @@ class Learner(Scoring):
         (loss_sum,) = self.ctx.all_reduce_sum([local_loss])
         return loss_sum, float(gnorm), taken
 
-    # --------------------------------------------------- weights and state
-    def publish(self, role: str | None = None) -> FlatWeights | None:
-        """Full weights (current, or `role`'s) as FlatWeights on rank 0; None on other ranks.
-
-        Unsharded, a role's tensors are flattened where they are: swapping them into
-        the model and back would copy the whole policy three more times."""
-        role = None if role == self._live else role
-        if role is not None and not self.ctx.sharded:
-            if self.ctx.rank != 0:
-                return None
-            by_ptr = {
-                p.data_ptr(): t for p, t in zip(self._params, self._role(role).params, strict=True)
-            }
-            return flatten_state_dict(
-                {
-                    k: by_ptr.get(v.data_ptr(), v).detach()
-                    for k, v in self.model.state_dict().items()
-                }
-            )
-        with self._weights(role):
-            sd = sharding.full_state_dict(self.model, self.ctx)
-            # Flatten inside: without FSDP2 the state dict views the swapped-in storage.
-            return None if sd is None else flatten_state_dict(sd)
-
-    def state(self, copy: bool = True) -> LearnerState:
-        """This rank's state as plain local tensors (optimizer DTensors → their shards).
-        The live role is `params`/`optim` (named by `live`, not repeated in `roles`).
-        copy=False: the tensors themselves, for writing out before the next call."""
-        c = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
-        return LearnerState(
-            rank=self.ctx.rank,
-            world=self.ctx.world,
-            strategy=self.config.strategy,
-            params=[c(local(p).detach()) for p in self._params],
-            optim=local_optim(self._optim_refs(), copy),
-            roles={
-                k: RoleWeights([c(t) for t in v.params], local_optim(v.optim, copy))
-                for k, v in self._roles.items()
-            },
-            live=self._live,
-        )
-
-    def load_state(self, state: LearnerState) -> None:
-        if (state.rank, state.world, state.strategy) != (
-            self.ctx.rank,
-            self.ctx.world,
-            self.config.strategy,
-        ):
-            raise ValueError(
-                f"checkpoint is rank {state.rank}/{state.world} {state.strategy}, "
-                f"learner is {self.ctx.rank}/{self.ctx.world} {self.config.strategy}"
-            )
-        dev = self.ctx.device
-        self._roles, self._live, self._live_copy, self._holds = {}, None, None, None
-        self._load_params([t.to(dev) for t in state.params])
-        self.opt.state.clear()
-        for i, st in optim_like(state.optim, self._params, dev).items():
-            self.opt.state[self._params[i]] = st
-        self._roles = {
-            k: RoleWeights([t.to(dev) for t in v.params], optim_like(v.optim, self._params, dev))
-            for k, v in state.roles.items()
-            if k != state.live
-        }
-        self._live = state.live
-
     def close(self) -> None:
         self.ctx.close()
 
@@ -351,41 +306,3 @@ class Learner(Scoring):
         if role not in self._roles:
             raise KeyError(f"learner has no role {role!r} (has {sorted(self._roles)})")
         return self._roles[role]
-
-    def _local_params(self) -> list[torch.Tensor]:
-        return [local(p).detach().clone() for p in self._params]
-
-    def _load_params(self, params: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, t in zip(self._params, params, strict=True):
-                local(p).copy_(t)
-
-    def _optim_refs(self) -> dict[int, dict[str, torch.Tensor]]:
-        return {i: self.opt.state[p] for i, p in enumerate(self._params) if p in self.opt.state}
-
-    def _optim_state(self) -> dict[int, dict[str, torch.Tensor]]:
-        return clone_optim(self._optim_refs())
-
-    @contextmanager
-    def _weights(self, role: str | None) -> Iterator[None]:
-        """Temporarily swap `role`'s weights into the model (bitwise restore after)."""
-        if role is None or role == self._live:
-            yield
-            return
-        r = self._role(role)
-        if self.ctx.sharded:  # DTensor shards: copy in and back
-            saved = self._local_params()
-            self._load_params(r.params)
-            try:
-                yield
-            finally:
-                self._load_params(saved)
-            return
-        saved = [p.data for p in self._params]  # swap storages: no copy
-        try:
-            for p, t in zip(self._params, r.params, strict=True):
-                p.data = t
-            yield
-        finally:
-            for p, t in zip(self._params, saved, strict=True):
-                p.data = t
