@@ -72,7 +72,8 @@ class HFBackend:
         self._weights: dict[Version, dict[str, torch.Tensor]] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = eos_ids(tokenizer, getattr(model, "generation_config", None))
-        params = inspect.signature(model.forward).parameters
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        params = inspect.signature(inner.forward).parameters
         self._keep_last = "logits_to_keep" in params
         # transformers >= 5.x renamed `past_key_values` to `cache` (the old name warns).
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
