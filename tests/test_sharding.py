@@ -34,7 +34,15 @@ def _model64(seed: int) -> torch.nn.Module:
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
+def _lora64(seed: int) -> torch.nn.Module:
+    """The same LM under a LoRA adapter on every linear layer (only the adapter trains)."""
+    from selfplay.models.lora import LoraSpec, apply_lora
+
+    return apply_lora(_model64(seed), LoraSpec(r=2, alpha=4.0), seed=0).double()
+
+
 model_fn = functools.partial(_model64, 3)
+lora_fn = functools.partial(_lora64, 3)
 ref_fn = functools.partial(_model64, 4)
 PHASE = Phase(
     sample="main",
@@ -124,8 +132,10 @@ ATOL = 1e-10
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_shards_match_one(ray_cluster, strategy):
+@pytest.mark.parametrize(
+    "strategy, lora", [("ddp", False), ("fsdp2", False), ("ddp", True), ("fsdp2", True)]
+)
+def test_two_shards_match_one(ray_cluster, strategy, lora):
     # Phase 1: uneven groups, so the shards differ in rows, pairs and micro-batch count
     # (rank 0: [5], [2, 3]; rank 1: [4], [2], [6]). Phase 2: ONE group, so rank 0 is
     # empty and only joins the collectives.
@@ -140,21 +150,25 @@ def test_two_shards_match_one(ray_cluster, strategy):
     rows = [len(shard(batches[0], r, 2)) for r in range(2)]
     assert rows == [10, 12] and len(shard(batches[1], 0, 2)) == 0
     torch.set_num_threads(1)
-    learner = Learner(model_fn, settings)
-    learner.set_role("ref", ref_fn().state_dict())
+    build = lora_fn if lora else model_fn  # under LoRA, μ = "ref" is the base itself
+    learner = Learner(build, settings)
+    if not lora:
+        learner.set_role("ref", ref_fn().state_dict())
     want_metrics, want_lp, *want = two_phase_step(learner, batches)
-    group = LearnerGroup(model_fn, settings, 2, num_cpus=1)
+    group = LearnerGroup(build, settings, 2, num_cpus=1)
     try:
-        group.set_role("ref", ray.put(ref_fn().state_dict()))
+        if not lora:
+            group.set_role("ref", ray.put(ref_fn().state_dict()))
         got_metrics, got_lp, *refs = two_phase_step(group, batches)
         got = [ray.get(r) for r in refs]
     finally:
         group.shutdown()
     assert np.allclose(got_lp, want_lp, atol=1e-5, rtol=0)
-    start = model_fn().state_dict()
+    start = build().state_dict()
     for flat_got, flat_want in zip(got, want, strict=True):
         g, w = flat_got.to_state_dict(), flat_want.to_state_dict()
         assert set(g) == set(w)
+        assert not lora or all(".lora_" in k for k in w)  # versions carry the adapter
         for k in w:
             assert g[k].dtype == torch.float64
             assert torch.allclose(g[k], w[k], atol=ATOL, rtol=0), k
