@@ -14,6 +14,8 @@ prints VmRSS and the kernel's peak VmHWM of this process (/proc/self/status).
 
 The budget (float32, P parameters, 4P bytes each): weights + gradients + AdamW
 (2 moments) + one copy per frozen role (magnet, ref) = 6 × 4P, plus activations.
+With `--lora R` (an adapter of Q ≪ P parameters on every linear layer): the base once,
+4P, plus 6 × 4Q for the adapter's roles, gradients and moments, plus activations.
 """
 
 from __future__ import annotations
@@ -113,18 +115,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per forward")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (learner.threads)")
+    ap.add_argument(
+        "--lora", type=int, default=0, metavar="R", help="a rank-R LoRA adapter on every linear"
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.monotonic()
     rows = [report("start", t0)]
+    build = smol_model
+    if a.lora:
+        from selfplay.models.lora import LoraSpec, apply_lora
+
+        def build():
+            return apply_lora(smol_model(), LoraSpec(r=a.lora, alpha=2.0 * a.lora))
+
     learner = Learner(
-        smol_model,
+        build,
         LearnerSettings(
             lr=1e-5, loss="regression", micro_batch=a.micro_batch, temperature=a.temperature
         ),
     )
     n = sum(p.numel() for p in learner.model.parameters())
-    print(f"parameters: {n / 1e6:.1f}M = {4 * n / 1e9:.3f} GB in float32", flush=True)
+    trained = sum(p.numel() for p in learner._params)
+    print(
+        f"parameters: {n / 1e6:.1f}M = {4 * n / 1e9:.3f} GB in float32; trained "
+        f"{trained / 1e6:.2f}M",
+        flush=True,
+    )
     rows.append(report("learner built", t0))
     learner.copy_role("magnet", "main")  # MPO's init_versions
     learner.copy_role("ref", "main")

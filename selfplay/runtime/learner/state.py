@@ -93,7 +93,7 @@ def optim_like(state, params: list, device):
 _M_MMAP_THRESHOLD = -3
 
 
-def fixed_mmap_threshold(nbytes: int = 1 << 20) -> bool:
+def fixed_mmap_threshold(nbytes: int = 1 << 18) -> bool:
     """Serve every allocation of ≥ `nbytes` with its own mmap (glibc): freed tensors then
     go back to the OS at once. glibc's default raises the threshold to the largest chunk
     freed so far (up to 32 MiB), after which a model's per-layer tensors come from the
