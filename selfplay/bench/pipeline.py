@@ -150,8 +150,10 @@ def throughput(max_staleness: int, steps: int, opponents: int) -> dict:
     }
 
 
-def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
-    """Median seconds of (publish on learner → pull+load on worker) and of raw put → get."""
+def publish_pull(hidden: int, layers: int, repeats: int, spec=None) -> dict:
+    """Median seconds of (publish on learner → pull+load on worker) and of raw put → get,
+    for a tiny model of that shape, or for `spec` (a model path, or an `Adapted` one:
+    `selfplay bench publish`)."""
     from selfplay.models.tiny import ModelSpec
     from selfplay.runtime.driver.build import _build_backend, _build_model
     from selfplay.runtime.learner.group import LearnerGroup
@@ -160,7 +162,8 @@ def publish_pull(hidden: int, layers: int, repeats: int) -> dict:
     from selfplay.tasks.base import Sampling
     from selfplay.types import Version
 
-    spec = ModelSpec(words=("a", "b", "c"), hidden=hidden, layers=layers, heads=4)
+    if spec is None:
+        spec = ModelSpec(words=("a", "b", "c"), hidden=hidden, layers=layers, heads=4)
     group = LearnerGroup(lambda: _build_model(spec, "float32"), LearnerSettings(), 1, num_cpus=0.5)
     worker = RolloutActor.options(num_cpus=0.5).remote(
         lambda: _build_backend(spec, "hf"), Sampling(1, 1.0, 1.0)
@@ -225,11 +228,7 @@ def format_report(r: dict) -> str:
             f"samples/s ({a['seconds']:.1f}s, max staleness seen {a['max_staleness_seen']}): "
             f"async speedup {row['async_speedup']:.2f}x (target >= 1.6x)"
         )
-    p = r["publish"]
-    lines.append(
-        f"publish+pull of {p['bytes'] / 1e6:.1f} MB: {p['publish_pull_s'] * 1e3:.1f} ms; raw "
-        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.2)"
-    )
+    lines.append(format_publish(r["publish"]))
     st = r.get("strings")
     if st:
         t, i = st["texts"], st["ids"]
@@ -240,3 +239,10 @@ def format_report(r: dict) -> str:
             f"{i['deserialise_s'] * 1e3:.1f} ms, judge {i['judge_s'] * 1e3:.0f} ms"
         )
     return "\n".join(lines)
+
+
+def format_publish(p: dict) -> str:
+    return (
+        f"publish+pull of {p['bytes'] / 1e6:.2f} MB: {p['publish_pull_s'] * 1e3:.1f} ms; raw "
+        f"ray.put/get: {p['raw_put_get_s'] * 1e3:.1f} ms; ratio {p['ratio']:.2f} (target <= 1.2)"
+    )

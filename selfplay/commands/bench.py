@@ -64,6 +64,29 @@ def pipeline(steps: int, repeats: int, opponents: str, simulate: str | None, as_
     click.echo(dumps(r) if as_json else p.format_report(r))
 
 
+@bench.command("publish")
+@click.argument("model", type=str)
+@click.option("--lora", type=click.IntRange(min=1), default=None, help="A rank-R adapter.")
+@click.option("--repeats", default=15, show_default=True, help="Publish+pull repetitions.")
+def publish(model: str, lora: int | None, repeats: int) -> None:
+    """Publish + pull of one policy version of MODEL (a model directory), learner to rollout
+    worker through the object store, against a raw ray.put/get of as many bytes. With
+    --lora R a version is a rank-R adapter on every linear layer."""
+    import ray
+
+    from selfplay.bench.pipeline import format_publish, publish_pull
+    from selfplay.models.load import check_safetensors_dir
+    from selfplay.models.lora import Adapted, LoraSpec
+
+    check_safetensors_dir(model)
+    spec = Adapted(model, LoraSpec(r=lora, alpha=2.0 * lora)) if lora else model
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        click.echo(format_publish(publish_pull(0, 0, repeats, spec)))
+    finally:
+        ray.shutdown()
+
+
 @bench.command("scale")
 @click.option(
     "--workers",

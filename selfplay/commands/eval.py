@@ -7,7 +7,6 @@ work is `selfplay.evaluation.runner.run_eval`.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 import sys

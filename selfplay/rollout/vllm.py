@@ -30,6 +30,13 @@ backend; vLLM ≥ 0.10.1, the `vllm` extra's floor). Token ids are vLLM's (up to
 stop string, or the eos); the text is decoded from them and cut before the first
 stop string, as in the hf backend. truncated = `finish_reason == "length"`.
 
+LoRA (`model.lora`, an `Adapted` spec): the engine loads the base once with
+`enable_lora=True` and `max_lora_rank` = r; a version is the adapter alone, written
+once to a temporary directory as peft writes one (adapter_config.json +
+adapter_model.safetensors) and sampled through vLLM's `LoRARequest`, with no weight
+push. NOT RUN: no GPU was lent where this was written; the hf backend's LoRA path is
+the tested one.
+
 Not supported here: mixture sampling (Nash-MD needs two models' logits per
 token; use the hf backend). Prompt i is seeded with `seed + i` so prompts do
 not share a random stream.
@@ -44,6 +51,7 @@ from collections.abc import Sequence
 
 from selfplay.errors import InputError
 from selfplay.models.load import load_policy
+from selfplay.models.lora import Adapted
 from selfplay.models.tiny import ModelSpec
 from selfplay.models.weights import FlatWeights
 from selfplay.rollout.base import (
@@ -87,6 +95,12 @@ class VLLMBackend:
             raise InputError("vllm backend needs `pip install selfplay[vllm]` and a GPU") from None
         if not torch.cuda.is_available():
             raise InputError("vllm backend needs `pip install selfplay[vllm]` and a GPU")
+        self._adapter: Adapted | None = model if isinstance(model, Adapted) else None
+        self._lora_dirs: dict[Version, tuple[object, int]] = {}  # (temp dir, vLLM's lora id)
+        if self._adapter is not None:
+            model = self._adapter.base
+            engine_kwargs["enable_lora"] = True
+            engine_kwargs.setdefault("max_lora_rank", self._adapter.lora.r)
         if isinstance(model, ModelSpec) or model.startswith(ModelSpec.PREFIX):
             model = self._save_tiny(model)
         # collective_rpc ships a function to the workers, which V1 pickles.
@@ -120,6 +134,35 @@ class VLLMBackend:
 
     def drop(self, version: Version) -> None:
         self._weights.pop(version, None)
+        held = self._lora_dirs.pop(version, None)
+        if held is not None:
+            held[0].cleanup()
+
+    def _lora_request(self, version: Version):
+        """The version's adapter as a vLLM `LoRARequest` (written to disk once)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        if version not in self._lora_dirs:
+            d = tempfile.TemporaryDirectory(prefix="selfplay-lora-")
+            tensors = {
+                n.replace(".default.", "."): t.contiguous()
+                for n, t in self._weights[version].named_tensors()
+            }
+            save_file(tensors, os.path.join(d.name, "adapter_model.safetensors"))
+            cfg = self._adapter.lora.peft_config().to_dict()
+            cfg["base_model_name_or_path"] = self._adapter.base_name()
+            cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+            with open(os.path.join(d.name, "adapter_config.json"), "w") as f:
+                json.dump(cfg, f, default=str)
+            # vLLM caches adapters by id: never reuse one for another version
+            self._lora_next = getattr(self, "_lora_next", 0) + 1
+            self._lora_dirs[version] = (d, self._lora_next)
+        from vllm.lora.request import LoRARequest
+
+        d, index = self._lora_dirs[version]
+        return LoRARequest(str(version), index, d.name)
 
     def _rpc(self, fn, *args) -> list:
         if hasattr(self.llm, "collective_rpc"):
@@ -175,7 +218,11 @@ class VLLMBackend:
         if version not in self._weights:
             raise VersionNotLoaded(f"version {version} is not loaded on this worker")
         t0 = time.perf_counter()
-        self._activate(version)
+        lora = None
+        if self._adapter is not None:
+            lora = self._lora_request(version)  # the base stays; the adapter is per request
+        else:
+            self._activate(version)
         ids = prompt_token_ids(self.tokenizer, prompts)
         params = [
             self._vllm.SamplingParams(
@@ -193,7 +240,9 @@ class VLLMBackend:
             )
             for i in range(len(ids))
         ]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        outs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in ids], params, use_tqdm=False, lora_request=lora
+        )
         tok_rows, lp_rows, truncated = [], [], []
         for out in outs:
             for comp in out.outputs:
