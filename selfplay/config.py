@@ -85,7 +85,9 @@ class LoraConfig(_Strict):
     the base with the adapter off, every other role and version an adapter."""
 
     r: int = Field(16, ge=1, description="the adapter's rank")
-    alpha: float = Field(32.0, gt=0, description="scale numerator: the update is alpha/r·BA")
+    alpha: float | None = Field(
+        None, gt=0, description="scale numerator: the update is alpha/r·BA (None: 2·r)"
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
         description="module-name suffixes to adapt (q_proj, ...), or every linear layer "

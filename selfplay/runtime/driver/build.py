@@ -100,7 +100,8 @@ def model_spec(cfg: Config, task):
     if lo is None:
         return base
     targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
-    return Adapted(base, LoraSpec(r=lo.r, alpha=lo.alpha, target_modules=targets), cfg.seed)
+    alpha = 2.0 * lo.r if lo.alpha is None else lo.alpha
+    return Adapted(base, LoraSpec(r=lo.r, alpha=alpha, target_modules=targets), cfg.seed)
 
 
 def _tokenizer(cfg: Config, spec):
