@@ -137,6 +137,13 @@ def test_last_iterate_converges(cluster, tmp_path, algo):
     assert end < CAP[which], f"{algo}: {which} {start:.4f} -> {end:.4f}"
 
 
+def nash_mp_config(tmp_path, *extra: str):
+    """The Nash-MP run of `ALGO_SETTINGS` with `extra` overrides."""
+    overrides, _ = ALGO_SETTINGS["nash-mp"]
+    base = ["algo.name=nash-mp", f"task.matrix={MATRIX}", f"output_dir={tmp_path}"]
+    return load_config(CONF, [*base, "tracking.enabled=false", *extra, *overrides])
+
+
 def tempered_moves(model, tokenizer, temperature: float) -> np.ndarray:
     """The distribution the rollout draws moves from, in plain torch: softmax of the
     next-token logits over the move tokens, divided by the temperature (float64)."""
@@ -166,18 +173,7 @@ def test_nash_mp_at_temperature_reaches_the_regularized_nash_of_the_tempered_pol
     from selfplay.runtime.driver.build import bind_task
 
     T, beta = 0.7, 0.1
-    overrides, _ = ALGO_SETTINGS["nash-mp"]
-    cfg = load_config(
-        CONF,
-        [
-            "algo.name=nash-mp",
-            f"task.matrix={MATRIX}",
-            f"output_dir={tmp_path}",
-            "tracking.enabled=false",
-            f"rollout.temperature={T}",
-            *overrides,
-        ],
-    )
+    cfg = nash_mp_config(tmp_path, f"rollout.temperature={T}")
     result = train(cfg, progress=False)
     s, P = result.summary, games.load(MATRIX)
     bound = bind_task(cfg)
@@ -205,19 +201,7 @@ def test_lora_on_the_output_layer_reaches_the_full_runs_fixed_point(cluster, tmp
     from selfplay.cli import main
     from selfplay.models.load import load_policy
 
-    overrides, _ = ALGO_SETTINGS["nash-mp"]
-    cfg = load_config(
-        CONF,
-        [
-            "algo.name=nash-mp",
-            f"task.matrix={MATRIX}",
-            f"output_dir={tmp_path}",
-            "tracking.enabled=false",
-            "model.lora.r=8",
-            "model.lora.target_modules=[lm_head]",
-            *overrides,
-        ],
-    )
+    cfg = nash_mp_config(tmp_path, "model.lora.r=8", "model.lora.target_modules=[lm_head]")
     result = train(cfg, progress=False)
     s, hist = result.summary, result.history
     P = games.load(MATRIX)
