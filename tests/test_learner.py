@@ -323,3 +323,17 @@ def test_the_anchor_held_by_the_model_costs_no_forward():
     assert torch.allclose(runs[True][1], runs[False][1], rtol=0, atol=1e-6), runs
     assert not torch.allclose(runs[True][1], move_logprobs(model_fn()), atol=1e-3)  # it moved
     assert runs[True][2] == pytest.approx(runs[False][2], rel=1e-6)
+
+
+def test_activation_checkpointing_takes_the_same_step():
+    """Recomputing each block's forward in the backward pass changes memory, not the
+    update: the weights after two phases match those of a plain learner."""
+    batch = move_batch(repeats=2)
+    plain, ckpt = make_learner(), make_learner(checkpoint_activations=True)
+    for learner in (plain, ckpt):
+        learner.train_phase(PHASE, batch)
+        learner.train_phase(PHASE, batch)
+    a, b = plain.publish().to_state_dict(), ckpt.publish().to_state_dict()
+    assert max((a[k] - model_fn().state_dict()[k]).abs().max() for k in a) > 1e-2  # moved
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per forward")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (learner.threads)")
+    ap.add_argument("--checkpoint-activations", action="store_true")
     ap.add_argument(
         "--lora", type=int, default=0, metavar="R", help="a rank-R LoRA adapter on every linear"
     )
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     learner = Learner(
         build,
         LearnerSettings(
-            lr=1e-5, loss="regression", micro_batch=a.micro_batch, temperature=a.temperature
+            lr=1e-5,
+            loss="regression",
+            micro_batch=a.micro_batch,
+            temperature=a.temperature,
+            checkpoint_activations=a.checkpoint_activations,
         ),
     )
     n = sum(p.numel() for p in learner.model.parameters())

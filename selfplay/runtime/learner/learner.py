@@ -90,6 +90,8 @@ class Learner(Scoring, Exchange):
             )
         ids = None if allowed is None else sorted(set(allowed))
         self._allowed = None if ids is None else torch.tensor(ids, device=self.ctx.device)
+        if config.checkpoint_activations:
+            sharding.checkpoint_blocks(model)  # before FSDP2 wraps the blocks
         self.model = sharding.prepare_model(model, self.ctx)
         # What is trained, stored per role and published: every parameter, or under
         # LoRA the adapter's (peft freezes the base).

@@ -30,7 +30,8 @@ class Scoring:
         restricts it (`selfplay.algos.logprobs.token_logprobs`, no log-softmax copy of
         the logits). A target outside the set (prompt, padding) then gets a finite
         non-log-prob, masked by callers."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = out.logits[:, :-1]
         return token_logprobs(
             logits,
             input_ids[:, 1:],

@@ -34,6 +34,9 @@ class LearnerSettings:
                         (`rollout.temperature`): every log-prob the learner takes (policy,
                         anchor, μ, π_ref, evaluation scoring, KL) is of the tempered LM.
     threads:            torch intra-op threads of a learner rank's process (CPU).
+    checkpoint_activations: keep each transformer block's inputs only and recompute its
+                        forward in the backward pass (`sharding.checkpoint_blocks`): less
+                        memory per micro-batch, one more block forward per update.
     """
 
     lr: float = 1e-4
@@ -49,6 +52,7 @@ class LearnerSettings:
     allowed_token_ids: tuple[int, ...] | None = None
     temperature: float = 1.0
     threads: int = 1
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 1:

@@ -113,6 +113,25 @@ def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Activation checkpointing: each transformer block (`_blocks`) keeps only its inputs
+    for the backward pass and runs its forward again there (`torch.utils.checkpoint`,
+    non-reentrant), so a micro-batch holds one block's activations at a time instead of
+    every block's. Forwards without gradients (log-probs of roles) are unchanged. The
+    model stays in eval mode: transformers' own checkpointing acts only in train mode."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in _blocks(model):
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+
+
 def prepare_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """Move to the device, make replicas identical (broadcast from rank 0), wrap per strategy."""
     model = model.to(ctx.device)
