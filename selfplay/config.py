@@ -229,6 +229,11 @@ class LearnerConfig(_Strict):
         description="torch threads per learner rank: 1 lets the actors share the CPUs; "
         "more where the learner dominates a synchronous step (conf/real_quickstart.yaml)",
     )
+    checkpoint_activations: bool = Field(
+        False,
+        description="recompute each transformer block's forward in the backward pass: "
+        "less memory per micro-batch, one more forward per update",
+    )
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, NonNegativeFloat] = Field(
         default_factory=dict, description="custom Ray resources per shard, e.g. {learner: 1}"

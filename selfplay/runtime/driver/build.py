@@ -241,6 +241,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
             # ... and tempered as it samples the policy (opponents, evaluation).
             temperature=sampling.temperature,
             threads=lcfg.threads,
+            checkpoint_activations=lcfg.checkpoint_activations,
         ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,
