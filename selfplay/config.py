@@ -229,6 +229,9 @@ class LearnerConfig(_Strict):
         description="torch threads per learner rank: 1 lets the actors share the CPUs; "
         "more where the learner dominates a synchronous step (conf/real_quickstart.yaml)",
     )
+    warmup_updates: int = Field(
+        0, ge=0, description="linear lr warmup over the first N AdamW updates (0: none)"
+    )
     checkpoint_activations: bool = Field(
         False,
         description="recompute each transformer block's forward in the backward pass: "

@@ -337,3 +337,21 @@ def test_activation_checkpointing_takes_the_same_step():
     assert max((a[k] - model_fn().state_dict()[k]).abs().max() for k in a) > 1e-2  # moved
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_warmup_scales_the_first_updates():
+    """AdamW's first update moves every weight with a gradient by lr·ĝ/√(ĝ²) = lr (bias
+    corrected, eps aside); with warmup_updates=4 the first update is lr/4, and the schedule
+    is read from AdamW's step count, so a second phase continues it (2/4)."""
+    start = model_fn().state_dict()
+    moved = []
+    for warmup in (0, 4):
+        learner = make_learner(lr=0.02, updates_per_phase=1, warmup_updates=warmup)
+        learner.train_phase(PHASE, move_batch())
+        w = learner.publish().to_state_dict()
+        moved.append(max((w[k] - start[k]).abs().max().item() for k in w))
+        assert learner.opt.param_groups[0]["lr"] == pytest.approx(0.02 / 4 if warmup else 0.02)
+        learner.train_phase(PHASE, move_batch())
+        assert learner.opt.param_groups[0]["lr"] == pytest.approx(0.02 * 2 / 4 if warmup else 0.02)
+    assert moved[0] == pytest.approx(0.02, rel=1e-3)
+    assert moved[1] == pytest.approx(0.02 / 4, rel=1e-3)

@@ -242,6 +242,7 @@ def build(cfg: Config, workers: int | None = None, bound: Bound | None = None) -
             temperature=sampling.temperature,
             threads=lcfg.threads,
             checkpoint_activations=lcfg.checkpoint_activations,
+            warmup_updates=lcfg.warmup_updates,
         ),
         lcfg.shards,
         num_cpus=lcfg.num_cpus,

@@ -297,9 +297,23 @@ class Learner(Scoring, Exchange):
         clip = self.config.grad_clip if self.config.grad_clip else math.inf
         gnorm = torch.nn.utils.clip_grad_norm_(self._params, clip)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+        self._warm_up()
         self.opt.step()
         (loss_sum,) = self.ctx.all_reduce_sum([local_loss])
         return loss_sum, float(gnorm), taken
+
+    def _warm_up(self) -> None:
+        """lr_t = lr · min(1, t / warmup_updates) at the t-th AdamW update (t from 1), t read
+        from AdamW's own step count, so a restored role or a resumed run continues its
+        schedule (arXiv:1706.02677's linear warmup; AdamW's first updates move every
+        weight by about lr whatever its gradient, so the first ones are kept small)."""
+        n = self.config.warmup_updates
+        if not n:
+            return
+        st = self.opt.state.get(self._params[0], {})
+        t = int(st["step"]) + 1 if "step" in st else 1
+        for group in self.opt.param_groups:
+            group["lr"] = self.config.lr * min(1.0, t / n)
 
     def close(self) -> None:
         self.ctx.close()

@@ -34,6 +34,7 @@ class LearnerSettings:
                         (`rollout.temperature`): every log-prob the learner takes (policy,
                         anchor, μ, π_ref, evaluation scoring, KL) is of the tempered LM.
     threads:            torch intra-op threads of a learner rank's process (CPU).
+    warmup_updates:     linear learning-rate warmup over the first N AdamW updates (0: none).
     checkpoint_activations: keep each transformer block's inputs only and recompute its
                         forward in the backward pass (`sharding.checkpoint_blocks`): less
                         memory per micro-batch, one more block forward per update.
@@ -53,6 +54,7 @@ class LearnerSettings:
     temperature: float = 1.0
     threads: int = 1
     checkpoint_activations: bool = False
+    warmup_updates: int = 0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -63,6 +65,8 @@ class LearnerSettings:
             raise ValueError(f"loss form must be one of {RUNTIME_FORMS}, got {self.loss!r}")
         if self.updates_per_phase < 1:
             raise ValueError(f"updates_per_phase must be >= 1, got {self.updates_per_phase}")
+        if self.warmup_updates < 0:
+            raise ValueError(f"warmup_updates must be >= 0, got {self.warmup_updates}")
         if self.micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {self.micro_batch}")
         if self.allowed_token_ids is not None and (
