@@ -56,9 +56,10 @@ import ray
 from selfplay.algos.plan import StepPlan, refreshed, source_roles
 from selfplay.errors import RunError
 from selfplay.runtime import waits
+from selfplay.runtime.driver.phases import Pending, PhaseRecord
 from selfplay.runtime.driver.store import PolicyStore, staleness
 from selfplay.runtime.workers.pool import Resize, RolloutPool, heal
-from selfplay.types import SamplerVersion, Version
+from selfplay.types import Version
 
 
 @dataclass(frozen=True)
@@ -71,44 +72,6 @@ class ControllerSettings:
     max_reissues: int = 3
     pad_id: int | None = None
     node_wait_s: float = 120.0  # how long replacements of dead actors may take to start
-
-
-@dataclass
-class Pending:
-    """A requested batch: what it samples (prompts from `start`, versions, opponent
-    weights), the role → version map it sampled from, and the refs of its result."""
-
-    step: int
-    phase: int
-    start: int  # first prompt id: the batch answers prompts start .. start+prompts_per_step-1
-    used: dict[str, Version]
-    samplers: list[SamplerVersion]  # [trained-on sampler, *opponent sources]
-    weights: list[float]  # opponent weights
-    batch_ref: object = None
-    info_ref: object = None
-    rows_ref: object = None  # its rollout rows (a pyarrow Table), or None
-    workers: int = 0  # size of the rollout pool that sampled it
-    reissues: int = 0
-
-
-@dataclass
-class PhaseRecord:
-    step: int
-    phase: int
-    output: Version
-    staleness: int
-    rows: int
-    queries: int
-    prompt_ids: np.ndarray
-    sampler_versions: list[SamplerVersion]
-    opponent_versions: list[SamplerVersion]
-    anchor: Version
-    metrics: object  # PhaseMetrics (an ObjectRef until the step's end, `_finish_step`)
-    seconds: float  # wall time from this phase's `train` to the next's (or the step's end)
-    batch: object = None  # BatchInfo: generation/judging seconds and token counts
-    workers: int = 0  # size of the rollout pool that sampled this batch
-    reissues: int = 0  # times the batch was sampled again after an actor died
-    rows_ref: object = None  # the batch's rollout rows (pyarrow Table ref), or None
 
 
 @dataclass

@@ -260,7 +260,7 @@ def restore_controller(ctl, ckpt: Checkpoint) -> None:
     """Put a freshly built controller (and its learners) in the checkpoint's state."""
     import ray
 
-    from selfplay.runtime.driver.controller import Pending, PhaseRecord
+    from selfplay.runtime.driver.phases import Pending, PhaseRecord
     from selfplay.runtime.learner.batch import TrainBatch
     from selfplay.runtime.workers.actors import BatchInfo
     from selfplay.runtime.workers.pool import Resize
