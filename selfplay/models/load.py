@@ -334,3 +334,19 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list) -> list[list
     """Token ids of each prompt rendered by `format_prompt`'s convention."""
     wrap = has_chat_template(tokenizer)
     return [encode_rendered(tokenizer, *render_prompt(tokenizer, t, wrap=wrap)) for t in texts]
+
+
+def check_lora_targets(spec: object) -> None:
+    """InputError, before any actor starts, when an `Adapted` spec (`models.lora`) targets
+    modules its base lacks. The base is built on the meta device from its config (no
+    weights read)."""
+    from selfplay.models import lora
+
+    if not isinstance(spec, lora.Adapted) or isinstance(spec.lora.target_modules, str):
+        return
+    base = spec.base
+    config = base.causal_lm().config if isinstance(base, ModelSpec) else None
+    config = config or load_model_config(str(base), "model")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    lora.check_targets(model, spec.lora)

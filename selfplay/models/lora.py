@@ -180,21 +180,3 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).merge_and_unload().eval()
-
-
-def check_spec(spec: object) -> None:
-    """InputError, before any actor starts, when an `Adapted` spec targets modules its
-    base lacks. The base is built on the meta device from its config (no weights read)."""
-    if not isinstance(spec, Adapted) or isinstance(spec.lora.target_modules, str):
-        return
-    from transformers import AutoModelForCausalLM
-
-    from selfplay.models.load import load_model_config
-    from selfplay.models.tiny import ModelSpec
-
-    base = spec.base
-    config = base.causal_lm().config if isinstance(base, ModelSpec) else None
-    config = config or load_model_config(str(base), "model")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    check_targets(model, spec.lora)

@@ -174,13 +174,13 @@ class Bound:
 def bind_task(cfg: Config) -> Bound:
     """Make the task and bind it to the policy's tokenizer: where the task's bad input
     (its data, its prompts) fails, in one line. No Ray needed, nothing written."""
-    from selfplay.models.lora import check_spec
+    from selfplay.models.load import check_lora_targets
     from selfplay.tasks import make_task
 
     task = make_task(cfg.task)
     spec = model_spec(cfg, task)
     tok = _tokenizer(cfg, spec)
-    check_spec(spec)  # LoRA targets the base lacks: one line, before Ray
+    check_lora_targets(spec)  # LoRA targets the base lacks: one line, before Ray
     task.bind(tok)
     eval_prompts = None
     if cfg.eval.every:
