@@ -19,6 +19,7 @@ Rollout workers start only when some draw is missing: a rerun samples nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from contextlib import contextmanager
@@ -86,6 +87,21 @@ def _flat(policy: Policy, dtype: str):
 
     model, _ = load_policy(policy.source, dtype=dtype)
     return flatten_state_dict(model)
+
+
+def draw_candidates(plan: EvalPlan, progress: bool, stop) -> list:
+    """Per unit, the exploiter's N candidates as one slim `Samples` (members in proposal
+    order), drawn like any policy's samples under their candidate identities."""
+    from selfplay.evaluation.exploiter import candidate_policies
+    from selfplay.types import Samples
+
+    ex = plan.exploiter
+    sub = dataclasses.replace(
+        plan, policies=candidate_policies(ex), samples=ex.per_member, exploiter=None
+    )
+    drawn = draw(sub, progress, stop)
+    units = len(plan.prompts)
+    return [Samples.join([member[u] for member in drawn.samples]) for u in range(units)]
 
 
 def draw(plan: EvalPlan, progress: bool = True, stop=None) -> Drawn:
@@ -185,7 +201,9 @@ def run_eval(plan: EvalPlan, progress: bool = True, stop=None) -> dict:
         if plan.exploiter is not None:
             from selfplay.evaluation.exploiter import exploit
 
-            report["exploiter"] = exploit(plan, judges, drawn.samples, progress, stop)
+            candidates = draw_candidates(plan, progress, stop)
+            with _bar(len(drawn.samples) * len(plan.prompts), "exploiter", progress) as bar:
+                report["exploiter"] = exploit(plan, judges, drawn.samples, candidates, bar, stop)
     exact = exact_gaps(plan)
     if exact is not None:
         report["exact_exploitability"] = exact
