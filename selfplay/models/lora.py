@@ -161,16 +161,40 @@ def adapter_base(path: str) -> str:
 
 
 def load_adapter(path: str, base_model: torch.nn.Module) -> torch.nn.Module:
-    """`base_model` with the adapter of directory `path` merged in (a plain model)."""
-    from peft import PeftModel
+    """`base_model` with the LoRA adapter of directory `path` merged in (a plain model).
 
-    if not any(Path(path).glob("adapter_model.safetensors")):
-        raise InputError(f"adapter {path}: no adapter_model.safetensors")
+    Read as data, not through `PeftModel.from_pretrained`: the config's LoRA fields
+    build the adapter, and its weights come from `adapter_model.safetensors` only (never
+    a pickled `.bin`). A key the model has no place for, or an adapter weight the file
+    lacks, is an InputError."""
+    import dataclasses
+
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(
+            f"adapter {path}: no adapter_model.safetensors (pickled weights are refused)"
+        )
+    raw = json.loads((Path(path) / ADAPTER_CONFIG).read_text())
+    if raw.get("peft_type", "LORA") != "LORA":
+        raise InputError(f"adapter {path}: a {raw.get('peft_type')} adapter; only LoRA loads here")
+    fields = {f.name for f in dataclasses.fields(LoraConfig)} - {
+        "peft_type",
+        "base_model_name_or_path",
+    }
     try:
-        wrapped = PeftModel.from_pretrained(base_model, path, is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        config = LoraConfig(**{k: v for k, v in raw.items() if k in fields})
+        wrapped = get_peft_model(base_model, config)
+        result = set_peft_model_state_dict(wrapped, load_file(weights))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"adapter {path} does not fit its base model: {first}") from None
+    lost = [k for k in result.missing_keys if _is_adapter(k)]
+    if result.unexpected_keys or lost:
+        bad = (result.unexpected_keys or lost)[:3]
+        raise InputError(f"adapter {path} does not fit its base model: {bad}")
     return wrapped.merge_and_unload().eval()
 
 

@@ -77,7 +77,9 @@ def export_policy(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # An adapter on the output layer: its base weights are the base model's, not saved.
+        extra = {"save_embedding_layers": False} if is_lora(model) else {}
+        model.save_pretrained(tmp, safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp)
         _replace_dir(tmp, out)
     finally:
