@@ -139,3 +139,15 @@ def test_rollout_worker_samples_the_learners_adapted_policy(tmp_path):
     want0 = (tok[..., 0].numpy() * b0.response_mask[:, 1:]).sum(1)
     got0 = np.array([s0.logprobs[i, : s0.lengths[i]].sum() for i in range(len(s0.lengths))])
     assert np.allclose(got0, want0, atol=1e-4)
+
+
+def test_an_adapter_dir_without_safetensors_weights_is_refused(tmp_path):
+    """One line before anything loads: an adapter dir needs adapter_model.safetensors
+    (a pickled adapter_model.bin is never read)."""
+    from selfplay.errors import InputError
+    from selfplay.models.load import check_safetensors_dir
+
+    (tmp_path / "adapter_config.json").write_text('{"base_model_name_or_path": "x"}')
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(InputError, match="no adapter_model.safetensors"):
+        check_safetensors_dir(str(tmp_path))

@@ -213,6 +213,9 @@ def test_lora_on_the_output_layer_reaches_the_full_runs_fixed_point(cluster, tmp
     assert not (adapter / "model.safetensors").exists()  # the base is not copied
     model, tok = load_policy(str(adapter))
     np.testing.assert_allclose(tempered_moves(model, tok, 1.0), pi, atol=1e-5)
+    with pytest.raises(SystemExit) as bad:  # an unwritable --out: one line, exit 2
+        main(["export", str(run_dir), "--merge", "--out", "/proc/x"])
+    assert bad.value.code == 2
     main(["export", str(run_dir), "--merge"])  # returns on success (SystemExit on failure)
     merged = run_dir / "model-merged"
     assert (merged / "model.safetensors").is_file()

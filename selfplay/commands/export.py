@@ -23,10 +23,12 @@ def export(run_dir: str, out: str | None, merge: bool) -> None:
     directory written."""
     from pathlib import Path
 
+    from selfplay.outputs import check_writable_dir
     from selfplay.runtime.driver.disk import disk_full
     from selfplay.runtime.driver.export import MERGED_DIR, MODEL_DIR, export_from_checkpoint
 
     target = Path(out) if out else Path(run_dir) / (MERGED_DIR if merge else MODEL_DIR)
+    check_writable_dir(target.parent, "--out")  # one line, before the checkpoint is read
     with disk_full(target, "the run's checkpoints are intact: free space and export again"):
         path, step = export_from_checkpoint(run_dir, target, merge)
     click.echo(f"wrote {path} (the policy after step {step})", err=True)

@@ -102,6 +102,8 @@ def check_safetensors_dir(name_or_path: str) -> None:
     from selfplay.models.lora import adapter_base, is_adapter_dir
 
     if is_adapter_dir(name_or_path):
+        if not (Path(name_or_path) / "adapter_model.safetensors").is_file():
+            raise InputError(f"adapter {name_or_path}: no adapter_model.safetensors")
         base = adapter_base(name_or_path)
         if not base.startswith(ModelSpec.PREFIX):
             check_safetensors_dir(base)
