@@ -44,3 +44,25 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False)  # loopback: see use_loopback above
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The prompts task's demo models (test_prompts_task, test_prompts_input): (policy
+    dir, the same policy without a chat template, reward model dir)."""
+    import json
+    import shutil
+
+    from selfplay.models.demo import write_chat_policy, write_reward_model
+    from selfplay.models.load import load_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    policy = write_chat_policy(root / "policy")
+    bare = root / "bare"
+    shutil.copytree(policy, bare)
+    (bare / "chat_template.jinja").unlink()
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert not load_tokenizer(str(bare)).chat_template
+    return policy, bare, write_reward_model(root / "reward")
