@@ -136,6 +136,13 @@ def version_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def trained_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters training moves, in model order: every one of a plain model, the
+    adapter's under LoRA (peft freezes the base). The learner trains, stores and
+    checkpoints these; a checkpoint's tensors are named by them."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def _is_adapter(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
 

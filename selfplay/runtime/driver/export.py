@@ -156,6 +156,7 @@ def export_from_checkpoint(
     learners (its `--resume` exports it)."""
     from selfplay.config import Config
     from selfplay.errors import InputError
+    from selfplay.models.lora import trained_parameters
     from selfplay.models.weights import flatten_state_dict
     from selfplay.runtime.checkpoint.codec import unpack_learner_state
     from selfplay.runtime.checkpoint.format import CHECKPOINT_DIR, load_latest
@@ -182,7 +183,7 @@ def export_from_checkpoint(
     state = unpack_learner_state(learner_files(ckpt.tensors, 0), ranks[0])
     spec = model_spec(cfg, make_task(cfg.task))
     model = _build_model(spec, cfg.model.dtype)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]  # the trained ones
+    names = [n for n, _ in trained_parameters(model)]
     if len(names) != len(state.params):
         raise InputError(
             f"{d}: checkpoint {ckpt.path.name} holds {len(state.params)} tensors, the "

@@ -47,7 +47,7 @@ import torch
 
 from selfplay.algos.losses import k3_kl, phase_loss
 from selfplay.algos.plan import Phase
-from selfplay.models.lora import is_base, is_lora
+from selfplay.models.lora import is_base, is_lora, trained_parameters
 from selfplay.models.weights import FlatWeights
 from selfplay.runtime.learner import sharding
 from selfplay.runtime.learner.batch import Micro, TrainBatch, micro_batches
@@ -96,7 +96,7 @@ class Learner(Scoring, Exchange):
         # What is trained, stored per role and published: every parameter, or under
         # LoRA the adapter's (peft freezes the base).
         self._lora = is_lora(self.model)
-        trained = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        trained = trained_parameters(self.model)
         self._names = [n for n, _ in trained]
         self._params = [p for _, p in trained]
         self.opt = torch.optim.AdamW(
